@@ -1,0 +1,708 @@
+//! Configuration types for both programs, and their validation.
+//!
+//! The shells read TOML into these types (`deny_unknown_fields`, so a typo
+//! is an error, not a silently ignored key) and call `validate()`, which
+//! computes every derived size once with checked arithmetic and returns a
+//! `Valid*` type. A bad value stops startup with an error that names the
+//! key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fec::{MAX_SOURCE_SYMBOLS, SYMBOL_ALIGN};
+use crate::lane::{LANES, Lane};
+use crate::reassembly::ReassemblyLimits;
+use crate::record::DecodeLimits;
+use crate::seal::TAG_LEN;
+use crate::wire::{IPV4_UDP_OVERHEAD, OVERHEAD};
+
+/// A configuration value that cannot work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The offending key, as written in the file (`lanes.bulk.repair_ratio`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn bad(key: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError { key, reason }
+}
+
+// ---------------------------------------------------------------- sender
+
+/// `weir-tx` configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxConfig {
+    /// The link toward the diode.
+    pub link: TxLink,
+    /// Key files.
+    pub keys: TxKeys,
+    /// Per-lane batching and FEC.
+    #[serde(default)]
+    pub lanes: TxLanes,
+    /// Spool directories of historian exports.
+    #[serde(default, rename = "spool")]
+    pub spools: Vec<SpoolConfig>,
+}
+
+/// `[link]` of the sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxLink {
+    /// Where datagrams go (the diode's input side / the receiver).
+    pub destination: SocketAddr,
+    /// Local address to send from.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Link MTU; datagrams are sized to fit it.
+    #[serde(default = "default_mtu")]
+    pub mtu_bytes: u16,
+    /// Pacing rate on the wire, Mbit/s (including headers).
+    pub rate_mbps: f64,
+    /// Most datagrams sent back to back.
+    #[serde(default = "default_burst")]
+    pub burst_datagrams: u16,
+    /// Heartbeat interval.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+/// `[keys]` of the sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxKeys {
+    /// Key files to load.
+    pub files: Vec<PathBuf>,
+    /// Key id the sender seals with.
+    pub active_key_id: u16,
+}
+
+/// `[lanes]`: one table per lane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxLanes {
+    /// Alert lane.
+    #[serde(default = "LaneConfig::alert_default")]
+    pub alert: LaneConfig,
+    /// Bulk lane.
+    #[serde(default = "LaneConfig::bulk_default")]
+    pub bulk: LaneConfig,
+}
+
+impl Default for TxLanes {
+    fn default() -> Self {
+        Self {
+            alert: LaneConfig::alert_default(),
+            bulk: LaneConfig::bulk_default(),
+        }
+    }
+}
+
+/// Batching and FEC of one lane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    /// Repair symbols per source symbol (0.25 = 25 %).
+    pub repair_ratio: f64,
+    /// Repair symbols per block at least.
+    pub min_repair: u32,
+    /// Largest plaintext batch per block, bytes (before compression).
+    pub max_batch_bytes: u32,
+    /// A batch is sent when its oldest record is this old.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// zstd level (1–19), or 0 for no compression.
+    pub zstd_level: i32,
+}
+
+impl LaneConfig {
+    fn alert_default() -> Self {
+        Self {
+            repair_ratio: 0.5,
+            min_repair: 4,
+            max_batch_bytes: 16 * 1024,
+            max_age: Duration::from_millis(2),
+            zstd_level: 1,
+        }
+    }
+
+    fn bulk_default() -> Self {
+        Self {
+            repair_ratio: 0.25,
+            min_repair: 2,
+            max_batch_bytes: 256 * 1024,
+            max_age: Duration::from_millis(200),
+            zstd_level: 1,
+        }
+    }
+}
+
+/// What to do with a spool file once every block made from it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDone {
+    /// Move it to `done/`.
+    Move,
+    /// Delete it.
+    Delete,
+}
+
+/// One `[[spool]]` directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Name used in logs and on the wire.
+    pub name: String,
+    /// Base directory; `incoming/`, `working/`, `done/`, `quarantine/` live in it.
+    pub dir: PathBuf,
+    /// Export format (`pi-webapi-json`, `aveva-csv`).
+    pub format: String,
+    /// IANA time zone of local timestamps in the files.
+    pub tz: Option<String>,
+    /// Tag for formats whose files carry no tag name (PI Web API recorded
+    /// values); by default the file name without extension.
+    pub tag: Option<String>,
+    /// `move` to `done/` (default) or `delete`.
+    #[serde(default = "default_on_done")]
+    pub on_done: OnDone,
+    /// How often the directory is scanned.
+    #[serde(default = "default_scan", with = "humantime_serde")]
+    pub scan_interval: Duration,
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_burst() -> u16 {
+    16
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_on_done() -> OnDone {
+    OnDone::Move
+}
+fn default_scan() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Validated per-lane settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidLane {
+    /// Repair ratio in per mille.
+    pub repair_permille: u32,
+    /// Minimum repair symbols per block.
+    pub min_repair: u32,
+    /// Flush a batch at this many plaintext bytes.
+    pub max_batch_bytes: u32,
+    /// Flush a batch at this age.
+    pub max_age: Duration,
+    /// zstd level, `None` for none.
+    pub zstd_level: Option<i32>,
+}
+
+/// A validated sender configuration, with derived sizes.
+#[derive(Debug, Clone)]
+pub struct ValidTx {
+    /// The configuration as read.
+    pub raw: TxConfig,
+    /// RaptorQ symbol size derived from the MTU.
+    pub symbol_size: u16,
+    /// Bytes of one datagram on the wire (header, symbol, CRC).
+    pub datagram_bytes: usize,
+    /// Largest sealed block the sender can produce.
+    pub max_block_bytes: u32,
+    /// Pacing rate, bytes per second of UDP payload.
+    pub rate_bytes_per_sec: u64,
+    /// Pacing burst, bytes.
+    pub burst_bytes: u64,
+    /// Per-lane settings, indexed by [`Lane::index`].
+    pub lanes: [ValidLane; LANES],
+}
+
+/// Symbol size for an MTU: the IPv4/UDP payload minus Weir's overhead,
+/// rounded down to the RaptorQ alignment.
+pub fn symbol_size_for_mtu(mtu: u16) -> Option<u16> {
+    let room = usize::from(mtu)
+        .checked_sub(IPV4_UDP_OVERHEAD)?
+        .checked_sub(OVERHEAD)?;
+    let aligned = room - room % usize::from(SYMBOL_ALIGN);
+    u16::try_from(aligned).ok().filter(|s| *s >= 64)
+}
+
+fn valid_lane(c: &LaneConfig, keys: [&'static str; 5]) -> Result<ValidLane, ConfigError> {
+    if !(0.0..=10.0).contains(&c.repair_ratio) || !c.repair_ratio.is_finite() {
+        return Err(bad(keys[0], "must be between 0 and 10"));
+    }
+    if c.min_repair > 10_000 {
+        return Err(bad(keys[1], "must be at most 10000"));
+    }
+    if !(256..=64 * 1024 * 1024).contains(&c.max_batch_bytes) {
+        return Err(bad(keys[2], "must be between 256 B and 64 MiB"));
+    }
+    if c.max_age.is_zero() || c.max_age > Duration::from_secs(3600) {
+        return Err(bad(keys[3], "must be between 1 ns and 1 h"));
+    }
+    if !(0..=19).contains(&c.zstd_level) {
+        return Err(bad(keys[4], "must be 0 (off) to 19"));
+    }
+    Ok(ValidLane {
+        repair_permille: (c.repair_ratio * 1000.0).round() as u32,
+        min_repair: c.min_repair,
+        max_batch_bytes: c.max_batch_bytes,
+        max_age: c.max_age,
+        zstd_level: (c.zstd_level > 0).then_some(c.zstd_level),
+    })
+}
+
+impl TxConfig {
+    /// Check every value and compute derived sizes.
+    pub fn validate(self) -> Result<ValidTx, ConfigError> {
+        let symbol_size = symbol_size_for_mtu(self.link.mtu_bytes)
+            .ok_or(bad("link.mtu_bytes", "too small: at least 170 bytes"))?;
+        if self.link.destination.ip().is_unspecified() || self.link.destination.port() == 0 {
+            return Err(bad("link.destination", "needs a concrete address and port"));
+        }
+        if !(self.link.rate_mbps.is_finite()
+            && self.link.rate_mbps >= 0.01
+            && self.link.rate_mbps <= 100_000.0)
+        {
+            return Err(bad("link.rate_mbps", "must be between 0.01 and 100000"));
+        }
+        if self.link.burst_datagrams == 0 || self.link.burst_datagrams > 1024 {
+            return Err(bad("link.burst_datagrams", "must be between 1 and 1024"));
+        }
+        if self.link.heartbeat_interval < Duration::from_millis(10)
+            || self.link.heartbeat_interval > Duration::from_secs(60)
+        {
+            return Err(bad(
+                "link.heartbeat_interval",
+                "must be between 10 ms and 60 s",
+            ));
+        }
+        if self.keys.files.is_empty() {
+            return Err(bad("keys.files", "name at least one key file"));
+        }
+        let lanes = [
+            valid_lane(
+                &self.lanes.alert,
+                [
+                    "lanes.alert.repair_ratio",
+                    "lanes.alert.min_repair",
+                    "lanes.alert.max_batch_bytes",
+                    "lanes.alert.max_age",
+                    "lanes.alert.zstd_level",
+                ],
+            )?,
+            valid_lane(
+                &self.lanes.bulk,
+                [
+                    "lanes.bulk.repair_ratio",
+                    "lanes.bulk.min_repair",
+                    "lanes.bulk.max_batch_bytes",
+                    "lanes.bulk.max_age",
+                    "lanes.bulk.zstd_level",
+                ],
+            )?,
+        ];
+        debug_assert_eq!(Lane::ALL.len(), lanes.len());
+        // A batch may grow a little under zstd (incompressible data) and
+        // gains the frame header and tag; leave room for that.
+        let largest = lanes.iter().map(|l| l.max_batch_bytes).max().unwrap_or(0);
+        let max_block_bytes = largest
+            .checked_add(largest / 64 + 1024 + TAG_LEN as u32)
+            .ok_or(bad("lanes.bulk.max_batch_bytes", "too large"))?;
+        if max_block_bytes.div_ceil(u32::from(symbol_size)) > MAX_SOURCE_SYMBOLS {
+            return Err(bad(
+                "lanes.bulk.max_batch_bytes",
+                "too many symbols per block for this MTU",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.spools {
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    "spool.name",
+                    "must be non-empty ASCII letters, digits, '-' or '_'",
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(bad("spool.name", "must be unique"));
+            }
+            if s.scan_interval < Duration::from_millis(10) {
+                return Err(bad("spool.scan_interval", "must be at least 10 ms"));
+            }
+        }
+        let datagram_bytes = OVERHEAD + usize::from(symbol_size);
+        let rate_bytes_per_sec = (self.link.rate_mbps * 1e6 / 8.0) as u64;
+        let burst_bytes = u64::from(self.link.burst_datagrams) * datagram_bytes as u64;
+        Ok(ValidTx {
+            raw: self,
+            symbol_size,
+            datagram_bytes,
+            max_block_bytes,
+            rate_bytes_per_sec,
+            burst_bytes,
+            lanes,
+        })
+    }
+}
+
+// -------------------------------------------------------------- receiver
+
+/// `weir-rx` configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RxConfig {
+    /// The link from the diode.
+    pub link: RxLink,
+    /// Key files.
+    pub keys: RxKeys,
+    /// Bounds on everything the wire can make us hold.
+    #[serde(default)]
+    pub limits: RxLimits,
+    /// MQTT output.
+    pub mqtt: MqttConfig,
+}
+
+/// `[link]` of the receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RxLink {
+    /// Address to receive datagrams on.
+    pub listen: SocketAddr,
+    /// Requested socket receive buffer.
+    #[serde(default = "default_rcvbuf")]
+    pub recv_buffer_bytes: usize,
+    /// The link is reported down after this long without a heartbeat.
+    #[serde(default = "default_link_timeout", with = "humantime_serde")]
+    pub link_timeout: Duration,
+}
+
+/// `[keys]` of the receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RxKeys {
+    /// Key files to load; any of them is accepted.
+    pub files: Vec<PathBuf>,
+}
+
+/// `[limits]` of the receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RxLimits {
+    /// Largest sealed block accepted.
+    pub max_block_bytes: u32,
+    /// Blocks reassembled at once.
+    pub max_pending_blocks: usize,
+    /// A block not rebuilt within this time is dropped.
+    #[serde(with = "humantime_serde")]
+    pub block_timeout: Duration,
+    /// A block known sent but not delivered within this time is lost.
+    #[serde(with = "humantime_serde")]
+    pub gap_timeout: Duration,
+    /// Replay window, blocks per lane.
+    pub window_blocks: u64,
+    /// Sender sessions tracked at once.
+    pub max_sessions: usize,
+    /// Largest decompressed batch.
+    pub max_batch_bytes: u32,
+    /// Most records per batch.
+    pub max_records: u32,
+}
+
+impl Default for RxLimits {
+    fn default() -> Self {
+        Self {
+            max_block_bytes: 4 * 1024 * 1024,
+            max_pending_blocks: 256,
+            block_timeout: Duration::from_secs(5),
+            gap_timeout: Duration::from_secs(10),
+            window_blocks: 65_536,
+            max_sessions: 16,
+            max_batch_bytes: 64 * 1024 * 1024,
+            max_records: 1_000_000,
+        }
+    }
+}
+
+/// `[mqtt]`: the broker and the topic contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Client id.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Site name used in topics.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Gateway name used in gateway topics.
+    #[serde(default = "default_gateway")]
+    pub gateway: String,
+    /// Point topic template: `{site}`, `{source}`, `{tag}` are replaced.
+    #[serde(default = "default_point_topic")]
+    pub point_topic: String,
+    /// Unacknowledged QoS 1 publishes in flight at once.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Keep-alive interval.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+fn default_rcvbuf() -> usize {
+    8 * 1024 * 1024
+}
+fn default_link_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "weir-rx".into()
+}
+fn default_site() -> String {
+    "site".into()
+}
+fn default_gateway() -> String {
+    "weir".into()
+}
+fn default_point_topic() -> String {
+    "uns/v1/{site}/_unmapped/{source}/{tag}".into()
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A validated receiver configuration.
+#[derive(Debug, Clone)]
+pub struct ValidRx {
+    /// The configuration as read.
+    pub raw: RxConfig,
+    /// Reassembly bounds.
+    pub reassembly: ReassemblyLimits,
+    /// Record decode bounds.
+    pub decode: DecodeLimits,
+}
+
+fn topic_segment_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0']) && !s.starts_with('$')
+}
+
+impl RxConfig {
+    /// Check every value and compute derived limits.
+    pub fn validate(self) -> Result<ValidRx, ConfigError> {
+        if self.link.listen.port() == 0 {
+            return Err(bad("link.listen", "needs a port"));
+        }
+        if self.keys.files.is_empty() {
+            return Err(bad("keys.files", "name at least one key file"));
+        }
+        let l = &self.limits;
+        if !(1024..=1 << 30).contains(&l.max_block_bytes) {
+            return Err(bad(
+                "limits.max_block_bytes",
+                "must be between 1 KiB and 1 GiB",
+            ));
+        }
+        if !(1..=1_000_000).contains(&l.max_pending_blocks) {
+            return Err(bad(
+                "limits.max_pending_blocks",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if l.block_timeout.is_zero() {
+            return Err(bad("limits.block_timeout", "must be positive"));
+        }
+        if l.gap_timeout < l.block_timeout {
+            return Err(bad(
+                "limits.gap_timeout",
+                "must be at least limits.block_timeout",
+            ));
+        }
+        if !(64..=1 << 24).contains(&l.window_blocks) {
+            return Err(bad(
+                "limits.window_blocks",
+                "must be between 64 and 16777216",
+            ));
+        }
+        if !(1..=4096).contains(&l.max_sessions) {
+            return Err(bad("limits.max_sessions", "must be between 1 and 4096"));
+        }
+        if l.max_batch_bytes < 1024 {
+            return Err(bad("limits.max_batch_bytes", "must be at least 1 KiB"));
+        }
+        if l.max_records == 0 {
+            return Err(bad("limits.max_records", "must be positive"));
+        }
+        let m = &self.mqtt;
+        if m.host.is_empty() {
+            return Err(bad("mqtt.host", "must not be empty"));
+        }
+        if m.client_id.is_empty() || m.client_id.len() > 64 {
+            return Err(bad("mqtt.client_id", "must be 1 to 64 characters"));
+        }
+        if !topic_segment_ok(&m.site) {
+            return Err(bad(
+                "mqtt.site",
+                "must be one topic segment without / + # or a leading $",
+            ));
+        }
+        if !topic_segment_ok(&m.gateway) {
+            return Err(bad(
+                "mqtt.gateway",
+                "must be one topic segment without / + # or a leading $",
+            ));
+        }
+        if !m.point_topic.contains("{tag}")
+            || m.point_topic.contains(['+', '#'])
+            || m.point_topic.starts_with('$')
+        {
+            return Err(bad(
+                "mqtt.point_topic",
+                "must contain {tag} and no wildcard or leading $",
+            ));
+        }
+        if m.inflight == 0 {
+            return Err(bad("mqtt.inflight", "must be positive"));
+        }
+        let reassembly = ReassemblyLimits {
+            max_block_bytes: l.max_block_bytes,
+            max_pending_blocks: l.max_pending_blocks,
+            block_timeout: l.block_timeout,
+            gap_timeout: l.gap_timeout,
+            window_blocks: l.window_blocks,
+            max_sessions: l.max_sessions,
+        };
+        let decode = DecodeLimits {
+            max_body_bytes: l.max_batch_bytes,
+            max_records: l.max_records,
+        };
+        Ok(ValidRx {
+            raw: self,
+            reassembly,
+            decode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbol_size_for_default_mtu_is_1424() {
+        assert_eq!(symbol_size_for_mtu(1500), Some(1424));
+        assert_eq!(symbol_size_for_mtu(9000), Some(8920));
+        assert_eq!(symbol_size_for_mtu(100), None);
+    }
+
+    fn tx() -> TxConfig {
+        TxConfig {
+            link: TxLink {
+                destination: "127.0.0.1:4000".parse().expect("addr"),
+                bind: default_bind(),
+                mtu_bytes: 1500,
+                rate_mbps: 100.0,
+                burst_datagrams: 16,
+                heartbeat_interval: Duration::from_secs(1),
+            },
+            keys: TxKeys {
+                files: vec!["k".into()],
+                active_key_id: 1,
+            },
+            lanes: TxLanes::default(),
+            spools: vec![],
+        }
+    }
+
+    #[test]
+    fn tx_errors_name_the_key() {
+        assert!(tx().validate().is_ok());
+        let mut c = tx();
+        c.link.mtu_bytes = 60;
+        assert_eq!(
+            c.validate().map(|_| ()).map_err(|e| e.key),
+            Err("link.mtu_bytes")
+        );
+        let mut c = tx();
+        c.lanes.bulk.repair_ratio = -1.0;
+        assert_eq!(
+            c.validate().map(|_| ()).map_err(|e| e.key),
+            Err("lanes.bulk.repair_ratio")
+        );
+        let mut c = tx();
+        c.link.rate_mbps = f64::NAN;
+        assert_eq!(
+            c.validate().map(|_| ()).map_err(|e| e.key),
+            Err("link.rate_mbps")
+        );
+        let mut c = tx();
+        c.keys.files.clear();
+        assert_eq!(
+            c.validate().map(|_| ()).map_err(|e| e.key),
+            Err("keys.files")
+        );
+    }
+
+    #[test]
+    fn rx_errors_name_the_key() {
+        let c = RxConfig {
+            link: RxLink {
+                listen: "127.0.0.1:4000".parse().expect("addr"),
+                recv_buffer_bytes: 1 << 20,
+                link_timeout: Duration::from_secs(3),
+            },
+            keys: RxKeys {
+                files: vec!["k".into()],
+            },
+            limits: RxLimits::default(),
+            mqtt: MqttConfig {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                client_id: "x".into(),
+                site: "plant1".into(),
+                gateway: "gw".into(),
+                point_topic: default_point_topic(),
+                inflight: 10,
+                keep_alive: Duration::from_secs(5),
+            },
+        };
+        assert!(c.clone().validate().is_ok());
+        let mut b = c.clone();
+        b.mqtt.site = "a/b".into();
+        assert_eq!(
+            b.validate().map(|_| ()).map_err(|e| e.key),
+            Err("mqtt.site")
+        );
+        let mut b = c;
+        b.limits.gap_timeout = Duration::from_millis(1);
+        assert_eq!(
+            b.validate().map(|_| ()).map_err(|e| e.key),
+            Err("limits.gap_timeout")
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The MQTT contract: topic names and JSON payloads consumers rely on.
+//!
+//! Topics come from a template (`uns/v1/{site}/_unmapped/{source}/{tag}` by
+//! default). A tag is one topic segment, so the characters MQTT gives
+//! meaning to are percent-encoded: `/`, `+`, `#`, `%`, a leading `$` and
+//! control characters. The raw tag always travels in the payload.
+//!
+//! The payload carries a record id (`{session}-{seq}`) that stays the same
+//! if the record is published again, so consumers can de-duplicate.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, SecondsFormat};
+use serde_json::{Map, Value as Json, json};
+
+use crate::record::{NativeQuality, Point, TsResolution, Value};
+use crate::wire::SessionId;
+
+/// Percent-encode `s` for use as one MQTT topic segment.
+pub fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.chars().enumerate() {
+        let reserved = matches!(c, '/' | '+' | '#' | '%') || (i == 0 && c == '$') || c.is_control();
+        if reserved {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// Fill a topic template. Unknown placeholders are left as they are.
+pub fn point_topic(template: &str, site: &str, point: &Point) -> String {
+    template
+        .replace("{site}", &escape_segment(site))
+        .replace("{source}", point.source.system.as_str())
+        .replace("{tag}", &escape_segment(&point.tag))
+}
+
+/// Severity name from the top two bits of an OPC UA StatusCode.
+pub fn severity(status: u32) -> &'static str {
+    match status >> 30 {
+        0 => "Good",
+        1 => "Uncertain",
+        _ => "Bad",
+    }
+}
+
+/// RFC 3339 UTC text with as many fractional digits as needed (up to ns).
+pub fn rfc3339_ns(ts_ns: i64) -> String {
+    DateTime::from_timestamp_nanos(ts_ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The record id consumers de-duplicate on.
+pub fn record_id(session: SessionId, seq: u64) -> String {
+    format!("{}-{seq}", session.short_hex())
+}
+
+fn value_json(v: &Value) -> (Json, &'static str) {
+    match v {
+        Value::Null => (Json::Null, "null"),
+        Value::Bool(b) => (json!(b), "bool"),
+        Value::I64(i) => (json!(i), "i64"),
+        Value::U64(u) => (json!(u), "u64"),
+        Value::F64(f) if f.is_finite() => (json!(f), "f64"),
+        // JSON has no NaN or infinities; say what the value was.
+        Value::F64(f) => (json!(f.to_string()), "f64"),
+        Value::Str(s) => (json!(s), "string"),
+        Value::DigitalState { code, name, system } => (
+            json!({"state": name, "code": code, "system": system}),
+            "digital",
+        ),
+    }
+}
+
+fn native_json(q: &NativeQuality) -> Json {
+    match q {
+        NativeQuality::None => Json::Null,
+        NativeQuality::OpcDa(b) => json!({"opc_da": b}),
+        NativeQuality::OpcUa(c) => json!({"opc_ua": c}),
+        NativeQuality::Pi {
+            good,
+            questionable,
+            substituted,
+            annotated,
+        } => json!({"pi": {
+            "good": good, "questionable": questionable, "substituted": substituted, "annotated": annotated}}),
+        NativeQuality::Aveva {
+            quality,
+            detail,
+            opc,
+        } => {
+            json!({"aveva": {"quality": quality, "detail": detail, "opc": opc}})
+        }
+        NativeQuality::Text(t) => json!({"text": t}),
+    }
+}
+
+fn resolution_str(r: TsResolution) -> &'static str {
+    match r {
+        TsResolution::Exact => "exact",
+        TsResolution::Local => "local",
+        TsResolution::AmbiguousEarlier => "ambiguous_earlier",
+        TsResolution::AmbiguousLater => "ambiguous_later",
+        TsResolution::GapShifted => "gap_shifted",
+    }
+}
+
+/// The JSON payload of one point.
+pub fn point_payload(session: SessionId, p: &Point) -> Vec<u8> {
+    let (value, vtype) = value_json(&p.value);
+    let mut src = Map::new();
+    src.insert("sys".into(), json!(p.source.system.as_str()));
+    if let Some(f) = &p.source.file {
+        src.insert("file".into(), json!(f));
+    }
+    if let Some(l) = p.source.line {
+        src.insert("line".into(), json!(l));
+    }
+    let mut obj = Map::new();
+    obj.insert("v".into(), json!(1));
+    obj.insert("id".into(), json!(record_id(session, p.seq)));
+    obj.insert("seq".into(), json!(p.seq));
+    obj.insert("tag".into(), json!(p.tag));
+    obj.insert("src".into(), Json::Object(src));
+    obj.insert("ts".into(), json!(rfc3339_ns(p.ts_ns)));
+    obj.insert("ts_ns".into(), json!(p.ts_ns));
+    obj.insert("value".into(), value);
+    obj.insert("type".into(), json!(vtype));
+    if let Some(u) = &p.unit {
+        obj.insert("unit".into(), json!(u));
+    }
+    obj.insert(
+        "q".into(),
+        json!({"code": p.status, "sev": severity(p.status), "native": native_json(&p.native_quality)}),
+    );
+    obj.insert("hist".into(), json!(p.flags.historical));
+    let mut flags = Vec::new();
+    for (on, name) in [
+        (p.flags.substituted, "substituted"),
+        (p.flags.annotated, "annotated"),
+        (p.flags.interpolated, "interpolated"),
+    ] {
+        if on {
+            flags.push(name);
+        }
+    }
+    if !flags.is_empty() {
+        obj.insert("flags".into(), json!(flags));
+    }
+    if p.ts_resolution != TsResolution::Exact {
+        obj.insert(
+            "ts_resolution".into(),
+            json!(resolution_str(p.ts_resolution)),
+        );
+    }
+    if let Some(raw) = &p.ts_raw {
+        obj.insert("ts_raw".into(), json!(raw));
+    }
+    if !p.attrs.is_empty() {
+        let attrs: Map<String, Json> = p.attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        obj.insert("attrs".into(), Json::Object(attrs));
+    }
+    serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{PointFlags, SourceRef, SourceSystem};
+
+    fn point() -> Point {
+        Point {
+            seq: 42,
+            tag: "$SYS/a+b#c%d".into(),
+            ts_ns: 1_710_057_602_250_000_000,
+            value: Value::F64(71.9),
+            status: 0x4000_0000,
+            native_quality: NativeQuality::OpcDa(64),
+            unit: Some("degC".into()),
+            source: SourceRef {
+                system: SourceSystem::Aveva,
+                file: Some("f.csv".into()),
+                line: Some(3),
+            },
+            ts_raw: Some("2024-03-10 02:00:02.25".into()),
+            ts_resolution: TsResolution::Local,
+            flags: PointFlags {
+                substituted: true,
+                ..PointFlags::default()
+            },
+            attrs: vec![],
+        }
+    }
+
+    #[test]
+    fn segments_escape_mqtt_specials() {
+        assert_eq!(escape_segment("$SYS/a+b#c%d"), "%24SYS%2Fa%2Bb%23c%25d");
+        assert_eq!(escape_segment("TT 205.PV"), "TT 205.PV");
+        assert_eq!(escape_segment("a$b"), "a$b");
+        assert_eq!(escape_segment("nul\0"), "nul%00");
+        assert_eq!(escape_segment(""), "%00");
+    }
+
+    #[test]
+    fn topic_is_built_from_the_template() {
+        let t = point_topic("uns/v1/{site}/_unmapped/{source}/{tag}", "plant1", &point());
+        assert_eq!(t, "uns/v1/plant1/_unmapped/aveva/%24SYS%2Fa%2Bb%23c%25d");
+    }
+
+    #[test]
+    fn payload_carries_id_ts_quality_and_raw_tag() {
+        let body = point_payload(SessionId([0xab; 16]), &point());
+        let v: Json = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["id"], "abababababababab-42");
+        assert_eq!(v["tag"], "$SYS/a+b#c%d");
+        assert_eq!(v["ts"], "2024-03-10T08:00:02.250Z");
+        assert_eq!(v["value"], 71.9);
+        assert_eq!(v["q"]["code"], 0x4000_0000u32);
+        assert_eq!(v["q"]["sev"], "Uncertain");
+        assert_eq!(v["q"]["native"]["opc_da"], 64);
+        assert_eq!(v["flags"][0], "substituted");
+        assert_eq!(v["ts_resolution"], "local");
+    }
+
+    #[test]
+    fn nanoseconds_survive_in_text() {
+        assert_eq!(
+            rfc3339_ns(1_710_057_600_000_000_015),
+            "2024-03-10T08:00:00.000000015Z"
+        );
+        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,403 @@
+//! Historian export parsers: bytes of one spool file in, [`Point`]s out.
+//!
+//! Parsers are sans-IO: the sender's shell reads the file and hands the bytes
+//! plus a [`ParseContext`] (file name, configured zone and tag) to
+//! [`Format::parse`]. A parser never drops data quietly. A line or item it
+//! cannot read becomes a [`Reject`] (1-based line and a [`RejectReason`]) and
+//! parsing carries on with the next one; only a file that cannot be read as
+//! the format at all (not JSON, a CSV header without the required columns) is
+//! an `Err(FormatError)`. Rejects are what the audit log reports as
+//! "rejected" records, so every input record ends up counted exactly once.
+//!
+//! Parsers do not deduplicate, reorder or judge plausibility: duplicates,
+//! out-of-order samples and range checks are the receiver's data-quality
+//! stage. They only normalise: UTC nanoseconds, an OPC UA StatusCode beside
+//! the native quality, and the source's raw text wherever it had to be
+//! interpreted.
+//!
+//! [`Point`]: crate::record::Point
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Point, SourceSystem};
+
+pub mod aveva;
+pub mod pi_webapi;
+
+/// Well-known OPC UA StatusCodes (OPC 10000-4 §7.39; values from the OPC
+/// Foundation `StatusCode.csv`).
+pub mod status {
+    /// Good.
+    pub const GOOD: u32 = 0x0000_0000;
+    /// Good, the value has been overridden locally.
+    pub const GOOD_LOCAL_OVERRIDE: u32 = 0x0096_0000;
+    /// Uncertain, no specific reason.
+    pub const UNCERTAIN: u32 = 0x4000_0000;
+    /// Uncertain: whatever was updating this value has stopped doing so.
+    pub const UNCERTAIN_LAST_USABLE_VALUE: u32 = 0x4090_0000;
+    /// Uncertain: a manually substituted value.
+    pub const UNCERTAIN_SUBSTITUTE_VALUE: u32 = 0x4091_0000;
+    /// Uncertain: the value is at one of the sensor limits.
+    pub const UNCERTAIN_SENSOR_NOT_ACCURATE: u32 = 0x4093_0000;
+    /// Uncertain: outside the range defined for the parameter.
+    pub const UNCERTAIN_ENGINEERING_UNITS_EXCEEDED: u32 = 0x4094_0000;
+    /// Uncertain: derived from fewer Good sources than required.
+    pub const UNCERTAIN_SUB_NORMAL: u32 = 0x4095_0000;
+    /// Bad, no specific reason.
+    pub const BAD: u32 = 0x8000_0000;
+    /// Bad: a timeout occurred (PI "Scan Timeout").
+    pub const BAD_TIMEOUT: u32 = 0x800A_0000;
+    /// Bad: communication with the data source is not established.
+    pub const BAD_NO_COMMUNICATION: u32 = 0x8031_0000;
+    /// Bad: waiting for the server to obtain values from the source.
+    pub const BAD_WAITING_FOR_INITIAL_DATA: u32 = 0x8032_0000;
+    /// Bad: the value was out of range.
+    pub const BAD_OUT_OF_RANGE: u32 = 0x803C_0000;
+    /// Bad: a configuration problem affects the value.
+    pub const BAD_CONFIGURATION_ERROR: u32 = 0x8089_0000;
+    /// Bad: the variable was never connected to its source.
+    pub const BAD_NOT_CONNECTED: u32 = 0x808A_0000;
+    /// Bad: the device generating the value failed.
+    pub const BAD_DEVICE_FAILURE: u32 = 0x808B_0000;
+    /// Bad: the sensor the value derives from failed.
+    pub const BAD_SENSOR_FAILURE: u32 = 0x808C_0000;
+    /// Bad: the source of the data is not operational.
+    pub const BAD_OUT_OF_SERVICE: u32 = 0x808D_0000;
+    /// Bad: no data exists for the requested time range.
+    pub const BAD_NO_DATA: u32 = 0x809B_0000;
+    /// Bad: data is missing because collection stopped or was lost.
+    pub const BAD_DATA_LOST: u32 = 0x809D_0000;
+}
+
+/// What a parser knows about the file besides its bytes (from the config and
+/// the spool file name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParseContext {
+    /// Spool file name, copied into every point's [`SourceRef`](crate::record::SourceRef).
+    /// PI Web API files without a configured or embedded tag fall back to its
+    /// stem (`TT101.PV.json` → `TT101.PV`).
+    pub file: Option<String>,
+    /// Zone of local wall-clock timestamps. Required by formats that write
+    /// local time (AVEVA History).
+    pub tz: Option<chrono_tz::Tz>,
+    /// Tag of a single-tag export (PI Web API `recorded` carries no tag).
+    /// Overrides the file's own `Path`/`Name` and the file stem.
+    pub tag: Option<String>,
+    /// Tags the config declares discrete (boolean). CSV exports carry no type,
+    /// so a discrete tag's `1`/`0` would otherwise read as the number 1.0/0.0.
+    pub discrete_tags: BTreeSet<String>,
+}
+
+/// What one file yielded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParseOutput {
+    /// Parsed points in file order, `seq` 0 (the sender numbers them later).
+    pub points: Vec<Point>,
+    /// Lines or items that could not be parsed, in file order.
+    pub rejects: Vec<Reject>,
+}
+
+/// A line or item the parser could not turn into a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    /// 1-based line in the file where the record starts.
+    pub line: u64,
+    /// Why it was rejected.
+    pub reason: RejectReason,
+}
+
+/// Why one record was rejected. [`RejectReason::code`] is the stable name
+/// used in audit events and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum RejectReason {
+    /// The source itself reported an error for this record (PI `Errors`).
+    #[error("the source reported an error for this record")]
+    SourceError,
+    /// The timestamp is missing its layout, invalid or out of range.
+    #[error("unreadable or out-of-range timestamp")]
+    BadTimestamp,
+    /// The value does not parse as the expected type.
+    #[error("unreadable value")]
+    BadValue,
+    /// The quality fields do not parse.
+    #[error("unreadable quality")]
+    BadQuality,
+    /// A required field is absent or empty.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    /// The record is not text in UTF-8.
+    #[error("record is not UTF-8")]
+    NotUtf8,
+    /// The record does not have the shape of the format (not an object,
+    /// wrong field count, duplicate field, wrong field type).
+    #[error("malformed record")]
+    Malformed,
+}
+
+impl RejectReason {
+    /// Stable snake-case name, for audit events and per-reason counters.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::SourceError => "source_error",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::BadValue => "bad_value",
+            Self::BadQuality => "bad_quality",
+            Self::MissingField(_) => "missing_field",
+            Self::NotUtf8 => "not_utf8",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// Why a whole file could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The file is not UTF-8 text.
+    #[error("file is not UTF-8")]
+    NotUtf8,
+    /// The file is not well-formed JSON.
+    #[error("not JSON: syntax error at line {line}, column {column}")]
+    NotJson {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+    },
+    /// The file is well-formed but not shaped like the format.
+    #[error("unexpected file structure: {0}")]
+    Shape(&'static str),
+    /// No tag name: neither configured, nor in the file, nor a file name.
+    #[error("no tag name: configure one or name the file after the tag")]
+    NoTag,
+    /// The format writes local time and the context names no time zone.
+    #[error("a time zone is required for this format's local timestamps")]
+    TimeZoneRequired,
+    /// The CSV header lacks a required column.
+    #[error("CSV header lacks required column {0}")]
+    MissingColumn(&'static str),
+    /// The CSV header names a known column twice.
+    #[error("CSV header names column {0} twice")]
+    DuplicateColumn(&'static str),
+    /// A format name that is not one of [`Format`]'s.
+    #[error("unknown format name")]
+    UnknownFormat,
+}
+
+/// Export dialects with a parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Format {
+    /// PI Web API `streams/{webId}/recorded` JSON.
+    #[serde(rename = "pi-webapi-json")]
+    PiWebApi,
+    /// AVEVA (Wonderware) Historian `History` query exported as CSV.
+    #[serde(rename = "aveva-csv")]
+    Aveva,
+}
+
+impl Format {
+    /// Every format, for help texts and exhaustive tests.
+    pub const ALL: [Self; 2] = [Self::PiWebApi, Self::Aveva];
+
+    /// The config name (`pi-webapi-json`, `aveva-csv`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PiWebApi => "pi-webapi-json",
+            Self::Aveva => "aveva-csv",
+        }
+    }
+
+    /// The source system its points are attributed to.
+    pub fn source_system(self) -> SourceSystem {
+        match self {
+            Self::PiWebApi => SourceSystem::PiWebApi,
+            Self::Aveva => SourceSystem::Aveva,
+        }
+    }
+
+    /// Parse one file's bytes.
+    pub fn parse(self, bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatError> {
+        match self {
+            Self::PiWebApi => pi_webapi::parse(bytes, ctx),
+            Self::Aveva => aveva::parse(bytes, ctx),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Format {
+    type Err = FormatError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or(FormatError::UnknownFormat)
+    }
+}
+
+/// OPC DA quality (`QQSSSSLL` in the low byte) to an OPC UA StatusCode,
+/// per OPC 10000-8 A.3.2.3, with the limit bits `LL` moved to bits 8–9.
+///
+/// The high byte of the DA quality word is vendor-specific and ignored. A
+/// sub-status the table does not list keeps its severity (`QQ`); the
+/// reserved `QQ = 10` is treated as Bad.
+pub fn opc_da_to_status(da: u16) -> u32 {
+    let byte = da & 0x00FF;
+    let limit = u32::from(byte & 0x03) << 8;
+    let quality_substatus = byte & 0xFC;
+    let code = match quality_substatus {
+        0xC0 => status::GOOD,
+        0xD8 => status::GOOD_LOCAL_OVERRIDE,
+        0x40 => status::UNCERTAIN,
+        0x44 => status::UNCERTAIN_LAST_USABLE_VALUE,
+        0x50 => status::UNCERTAIN_SENSOR_NOT_ACCURATE,
+        0x54 => status::UNCERTAIN_ENGINEERING_UNITS_EXCEEDED,
+        0x58 => status::UNCERTAIN_SUB_NORMAL,
+        0x00 => status::BAD,
+        0x04 => status::BAD_CONFIGURATION_ERROR,
+        0x08 => status::BAD_NOT_CONNECTED,
+        0x0C => status::BAD_DEVICE_FAILURE,
+        0x10 => status::BAD_SENSOR_FAILURE,
+        // DA "last known value": the spec table maps it to Bad_OutOfService.
+        0x14 | 0x1C => status::BAD_OUT_OF_SERVICE,
+        0x18 => status::BAD_NO_COMMUNICATION,
+        0x20 => status::BAD_WAITING_FOR_INITIAL_DATA,
+        other => match other & 0xC0 {
+            0xC0 => status::GOOD,
+            0x40 => status::UNCERTAIN,
+            _ => status::BAD,
+        },
+    };
+    code | limit
+}
+
+/// PI SYSTEM digital state code to an OPC UA StatusCode (FORMATS.md §2,
+/// proposed mapping). Codes not listed map to plain Bad.
+pub fn pi_system_state_to_status(code: i32) -> u32 {
+    match code {
+        246 | 313 => status::BAD_NO_COMMUNICATION,
+        314 => status::BAD_NOT_CONNECTED,
+        251 | 252 => status::BAD_OUT_OF_RANGE,
+        254 | 238 | 311 | 312 => status::BAD_OUT_OF_SERVICE,
+        253 => status::BAD_WAITING_FOR_INITIAL_DATA,
+        248 => status::BAD_NO_DATA,
+        300 => status::BAD_TIMEOUT,
+        _ => status::BAD,
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`, counting from a known
+/// earlier point (`from`, `from_line`) so that numbering many records in
+/// order stays linear in the file size.
+pub(crate) fn line_at(text: &[u8], from: usize, from_line: u64, offset: usize) -> u64 {
+    let newlines = text.get(from..offset).map_or(0, |span| span.iter().filter(|&&b| b == b'\n').count());
+    from_line + newlines as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opc_da_table() {
+        let table = [
+            (0xC0, status::GOOD),
+            (0xD8, status::GOOD_LOCAL_OVERRIDE),
+            (0x40, status::UNCERTAIN),
+            (0x44, status::UNCERTAIN_LAST_USABLE_VALUE),
+            (0x50, status::UNCERTAIN_SENSOR_NOT_ACCURATE),
+            (0x54, status::UNCERTAIN_ENGINEERING_UNITS_EXCEEDED),
+            (0x58, status::UNCERTAIN_SUB_NORMAL),
+            (0x00, status::BAD),
+            (0x04, status::BAD_CONFIGURATION_ERROR),
+            (0x08, status::BAD_NOT_CONNECTED),
+            (0x0C, status::BAD_DEVICE_FAILURE),
+            (0x10, status::BAD_SENSOR_FAILURE),
+            (0x14, status::BAD_OUT_OF_SERVICE),
+            (0x18, status::BAD_NO_COMMUNICATION),
+            (0x1C, status::BAD_OUT_OF_SERVICE),
+            (0x20, status::BAD_WAITING_FOR_INITIAL_DATA),
+        ];
+        for (da, ua) in table {
+            assert_eq!(opc_da_to_status(da), ua, "DA {da:#04x}");
+        }
+        // AVEVA sample values.
+        assert_eq!(opc_da_to_status(192), 0);
+        assert_eq!(opc_da_to_status(64), 0x4000_0000);
+        assert_eq!(opc_da_to_status(216), 0x0096_0000);
+    }
+
+    #[test]
+    fn opc_da_limit_bits_move_to_8_and_9() {
+        // Good, limit high (LL = 10).
+        assert_eq!(opc_da_to_status(0xC2), 0x0000_0200);
+        // Uncertain engineering units exceeded, limit low (01).
+        assert_eq!(opc_da_to_status(0x55), 0x4094_0100);
+        // Bad sensor failure, constant (11).
+        assert_eq!(opc_da_to_status(0x13), 0x808C_0300);
+    }
+
+    #[test]
+    fn opc_da_unknown_substatus_keeps_severity() {
+        assert_eq!(opc_da_to_status(0xC4), status::GOOD);
+        assert_eq!(opc_da_to_status(0x48), status::UNCERTAIN);
+        assert_eq!(opc_da_to_status(0x3C), status::BAD);
+        // Reserved QQ = 10.
+        assert_eq!(opc_da_to_status(0x80), status::BAD);
+        // Vendor high byte ignored.
+        assert_eq!(opc_da_to_status(0xAB_C0), status::GOOD);
+    }
+
+    #[test]
+    fn pi_system_states() {
+        assert_eq!(pi_system_state_to_status(246), 0x8031_0000);
+        assert_eq!(pi_system_state_to_status(313), 0x8031_0000);
+        assert_eq!(pi_system_state_to_status(314), 0x808A_0000);
+        assert_eq!(pi_system_state_to_status(251), 0x803C_0000);
+        assert_eq!(pi_system_state_to_status(252), 0x803C_0000);
+        for code in [254, 238, 311, 312] {
+            assert_eq!(pi_system_state_to_status(code), 0x808D_0000);
+        }
+        assert_eq!(pi_system_state_to_status(253), 0x8032_0000);
+        assert_eq!(pi_system_state_to_status(248), 0x809B_0000);
+        assert_eq!(pi_system_state_to_status(300), 0x800A_0000);
+        for code in [255, 249, 0, -1, 9999] {
+            assert_eq!(pi_system_state_to_status(code), status::BAD);
+        }
+    }
+
+    #[test]
+    fn format_names_roundtrip() {
+        for f in Format::ALL {
+            assert_eq!(f.as_str().parse::<Format>(), Ok(f));
+            assert_eq!(f.to_string(), f.as_str());
+            let json = serde_json::to_string(&f).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", f.as_str()));
+            assert_eq!(serde_json::from_str::<Format>(&json).expect("deserialises"), f);
+        }
+        assert_eq!("pi".parse::<Format>(), Err(FormatError::UnknownFormat));
+        assert_eq!(Format::PiWebApi.source_system(), SourceSystem::PiWebApi);
+        assert_eq!(Format::Aveva.source_system(), SourceSystem::Aveva);
+    }
+
+    #[test]
+    fn reject_reason_codes_and_text() {
+        assert_eq!(RejectReason::SourceError.code(), "source_error");
+        assert_eq!(RejectReason::MissingField("Timestamp").to_string(), "missing field Timestamp");
+    }
+
+    #[test]
+    fn line_numbers_count_newlines() {
+        let text = b"a\nb\n\nc";
+        assert_eq!(line_at(text, 0, 1, 0), 1);
+        assert_eq!(line_at(text, 0, 1, 2), 2);
+        assert_eq!(line_at(text, 2, 2, 5), 4);
+        assert_eq!(line_at(text, 0, 1, 99), 1);
+    }
+}

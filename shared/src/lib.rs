@@ -1,0 +1,22 @@
+//! Weir's sans-IO core.
+//!
+//! Everything that can be decided without I/O lives here: the datagram
+//! format ([`wire`]), the crypto envelope ([`seal`]), forward error
+//! correction ([`fec`]), block reassembly and loss accounting
+//! ([`reassembly`]), the record model and batch frames ([`record`]),
+//! heartbeats ([`heartbeat`]), pacing arithmetic ([`pace`]), the MQTT
+//! contract ([`contract`]) and configuration ([`config`]). No tokio, no
+//! sockets, no clock reads, no filesystem: callers pass `now` and buffers,
+//! so every piece is deterministic under test.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod contract;
+pub mod fec;
+pub mod heartbeat;
+pub mod lane;
+pub mod pace;
+pub mod reassembly;
+pub mod record;
+pub mod seal;
+pub mod wire;

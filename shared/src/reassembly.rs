@@ -1,0 +1,793 @@
+//! Block reassembly and loss accounting on the receiver.
+//!
+//! Symbols of many blocks arrive interleaved, duplicated and reordered. The
+//! reassembler keeps one [`BlockDecoder`] per pending `(session, lane, seq)`
+//! and hands a block out as soon as RaptorQ can rebuild it.
+//!
+//! Two kinds of state, with different trust:
+//!
+//! * **Pending blocks** are created by *unauthenticated* symbols, so they
+//!   are strictly bounded (count, symbols per block) and expire after
+//!   `block_timeout`. A flood of junk costs a counter and bounded memory.
+//! * **Lane windows** (what was delivered, what is known to exist) move only
+//!   on *authenticated* events: a block that passed the AEAD
+//!   ([`Reassembler::confirm`]) or a heartbeat's "last block sent"
+//!   ([`Reassembler::handle_heartbeat`]). So a forged sequence number can
+//!   never make us declare real blocks lost, and a replayed symbol of a
+//!   delivered block is recognised and dropped.
+//!
+//! A block known to exist but not delivered within `gap_timeout` is
+//! reported through [`Reassembler::poll_lost`] with its sequence number:
+//! nothing hangs, nothing is lost silently.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::fec::{BlockDecoder, FecError};
+use crate::lane::{LANES, Lane};
+use crate::wire::{Header, KeyId, SessionId};
+
+/// Bounds on reassembly state; all from validated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReassemblyLimits {
+    /// Largest sealed block accepted.
+    pub max_block_bytes: u32,
+    /// Most blocks being reassembled at once.
+    pub max_pending_blocks: usize,
+    /// A pending block not rebuilt within this time is dropped.
+    pub block_timeout: Duration,
+    /// A block known to exist but not delivered within this time is lost.
+    pub gap_timeout: Duration,
+    /// Delivered sequence numbers remembered per lane (replay window).
+    pub window_blocks: u64,
+    /// Sender sessions tracked at once.
+    pub max_sessions: usize,
+}
+
+/// Identity of a block on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// Sender session.
+    pub session: SessionId,
+    /// Lane.
+    pub lane: Lane,
+    /// Sequence within (session, lane).
+    pub seq: u64,
+}
+
+/// A rebuilt (still sealed) block.
+#[derive(Debug)]
+pub struct CompletedBlock {
+    /// Block-level header (payload id zeroed): the AEAD's associated data.
+    pub header: Header,
+    /// The sealed block.
+    pub sealed: Vec<u8>,
+    /// Source symbols `K`.
+    pub source_symbols: u32,
+    /// Symbols received until the block could be rebuilt.
+    pub symbols_used: u32,
+    /// Source symbols that were missing and rebuilt from repair symbols.
+    pub repaired: u32,
+}
+
+/// Why a symbol was not used. Every variant is counted by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DropReason {
+    /// The block was already delivered or declared lost (extra repair
+    /// symbols after completion, or a replay).
+    #[error("block already resolved")]
+    Resolved,
+    /// Below the replay window of its session and lane.
+    #[error("block older than the replay window")]
+    TooOld,
+    /// The geometry (length, symbol size) is invalid or over the limits.
+    #[error("invalid block geometry: {0}")]
+    Geometry(FecError),
+    /// Header fields disagree with earlier symbols of the same block.
+    #[error("symbol inconsistent with its block")]
+    Inconsistent,
+    /// Too many blocks pending; the symbol's block could not be started.
+    #[error("pending-block table full")]
+    PendingFull,
+    /// More symbols than a block can use.
+    #[error("symbol beyond the per-block budget")]
+    Excess,
+}
+
+/// Blocks declared lost: `first..=last` of one lane of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostRange {
+    /// Sender session.
+    pub session: SessionId,
+    /// Lane.
+    pub lane: Lane,
+    /// First lost sequence number.
+    pub first: u64,
+    /// Last lost sequence number (inclusive).
+    pub last: u64,
+}
+
+impl LostRange {
+    /// Number of blocks in the range.
+    pub fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+struct Pending {
+    decoder: BlockDecoder,
+    header: Header,
+    first_seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct LaneWindow {
+    /// Every sequence number below `floor` is resolved.
+    floor: u64,
+    /// Delivered sequence numbers at or above `floor`.
+    delivered: BTreeSet<u64>,
+    /// Highest sequence number known (authenticated) to exist.
+    known_upto: Option<u64>,
+    /// Since when the block at `floor` has been known missing.
+    missing_since: Option<Instant>,
+    /// Whether the window has been anchored by a first authenticated event.
+    anchored: bool,
+}
+
+struct SessionState {
+    lanes: [LaneWindow; LANES],
+    last_auth: Instant,
+    key_id: KeyId,
+}
+
+/// Counters of the reassembler (monotonic).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Pending blocks dropped by `block_timeout`.
+    pub pending_expired: u64,
+    /// Blocks declared lost.
+    pub blocks_lost: u64,
+    /// Sessions evicted by the session cap.
+    pub sessions_evicted: u64,
+}
+
+/// The receiver's reassembly core. Sans-IO: the caller passes `now`.
+pub struct Reassembler {
+    limits: ReassemblyLimits,
+    pending: HashMap<BlockKey, Pending>,
+    sessions: HashMap<SessionId, SessionState>,
+    lost: VecDeque<LostRange>,
+    stats: ReassemblyStats,
+}
+
+impl Reassembler {
+    /// A reassembler bounded by `limits`.
+    pub fn new(limits: ReassemblyLimits) -> Self {
+        Self {
+            limits,
+            pending: HashMap::new(),
+            sessions: HashMap::new(),
+            lost: VecDeque::new(),
+            stats: ReassemblyStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ReassemblyStats {
+        self.stats
+    }
+
+    /// Blocks currently pending.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sessions currently tracked.
+    pub fn sessions_len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Feed one symbol datagram (already CRC-checked and parsed).
+    pub fn handle_symbol(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        symbol: &[u8],
+    ) -> Result<Option<CompletedBlock>, DropReason> {
+        let key = BlockKey {
+            session: header.session,
+            lane: header.lane,
+            seq: header.seq,
+        };
+        if let Some(state) = self.sessions.get(&header.session) {
+            let w = &state.lanes[header.lane.index()];
+            if w.anchored {
+                if header.seq < w.floor {
+                    return Err(if header.seq + self.limits.window_blocks >= w.floor {
+                        DropReason::Resolved
+                    } else {
+                        DropReason::TooOld
+                    });
+                }
+                if w.delivered.contains(&header.seq) {
+                    return Err(DropReason::Resolved);
+                }
+            }
+        }
+        let block_header = Header {
+            payload_id: 0,
+            ..*header
+        };
+        let pending = match self.pending.get_mut(&key) {
+            Some(p) => {
+                if p.header != block_header {
+                    return Err(DropReason::Inconsistent);
+                }
+                p
+            }
+            None => {
+                if self.pending.len() >= self.limits.max_pending_blocks {
+                    self.expire(now);
+                    if self.pending.len() >= self.limits.max_pending_blocks {
+                        return Err(DropReason::PendingFull);
+                    }
+                }
+                let decoder = BlockDecoder::new(
+                    header.transfer_len,
+                    header.symbol_size,
+                    self.limits.max_block_bytes,
+                )
+                .map_err(DropReason::Geometry)?;
+                self.pending.entry(key).or_insert(Pending {
+                    decoder,
+                    header: block_header,
+                    first_seen: now,
+                })
+            }
+        };
+        // A block never needs more than 2K + 16 symbols; anything beyond is
+        // a flood against one block.
+        let budget = pending
+            .decoder
+            .source_symbols()
+            .saturating_mul(2)
+            .saturating_add(16);
+        if pending.decoder.received() >= budget {
+            return Err(DropReason::Excess);
+        }
+        match pending.decoder.push(header.payload_id, symbol) {
+            Ok(None) => Ok(None),
+            Ok(Some(sealed)) => {
+                let p = self.pending.remove(&key).ok_or(DropReason::Resolved)?;
+                let k = p.decoder.source_symbols();
+                Ok(Some(CompletedBlock {
+                    header: p.header,
+                    sealed,
+                    source_symbols: k,
+                    symbols_used: p.decoder.received(),
+                    repaired: k.saturating_sub(p.decoder.source_received()),
+                }))
+            }
+            Err(e) => Err(DropReason::Geometry(e)),
+        }
+    }
+
+    /// Whether a rebuilt block may still be delivered (not a replay).
+    pub fn is_fresh(&self, key: BlockKey) -> bool {
+        self.sessions.get(&key.session).is_none_or(|s| {
+            let w = &s.lanes[key.lane.index()];
+            !w.anchored || (key.seq >= w.floor && !w.delivered.contains(&key.seq))
+        })
+    }
+
+    /// An authenticated block was delivered. Moves the lane window.
+    pub fn confirm(&mut self, now: Instant, key: BlockKey, key_id: KeyId) {
+        let pending_min = self.pending_min(key.session, key.lane);
+        let window = self.limits.window_blocks;
+        let gap_timeout = self.limits.gap_timeout;
+        let state = Self::session_entry(
+            &mut self.sessions,
+            &mut self.stats,
+            self.limits.max_sessions,
+            now,
+            key.session,
+            key_id,
+        );
+        let w = &mut state.lanes[key.lane.index()];
+        if !w.anchored {
+            // Joining mid-stream: blocks before the first one we see (or
+            // still have in reassembly) were sent before we listened.
+            w.floor = pending_min.map_or(key.seq, |m| m.min(key.seq));
+            w.anchored = true;
+        }
+        if key.seq < w.floor {
+            return;
+        }
+        w.delivered.insert(key.seq);
+        w.known_upto = Some(w.known_upto.map_or(key.seq, |u| u.max(key.seq)));
+        // Keep the window bounded: a delivery far ahead forces the floor up,
+        // and whatever is skipped is reported lost at once.
+        if key.seq >= w.floor.saturating_add(window) {
+            let new_floor = key.seq + 1 - window;
+            Self::force_floor(
+                w,
+                key.session,
+                key.lane,
+                new_floor,
+                &mut self.lost,
+                &mut self.stats,
+            );
+        }
+        Self::advance(
+            w,
+            now,
+            gap_timeout,
+            key.session,
+            key.lane,
+            &mut self.lost,
+            &mut self.stats,
+        );
+    }
+
+    /// An authenticated heartbeat: `last_sent[lane]` is the highest block
+    /// sequence the sender has fully sent on that lane, if any.
+    pub fn handle_heartbeat(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key_id: KeyId,
+        last_sent: [Option<u64>; LANES],
+    ) {
+        let mins: [Option<u64>; LANES] = Lane::ALL.map(|l| self.pending_min(session, l));
+        let gap_timeout = self.limits.gap_timeout;
+        let state = Self::session_entry(
+            &mut self.sessions,
+            &mut self.stats,
+            self.limits.max_sessions,
+            now,
+            session,
+            key_id,
+        );
+        for lane in Lane::ALL {
+            let Some(last) = last_sent[lane.index()] else {
+                continue;
+            };
+            let w = &mut state.lanes[lane.index()];
+            if !w.anchored {
+                w.floor = mins[lane.index()]
+                    .map_or(last.saturating_add(1), |m| m.min(last.saturating_add(1)));
+                w.anchored = true;
+            }
+            w.known_upto = Some(w.known_upto.map_or(last, |u| u.max(last)));
+            Self::advance(
+                w,
+                now,
+                gap_timeout,
+                session,
+                lane,
+                &mut self.lost,
+                &mut self.stats,
+            );
+        }
+    }
+
+    /// Drop pending blocks older than `block_timeout` and declare lost every
+    /// block known missing for longer than `gap_timeout`. Call periodically.
+    pub fn poll_timeouts(&mut self, now: Instant) {
+        self.expire(now);
+        let gap = self.limits.gap_timeout;
+        for (session, state) in &mut self.sessions {
+            for lane in Lane::ALL {
+                let w = &mut state.lanes[lane.index()];
+                Self::advance(w, now, gap, *session, lane, &mut self.lost, &mut self.stats);
+            }
+        }
+    }
+
+    /// Next range of blocks declared lost, if any.
+    pub fn poll_lost(&mut self) -> Option<LostRange> {
+        self.lost.pop_front()
+    }
+
+    /// The key id a session authenticated with, if the session is known.
+    pub fn session_key_id(&self, session: SessionId) -> Option<KeyId> {
+        self.sessions.get(&session).map(|s| s.key_id)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.limits.block_timeout;
+        let before = self.pending.len();
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.first_seen) < timeout);
+        self.stats.pending_expired += (before - self.pending.len()) as u64;
+    }
+
+    fn pending_min(&self, session: SessionId, lane: Lane) -> Option<u64> {
+        self.pending
+            .keys()
+            .filter(|k| k.session == session && k.lane == lane)
+            .map(|k| k.seq)
+            .min()
+    }
+
+    fn session_entry<'a>(
+        sessions: &'a mut HashMap<SessionId, SessionState>,
+        stats: &mut ReassemblyStats,
+        max_sessions: usize,
+        now: Instant,
+        session: SessionId,
+        key_id: KeyId,
+    ) -> &'a mut SessionState {
+        if !sessions.contains_key(&session) && sessions.len() >= max_sessions {
+            // Evict the session that authenticated least recently.
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_auth)
+                .map(|(id, _)| *id)
+            {
+                sessions.remove(&oldest);
+                stats.sessions_evicted += 1;
+            }
+        }
+        let state = sessions.entry(session).or_insert_with(|| SessionState {
+            lanes: Default::default(),
+            last_auth: now,
+            key_id,
+        });
+        state.last_auth = now;
+        state
+    }
+
+    fn push_lost(
+        lost: &mut VecDeque<LostRange>,
+        stats: &mut ReassemblyStats,
+        session: SessionId,
+        lane: Lane,
+        seq: u64,
+    ) {
+        stats.blocks_lost += 1;
+        if let Some(last) = lost.back_mut()
+            && last.session == session
+            && last.lane == lane
+            && last.last + 1 == seq
+        {
+            last.last = seq;
+            return;
+        }
+        lost.push_back(LostRange {
+            session,
+            lane,
+            first: seq,
+            last: seq,
+        });
+    }
+
+    fn force_floor(
+        w: &mut LaneWindow,
+        session: SessionId,
+        lane: Lane,
+        new_floor: u64,
+        lost: &mut VecDeque<LostRange>,
+        stats: &mut ReassemblyStats,
+    ) {
+        while w.floor < new_floor {
+            if !w.delivered.remove(&w.floor) {
+                Self::push_lost(lost, stats, session, lane, w.floor);
+            }
+            w.floor += 1;
+        }
+        w.missing_since = None;
+    }
+
+    fn advance(
+        w: &mut LaneWindow,
+        now: Instant,
+        gap_timeout: Duration,
+        session: SessionId,
+        lane: Lane,
+        lost: &mut VecDeque<LostRange>,
+        stats: &mut ReassemblyStats,
+    ) {
+        if !w.anchored {
+            return;
+        }
+        loop {
+            if w.delivered.remove(&w.floor) {
+                w.floor += 1;
+                w.missing_since = None;
+                continue;
+            }
+            match w.known_upto {
+                Some(upto) if w.floor <= upto => {}
+                _ => return,
+            }
+            let since = *w.missing_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < gap_timeout {
+                return;
+            }
+            // Keep `missing_since`: the blocks after this one have been
+            // known missing at least as long.
+            Self::push_lost(lost, stats, session, lane, w.floor);
+            w.floor += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fec::{BlockEncoder, repair_symbols, source_symbols};
+    use crate::wire::Kind;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    const SYM: u16 = 128;
+
+    fn limits() -> ReassemblyLimits {
+        ReassemblyLimits {
+            max_block_bytes: 1 << 20,
+            max_pending_blocks: 64,
+            block_timeout: Duration::from_secs(2),
+            gap_timeout: Duration::from_secs(3),
+            window_blocks: 1024,
+            max_sessions: 4,
+        }
+    }
+
+    fn datagrams(
+        session: SessionId,
+        lane: Lane,
+        seq: u64,
+        block: &[u8],
+        ratio: u32,
+    ) -> Vec<(Header, Vec<u8>)> {
+        let mut enc = BlockEncoder::new(SYM, 1 << 20).expect("enc");
+        let k = source_symbols(block.len() as u32, SYM);
+        let mut out = Vec::new();
+        enc.encode(block, repair_symbols(k, ratio, 2), |pid, s| {
+            out.push((
+                Header {
+                    kind: Kind::Symbol,
+                    key_id: KeyId(1),
+                    lane,
+                    session,
+                    seq,
+                    transfer_len: block.len() as u32,
+                    symbol_size: SYM,
+                    payload_id: pid,
+                },
+                s.to_vec(),
+            ));
+        })
+        .expect("encode");
+        out
+    }
+
+    fn block(seq: u64) -> Vec<u8> {
+        (0..1000 + seq as usize * 7)
+            .map(|i| (i as u64 * 31 + seq) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn interleaved_duplicated_reordered_blocks_all_complete_once() {
+        let s = SessionId([1; 16]);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut all: Vec<(Header, Vec<u8>)> = (0..20)
+            .flat_map(|seq| datagrams(s, Lane::Bulk, seq, &block(seq), 250))
+            .collect();
+        let dups: Vec<_> = all
+            .iter()
+            .filter(|_| rng.random_bool(0.2))
+            .cloned()
+            .collect();
+        all.extend(dups);
+        all.shuffle(&mut rng);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let mut done = std::collections::BTreeMap::new();
+        for (h, sym) in &all {
+            match r.handle_symbol(t0, h, sym) {
+                Ok(Some(b)) => {
+                    let key = BlockKey {
+                        session: s,
+                        lane: Lane::Bulk,
+                        seq: b.header.seq,
+                    };
+                    assert!(r.is_fresh(key));
+                    r.confirm(t0, key, KeyId(1));
+                    assert!(
+                        done.insert(b.header.seq, b.sealed).is_none(),
+                        "block delivered twice"
+                    );
+                }
+                Ok(None) | Err(DropReason::Resolved) => {}
+                Err(e) => panic!("unexpected drop {e:?}"),
+            }
+        }
+        assert_eq!(done.len(), 20);
+        for (seq, data) in done {
+            assert_eq!(data, block(seq));
+        }
+        assert_eq!(r.pending_len(), 0);
+        r.poll_timeouts(t0 + Duration::from_secs(60));
+        assert_eq!(r.poll_lost(), None);
+    }
+
+    #[test]
+    fn replayed_symbols_of_a_delivered_block_are_refused() {
+        let s = SessionId([2; 16]);
+        let dg = datagrams(s, Lane::Alert, 0, &block(0), 500);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let mut delivered = 0;
+        for (h, sym) in &dg {
+            if let Ok(Some(b)) = r.handle_symbol(t0, h, sym) {
+                r.confirm(
+                    t0,
+                    BlockKey {
+                        session: s,
+                        lane: Lane::Alert,
+                        seq: b.header.seq,
+                    },
+                    KeyId(1),
+                );
+                delivered += 1;
+            }
+        }
+        assert_eq!(delivered, 1);
+        for (h, sym) in &dg {
+            assert_eq!(
+                r.handle_symbol(t0, h, sym).map(|b| b.is_some()),
+                Err(DropReason::Resolved)
+            );
+        }
+    }
+
+    #[test]
+    fn block_that_cannot_complete_times_out_and_is_reported_lost() {
+        let s = SessionId([3; 16]);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        // Block 0 arrives whole; block 1 only one symbol; block 2 whole.
+        for seq in [0u64, 2] {
+            for (h, sym) in &datagrams(s, Lane::Bulk, seq, &block(seq), 100) {
+                if let Ok(Some(_)) = r.handle_symbol(t0, h, sym) {
+                    r.confirm(
+                        t0,
+                        BlockKey {
+                            session: s,
+                            lane: Lane::Bulk,
+                            seq,
+                        },
+                        KeyId(1),
+                    );
+                }
+            }
+        }
+        let one = &datagrams(s, Lane::Bulk, 1, &block(1), 100)[0];
+        assert_eq!(
+            r.handle_symbol(t0, &one.0, &one.1).map(|b| b.is_some()),
+            Ok(false)
+        );
+        r.poll_timeouts(t0 + Duration::from_secs(1));
+        assert_eq!(r.poll_lost(), None, "not yet: within gap timeout");
+        r.poll_timeouts(t0 + Duration::from_secs(4));
+        assert_eq!(
+            r.poll_lost(),
+            Some(LostRange {
+                session: s,
+                lane: Lane::Bulk,
+                first: 1,
+                last: 1
+            })
+        );
+        assert_eq!(r.pending_len(), 0, "the stuck block was expired");
+        assert_eq!(r.stats().blocks_lost, 1);
+    }
+
+    #[test]
+    fn heartbeat_reveals_tail_loss() {
+        let s = SessionId([4; 16]);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        for (h, sym) in &datagrams(s, Lane::Bulk, 0, &block(0), 100) {
+            if let Ok(Some(_)) = r.handle_symbol(t0, h, sym) {
+                r.confirm(
+                    t0,
+                    BlockKey {
+                        session: s,
+                        lane: Lane::Bulk,
+                        seq: 0,
+                    },
+                    KeyId(1),
+                );
+            }
+        }
+        // Blocks 1..=3 were sent but nothing of them arrived.
+        r.handle_heartbeat(t0, s, KeyId(1), [None, Some(3)]);
+        r.poll_timeouts(t0 + Duration::from_secs(10));
+        assert_eq!(
+            r.poll_lost(),
+            Some(LostRange {
+                session: s,
+                lane: Lane::Bulk,
+                first: 1,
+                last: 3
+            })
+        );
+    }
+
+    #[test]
+    fn junk_flood_is_bounded() {
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut full = 0;
+        for i in 0..10_000u64 {
+            let mut s = [0u8; 16];
+            rng.fill(&mut s);
+            let h = Header {
+                kind: Kind::Symbol,
+                key_id: KeyId(1),
+                lane: Lane::Bulk,
+                session: SessionId(s),
+                seq: i,
+                transfer_len: 100_000,
+                symbol_size: SYM,
+                payload_id: 0,
+            };
+            if matches!(
+                r.handle_symbol(t0, &h, &[0u8; SYM as usize]),
+                Err(DropReason::PendingFull)
+            ) {
+                full += 1;
+            }
+        }
+        assert_eq!(r.pending_len(), 64);
+        assert_eq!(full, 10_000 - 64);
+        // After the timeout the table frees itself.
+        r.poll_timeouts(t0 + Duration::from_secs(3));
+        assert_eq!(r.pending_len(), 0);
+        assert_eq!(r.stats().pending_expired, 64);
+    }
+
+    #[test]
+    fn inconsistent_header_for_pending_block_is_refused() {
+        let s = SessionId([5; 16]);
+        let dg = datagrams(s, Lane::Bulk, 0, &block(0), 100);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        assert_eq!(
+            r.handle_symbol(t0, &dg[0].0, &dg[0].1).map(|b| b.is_some()),
+            Ok(false)
+        );
+        let forged = Header {
+            transfer_len: dg[1].0.transfer_len + 8,
+            ..dg[1].0
+        };
+        assert_eq!(
+            r.handle_symbol(t0, &forged, &dg[1].1).map(|b| b.is_some()),
+            Err(DropReason::Inconsistent)
+        );
+    }
+
+    #[test]
+    fn session_cap_evicts_least_recent() {
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        for i in 0..10u8 {
+            r.handle_heartbeat(
+                t0 + Duration::from_secs(u64::from(i)),
+                SessionId([i; 16]),
+                KeyId(1),
+                [Some(0), Some(0)],
+            );
+        }
+        assert_eq!(r.sessions_len(), 4);
+        assert_eq!(r.stats().sessions_evicted, 6);
+        assert!(r.session_key_id(SessionId([9; 16])).is_some());
+        assert!(r.session_key_id(SessionId([0; 16])).is_none());
+    }
+}

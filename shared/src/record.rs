@@ -1,0 +1,497 @@
+//! The record model: what crosses the diode inside a sealed block.
+//!
+//! A block's plaintext is a *batch frame*: a small hand-written header
+//! (version, codec, decoded length) followed by the postcard encoding of a
+//! [`Batch`], optionally zstd-compressed. postcard is not self-describing, so
+//! the frame version is the compatibility switch: a receiver refuses a frame
+//! version it does not know instead of misreading it.
+//!
+//! Every decode is bounded by [`DecodeLimits`]: the declared length is checked
+//! before anything is allocated, zstd stops at the declared length, and
+//! postcard refuses (rather than allocates) a length prefix longer than the
+//! remaining input.
+
+use serde::{Deserialize, Serialize};
+
+/// Batch frame version understood by this build.
+pub const FRAME_VERSION: u8 = 1;
+/// Frame header: version (1), codec (1), decoded body length (4, big-endian).
+pub const FRAME_HEADER_LEN: usize = 6;
+
+/// One historian sample, normalised but lossless: the native tag, the raw
+/// timestamp text and the native quality travel beside the normalised fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Per-stream sequence number assigned by the sender.
+    pub seq: u64,
+    /// Tag name exactly as the source spelled it.
+    pub tag: String,
+    /// Source timestamp, nanoseconds since the Unix epoch, UTC.
+    pub ts_ns: i64,
+    /// The value.
+    pub value: Value,
+    /// Canonical quality: an OPC UA StatusCode.
+    pub status: u32,
+    /// The quality as the source expressed it.
+    pub native_quality: NativeQuality,
+    /// Engineering unit, when the source names one.
+    pub unit: Option<String>,
+    /// Where the sample came from.
+    pub source: SourceRef,
+    /// Timestamp as written in the source, when it had to be interpreted
+    /// (local wall-clock time, a non-RFC 3339 layout).
+    pub ts_raw: Option<String>,
+    /// How a local wall-clock time was resolved to UTC.
+    pub ts_resolution: TsResolution,
+    /// Flags carried from the source.
+    pub flags: PointFlags,
+    /// Columns or attributes the parser did not map, kept losslessly.
+    pub attrs: Vec<(String, String)>,
+}
+
+/// A point value. Numbers keep their native width class; digital states
+/// keep both code and name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// No value (typically a Bad sample).
+    Null,
+    /// Boolean / discrete.
+    Bool(bool),
+    /// Signed integer.
+    I64(i64),
+    /// Unsigned integer.
+    U64(u64),
+    /// Floating point.
+    F64(f64),
+    /// Text.
+    Str(String),
+    /// A digital or system state (PI `{Name, Value, IsSystem}`).
+    DigitalState {
+        /// State code.
+        code: i32,
+        /// State name.
+        name: String,
+        /// Whether it is a SYSTEM state (an error state, not a process value).
+        system: bool,
+    },
+}
+
+/// The source's own quality encoding, kept beside the canonical StatusCode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NativeQuality {
+    /// The source had no quality field.
+    None,
+    /// OPC DA quality byte (AVEVA `OPCQuality`, Ignition 7 `dataintegrity`).
+    OpcDa(u16),
+    /// OPC UA StatusCode as received.
+    OpcUa(u32),
+    /// PI Web API booleans.
+    Pi {
+        /// `Good`.
+        good: bool,
+        /// `Questionable`.
+        questionable: bool,
+        /// `Substituted`.
+        substituted: bool,
+        /// `Annotated`.
+        annotated: bool,
+    },
+    /// AVEVA Historian `Quality`, `QualityDetail`, `OPCQuality`.
+    Aveva {
+        /// `Quality` (-1 none, 0 good, 1 bad, 16 doubtful).
+        quality: i16,
+        /// `QualityDetail`.
+        detail: i32,
+        /// `OPCQuality`, when present.
+        opc: Option<u16>,
+    },
+    /// Free text (`Good`, `Bad`, `Uncertain`, …).
+    Text(String),
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// The source system / export dialect.
+    pub system: SourceSystem,
+    /// Spool file name, when the record came from a file.
+    pub file: Option<String>,
+    /// 1-based line number in that file.
+    pub line: Option<u64>,
+}
+
+/// Export dialects and alert sources Weir understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SourceSystem {
+    /// PI Web API recorded-values JSON.
+    PiWebApi,
+    /// AVEVA (Wonderware) Historian History CSV.
+    Aveva,
+    /// Anything else.
+    Other,
+}
+
+impl SourceSystem {
+    /// Short, topic-safe name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PiWebApi => "pi",
+            Self::Aveva => "aveva",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// How a source timestamp was turned into UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TsResolution {
+    /// The source gave UTC or an explicit offset.
+    Exact,
+    /// Local time with a single valid reading.
+    Local,
+    /// Local time in a DST fall-back hour, resolved to the earlier instant.
+    AmbiguousEarlier,
+    /// Local time in a DST fall-back hour, resolved to the later instant
+    /// (the file had already passed through that hour once).
+    AmbiguousLater,
+    /// Local time inside a DST spring-forward gap, shifted forward.
+    GapShifted,
+}
+
+/// Flags carried from the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct PointFlags {
+    /// Back-filled history rather than live data.
+    pub historical: bool,
+    /// The value was substituted by an operator or a rule.
+    pub substituted: bool,
+    /// The sample carries an annotation.
+    pub annotated: bool,
+    /// The value was interpolated by the historian.
+    pub interpolated: bool,
+}
+
+/// A record in a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// A historian sample.
+    Point(Point),
+}
+
+impl Record {
+    /// The record's per-stream sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Point(p) => p.seq,
+        }
+    }
+}
+
+/// What one block carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The records, in sender order.
+    pub records: Vec<Record>,
+}
+
+/// How the frame body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// postcard, uncompressed.
+    Plain = 0,
+    /// postcard, then zstd.
+    Zstd = 1,
+}
+
+/// Limits applied to every frame decode; they come from the receiver config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest decoded (decompressed) body accepted, in bytes.
+    pub max_body_bytes: u32,
+    /// Most records accepted in one batch.
+    pub max_records: u32,
+}
+
+/// Why a frame could not be built or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Frame shorter than its header.
+    #[error("frame truncated: {0} bytes")]
+    Truncated(usize),
+    /// Unknown frame version.
+    #[error("unknown frame version {0}")]
+    Version(u8),
+    /// Unknown body codec.
+    #[error("unknown frame codec {0}")]
+    Codec(u8),
+    /// Declared body length above the configured limit.
+    #[error("declared body length {declared} above limit {limit}")]
+    TooLarge {
+        /// Declared length.
+        declared: u32,
+        /// Configured limit.
+        limit: u32,
+    },
+    /// Decompressed length differs from the declared one.
+    #[error("body length mismatch: declared {declared}, got {actual}")]
+    LengthMismatch {
+        /// Declared length.
+        declared: u32,
+        /// Actual decoded length.
+        actual: usize,
+    },
+    /// zstd refused the body.
+    #[error("zstd error")]
+    Decompress,
+    /// postcard refused the body.
+    #[error("record decode error")]
+    Decode,
+    /// More records than the limit.
+    #[error("{count} records above limit {limit}")]
+    TooManyRecords {
+        /// Records in the batch.
+        count: usize,
+        /// Configured limit.
+        limit: u32,
+    },
+    /// The batch could not be encoded (it exceeds 4 GiB or a value refused).
+    #[error("record encode error")]
+    Encode,
+}
+
+/// Builds a batch frame record by record, so the batcher knows the
+/// encoded size as it goes without encoding anything twice.
+///
+/// postcard encodes `Batch { records: Vec<Record> }` as a varint count
+/// followed by the records back to back; the builder keeps the records'
+/// bytes and writes the count when it finishes.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    body: Vec<u8>,
+    count: u64,
+    framed: Vec<u8>,
+}
+
+impl BatchBuilder {
+    /// Append one record.
+    pub fn push(&mut self, record: &Record) -> Result<(), RecordError> {
+        let body = std::mem::take(&mut self.body);
+        self.body = postcard::to_extend(record, body).map_err(|_| RecordError::Encode)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Encoded bytes so far (without the count prefix).
+    pub fn len_bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Records so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether nothing was pushed since the last finish.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Write the frame into `out` (cleared first) and reset the builder.
+    pub fn finish(
+        &mut self,
+        zstd_level: Option<i32>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        self.framed.clear();
+        let mut varint = [0u8; 10];
+        let prefix =
+            postcard::to_slice(&self.count, &mut varint).map_err(|_| RecordError::Encode)?;
+        self.framed.extend_from_slice(prefix);
+        self.framed.extend_from_slice(&self.body);
+        let body_len = u32::try_from(self.framed.len()).map_err(|_| RecordError::Encode)?;
+        out.clear();
+        out.push(FRAME_VERSION);
+        match zstd_level {
+            Some(level) => {
+                out.push(Codec::Zstd as u8);
+                out.extend_from_slice(&body_len.to_be_bytes());
+                zstd::stream::copy_encode(self.framed.as_slice(), &mut *out, level)
+                    .map_err(|_| RecordError::Encode)?;
+            }
+            None => {
+                out.push(Codec::Plain as u8);
+                out.extend_from_slice(&body_len.to_be_bytes());
+                out.extend_from_slice(&self.framed);
+            }
+        }
+        self.body.clear();
+        self.count = 0;
+        Ok(())
+    }
+}
+
+/// Encode a whole `batch` into `out` as a frame (`None`: uncompressed).
+pub fn encode_frame(
+    batch: &Batch,
+    zstd_level: Option<i32>,
+    out: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    let mut b = BatchBuilder::default();
+    for r in &batch.records {
+        b.push(r)?;
+    }
+    b.finish(zstd_level, out)
+}
+
+/// Decode a frame, within `limits`.
+pub fn decode_frame(frame: &[u8], limits: DecodeLimits) -> Result<Batch, RecordError> {
+    let (head, body) = frame
+        .split_first_chunk::<FRAME_HEADER_LEN>()
+        .ok_or(RecordError::Truncated(frame.len()))?;
+    if head[0] != FRAME_VERSION {
+        return Err(RecordError::Version(head[0]));
+    }
+    let declared = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+    if declared > limits.max_body_bytes {
+        return Err(RecordError::TooLarge {
+            declared,
+            limit: limits.max_body_bytes,
+        });
+    }
+    let batch: Batch = match head[1] {
+        c if c == Codec::Plain as u8 => {
+            if body.len() != declared as usize {
+                return Err(RecordError::LengthMismatch {
+                    declared,
+                    actual: body.len(),
+                });
+            }
+            postcard::from_bytes(body).map_err(|_| RecordError::Decode)?
+        }
+        c if c == Codec::Zstd as u8 => {
+            // `decompress` never writes past the capacity it is given, so a
+            // decompression bomb ends here with an error.
+            let plain = zstd::bulk::decompress(body, declared as usize)
+                .map_err(|_| RecordError::Decompress)?;
+            if plain.len() != declared as usize {
+                return Err(RecordError::LengthMismatch {
+                    declared,
+                    actual: plain.len(),
+                });
+            }
+            postcard::from_bytes(&plain).map_err(|_| RecordError::Decode)?
+        }
+        other => return Err(RecordError::Codec(other)),
+    };
+    if batch.records.len() > limits.max_records as usize {
+        return Err(RecordError::TooManyRecords {
+            count: batch.records.len(),
+            limit: limits.max_records,
+        });
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(seq: u64) -> Point {
+        Point {
+            seq,
+            tag: "\\\\PISRV01\\TT101.PV".into(),
+            ts_ns: 1_710_057_602_250_000_000,
+            value: Value::F64(71.9),
+            status: 0x4000_0000,
+            native_quality: NativeQuality::Pi {
+                good: true,
+                questionable: true,
+                substituted: false,
+                annotated: false,
+            },
+            unit: Some("°C".into()),
+            source: SourceRef {
+                system: SourceSystem::PiWebApi,
+                file: Some("a.json".into()),
+                line: Some(4),
+            },
+            ts_raw: None,
+            ts_resolution: TsResolution::Exact,
+            flags: PointFlags::default(),
+            attrs: vec![("k".into(), "v".into())],
+        }
+    }
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_body_bytes: 1 << 20,
+        max_records: 10_000,
+    };
+
+    #[test]
+    fn frame_roundtrips_with_and_without_zstd() {
+        let batch = Batch {
+            records: (0..100).map(|i| Record::Point(point(i))).collect(),
+        };
+        for level in [None, Some(1), Some(3)] {
+            let mut out = Vec::new();
+            encode_frame(&batch, level, &mut out).expect("encode");
+            assert_eq!(decode_frame(&out, LIMITS), Ok(batch.clone()));
+        }
+    }
+
+    #[test]
+    fn declared_length_above_limit_is_refused_before_decompressing() {
+        let batch = Batch {
+            records: (0..100).map(|i| Record::Point(point(i))).collect(),
+        };
+        let mut out = Vec::new();
+        encode_frame(&batch, Some(1), &mut out).expect("encode");
+        let small = DecodeLimits {
+            max_body_bytes: 64,
+            max_records: 10_000,
+        };
+        assert!(matches!(
+            decode_frame(&out, small),
+            Err(RecordError::TooLarge { .. })
+        ));
+        let few = DecodeLimits {
+            max_body_bytes: 1 << 20,
+            max_records: 10,
+        };
+        assert!(matches!(
+            decode_frame(&out, few),
+            Err(RecordError::TooManyRecords { .. })
+        ));
+    }
+
+    #[test]
+    fn lying_declared_length_is_refused() {
+        let batch = Batch {
+            records: vec![Record::Point(point(1))],
+        };
+        let mut out = Vec::new();
+        encode_frame(&batch, Some(1), &mut out).expect("encode");
+        // Claim a shorter body than zstd will produce.
+        out[2..6].copy_from_slice(&8u32.to_be_bytes());
+        assert!(decode_frame(&out, LIMITS).is_err());
+    }
+
+    #[test]
+    fn hostile_vec_length_prefix_fails_without_allocating() {
+        // Plain frame whose body claims u32::MAX records.
+        let body = [0xFF, 0xFF, 0xFF, 0xFF, 0x0F];
+        let mut frame = vec![FRAME_VERSION, Codec::Plain as u8];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        assert_eq!(decode_frame(&frame, LIMITS), Err(RecordError::Decode));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode_frame(&b, LIMITS);
+        }
+    }
+}

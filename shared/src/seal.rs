@@ -1,0 +1,402 @@
+//! The crypto envelope: AES-256-GCM with per-session keys.
+//!
+//! Long-term pre-shared keys (32 bytes, with a numeric key id) live in key
+//! files on both hosts. At every start the sender draws a random 128-bit
+//! session id; the session key is
+//! `HKDF-SHA256(salt = session id, ikm = PSK).expand("weir/v1 data")`.
+//! The nonce is `kind ‖ lane ‖ 0 0 ‖ sequence (u64)`, so within a session a
+//! (key, nonce) pair never repeats, and across restarts the key itself is
+//! new: no counter has to be persisted, and a VM snapshot restored twice
+//! still never reuses a nonce (each boot draws a new session id).
+//!
+//! The block-level header fields (everything but the per-symbol payload id)
+//! are the associated data, so a forged lane, sequence, length or key id
+//! makes `open` fail.
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+
+use crate::lane::Lane;
+use crate::wire::{AAD_LEN, KeyId, Kind, SessionId};
+
+/// Length of a pre-shared key.
+pub const KEY_LEN: usize = 32;
+/// Length of the authentication tag appended to every sealed payload.
+pub const TAG_LEN: usize = 16;
+/// HKDF info label; changing the protocol's crypto means changing it.
+const HKDF_INFO: &[u8] = b"weir/v1 data";
+/// First line of a key file.
+const KEY_FILE_MAGIC: &str = "weir-psk v1";
+
+/// Why sealing, opening or reading a key failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// Authentication failed: wrong key, forged or corrupted data.
+    #[error("authentication failed")]
+    Open,
+    /// Sealing failed (input too long for GCM).
+    #[error("seal failed")]
+    Seal,
+    /// Key file does not start with the expected first line.
+    #[error("key file: first line must be `weir-psk v1`")]
+    KeyFileMagic,
+    /// Key file lacks a field.
+    #[error("key file: missing `{0}`")]
+    KeyFileMissing(&'static str),
+    /// Key file has a malformed field.
+    #[error("key file: malformed `{0}`")]
+    KeyFileMalformed(&'static str),
+    /// No key with this id is loaded.
+    #[error("no key with id {0}")]
+    UnknownKey(u16),
+}
+
+/// A long-term pre-shared key. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct Psk {
+    id: KeyId,
+    secret: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for Psk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Psk")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Psk {
+    /// A key from its id and secret bytes.
+    pub fn new(id: KeyId, secret: [u8; KEY_LEN]) -> Self {
+        Self { id, secret }
+    }
+
+    /// A fresh key drawn from `rng`.
+    pub fn generate(id: KeyId, rng: &dyn ring::rand::SecureRandom) -> Result<Self, SealError> {
+        let mut secret = [0u8; KEY_LEN];
+        rng.fill(&mut secret).map_err(|_| SealError::Seal)?;
+        Ok(Self { id, secret })
+    }
+
+    /// The key id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Key file text: a magic line, `id = N`, `key = <64 hex digits>`.
+    pub fn to_file_text(&self) -> String {
+        let hex: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{KEY_FILE_MAGIC}\n# Weir pre-shared key. Keep it secret: mode 0600, owner the service user.\nid = {}\nkey = {hex}\n",
+            self.id.0
+        )
+    }
+
+    /// Parse key file text written by [`Psk::to_file_text`].
+    pub fn from_file_text(text: &str) -> Result<Self, SealError> {
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines.next() != Some(KEY_FILE_MAGIC) {
+            return Err(SealError::KeyFileMagic);
+        }
+        let (mut id, mut secret) = (None, None);
+        for line in lines {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or(SealError::KeyFileMalformed("line"))?;
+            match k.trim() {
+                "id" => {
+                    id = Some(KeyId(
+                        v.trim()
+                            .parse()
+                            .map_err(|_| SealError::KeyFileMalformed("id"))?,
+                    ));
+                }
+                "key" => {
+                    secret = Some(parse_hex32(v.trim()).ok_or(SealError::KeyFileMalformed("key"))?)
+                }
+                _ => return Err(SealError::KeyFileMalformed("line")),
+            }
+        }
+        Ok(Self {
+            id: id.ok_or(SealError::KeyFileMissing("id"))?,
+            secret: secret.ok_or(SealError::KeyFileMissing("key"))?,
+        })
+    }
+
+    /// Derive the session key for `session`.
+    pub fn session_key(&self, session: SessionId) -> SessionKey {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &session.0);
+        let prk = salt.extract(&self.secret);
+        let info = [HKDF_INFO];
+        let mut key = [0u8; KEY_LEN];
+        // `expand` and `fill` only fail when the requested length exceeds
+        // 255 hash lengths; 32 bytes never does.
+        if let Ok(okm) = prk.expand(&info, &AES_256_GCM) {
+            let _ = okm.fill(&mut key);
+        }
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
+        SessionKey {
+            key: LessSafeKey::new(unbound),
+        }
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; KEY_LEN]> {
+    let b = s.as_bytes();
+    if b.len() != KEY_LEN * 2 {
+        return None;
+    }
+    let mut out = [0u8; KEY_LEN];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// The AES-256-GCM key of one session.
+pub struct SessionKey {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+fn nonce(kind: Kind, lane: Lane, seq: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0] = kind as u8;
+    n[1] = lane as u8;
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+impl SessionKey {
+    /// Encrypt `buf` in place and append the tag.
+    pub fn seal(
+        &self,
+        kind: Kind,
+        lane: Lane,
+        seq: u64,
+        aad: &[u8; AAD_LEN],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(kind, lane, seq), Aad::from(aad), buf)
+            .map_err(|_| SealError::Seal)?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Authenticate and decrypt `buf` in place; returns the plaintext.
+    pub fn open<'a>(
+        &self,
+        kind: Kind,
+        lane: Lane,
+        seq: u64,
+        aad: &[u8; AAD_LEN],
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], SealError> {
+        self.key
+            .open_in_place(nonce(kind, lane, seq), Aad::from(aad), buf)
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// The pre-shared keys one side has loaded.
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    keys: Vec<Psk>,
+}
+
+impl Keyring {
+    /// A keyring from loaded keys; a later duplicate id replaces an earlier.
+    pub fn new(keys: impl IntoIterator<Item = Psk>) -> Self {
+        let mut ring = Self::default();
+        for k in keys {
+            ring.keys.retain(|old| old.id != k.id);
+            ring.keys.push(k);
+        }
+        ring
+    }
+
+    /// The key with this id.
+    pub fn get(&self, id: KeyId) -> Result<&Psk, SealError> {
+        self.keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(SealError::UnknownKey(id.0))
+    }
+
+    /// Ids of every loaded key.
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.iter().map(|k| k.id)
+    }
+
+    /// Whether no key is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Why a key file was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// Group or others may read or write it.
+    #[error("is readable or writable by group or others (mode {0:o}); run `chmod 600` on it")]
+    Permissions(u32),
+    /// Its contents are not a key.
+    #[error("{0}")]
+    Content(#[from] SealError),
+}
+
+/// Check a key file's Unix mode bits and parse its text. The shell reads
+/// both; the rule lives here so both programs apply the same one.
+pub fn load_key_file(mode: u32, text: &str) -> Result<Psk, KeyFileError> {
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions(mode & 0o777));
+    }
+    Ok(Psk::from_file_text(text)?)
+}
+
+/// Sealed length for a plaintext of `len` bytes.
+pub const fn sealed_len(len: usize) -> usize {
+    len + TAG_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Header, KeyId};
+    use proptest::prelude::*;
+
+    fn header(seq: u64, len: u32) -> Header {
+        Header {
+            kind: Kind::Symbol,
+            key_id: KeyId(7),
+            lane: Lane::Bulk,
+            session: SessionId([3; 16]),
+            seq,
+            transfer_len: len,
+            symbol_size: 1024,
+            payload_id: 0,
+        }
+    }
+
+    fn key() -> Psk {
+        Psk::new(KeyId(7), [0x42; KEY_LEN])
+    }
+
+    #[test]
+    fn key_file_roundtrips_and_rejects_garbage() {
+        let k = key();
+        let parsed = Psk::from_file_text(&k.to_file_text()).expect("parses");
+        assert_eq!(parsed.id(), k.id());
+        assert_eq!(parsed.secret, k.secret);
+        assert!(matches!(
+            Psk::from_file_text("hello"),
+            Err(SealError::KeyFileMagic)
+        ));
+        assert!(matches!(
+            Psk::from_file_text("weir-psk v1\nid = 1\nkey = zz\n"),
+            Err(SealError::KeyFileMalformed("key"))
+        ));
+        assert!(matches!(
+            Psk::from_file_text("weir-psk v1\nid = 1\n"),
+            Err(SealError::KeyFileMissing("key"))
+        ));
+    }
+
+    #[test]
+    fn group_or_world_readable_key_files_are_refused() {
+        let text = key().to_file_text();
+        assert!(load_key_file(0o100_600, &text).is_ok());
+        assert!(load_key_file(0o400, &text).is_ok());
+        assert_eq!(
+            load_key_file(0o640, &text).map(|k| k.id()),
+            Err(KeyFileError::Permissions(0o640))
+        );
+        assert_eq!(
+            load_key_file(0o604, &text).map(|k| k.id()),
+            Err(KeyFileError::Permissions(0o604))
+        );
+    }
+
+    #[test]
+    fn debug_never_prints_the_secret() {
+        assert!(!format!("{:?}", key()).contains("42"));
+    }
+
+    #[test]
+    fn seal_open_roundtrip_and_wrong_key_fails() {
+        let h = header(5, 32);
+        let sk = key().session_key(h.session);
+        let mut buf = b"hello historian".to_vec();
+        sk.seal(h.kind, h.lane, h.seq, &h.aad(), &mut buf)
+            .expect("seal");
+        let mut copy = buf.clone();
+        let plain = sk
+            .open(h.kind, h.lane, h.seq, &h.aad(), &mut copy)
+            .expect("open");
+        assert_eq!(plain, b"hello historian");
+
+        let other = Psk::new(KeyId(7), [0x43; KEY_LEN]).session_key(h.session);
+        let mut copy = buf.clone();
+        assert_eq!(
+            other
+                .open(h.kind, h.lane, h.seq, &h.aad(), &mut copy)
+                .map(|_| ()),
+            Err(SealError::Open)
+        );
+
+        // Another session derives another key from the same PSK.
+        let other_session = key().session_key(SessionId([4; 16]));
+        let mut copy = buf.clone();
+        assert!(
+            other_session
+                .open(h.kind, h.lane, h.seq, &h.aad(), &mut copy)
+                .is_err()
+        );
+
+        // A different sequence (nonce) fails.
+        let mut copy = buf;
+        assert!(
+            sk.open(h.kind, h.lane, h.seq + 1, &h.aad(), &mut copy)
+                .is_err()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bit_flip_in_aad_or_ciphertext_fails_open(
+            plain in proptest::collection::vec(any::<u8>(), 0..300),
+            bit in any::<usize>(),
+        ) {
+            let h = header(11, 0);
+            let sk = key().session_key(h.session);
+            let aad = h.aad();
+            let mut sealed = plain.clone();
+            sk.seal(h.kind, h.lane, h.seq, &aad, &mut sealed).expect("seal");
+            let total_bits = (AAD_LEN + sealed.len()) * 8;
+            let bit = bit % total_bits;
+            let mut aad2 = aad;
+            let mut sealed2 = sealed.clone();
+            if bit < AAD_LEN * 8 {
+                aad2[bit / 8] ^= 1 << (bit % 8);
+            } else {
+                let b = bit - AAD_LEN * 8;
+                sealed2[b / 8] ^= 1 << (b % 8);
+            }
+            prop_assert!(sk.open(h.kind, h.lane, h.seq, &aad2, &mut sealed2).is_err());
+        }
+    }
+}
