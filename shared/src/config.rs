@@ -119,6 +119,9 @@ pub struct LaneConfig {
     pub max_age: Duration,
     /// zstd level (1–19), or 0 for no compression.
     pub zstd_level: i32,
+    /// Blocks whose symbols are interleaved in send order, so a burst of
+    /// loss costs several blocks a little instead of one block everything.
+    pub interleave_blocks: u32,
 }
 
 impl LaneConfig {
@@ -129,6 +132,7 @@ impl LaneConfig {
             max_batch_bytes: 16 * 1024,
             max_age: Duration::from_millis(2),
             zstd_level: 1,
+            interleave_blocks: 1,
         }
     }
 
@@ -139,6 +143,7 @@ impl LaneConfig {
             max_batch_bytes: 256 * 1024,
             max_age: Duration::from_millis(200),
             zstd_level: 1,
+            interleave_blocks: 4,
         }
     }
 }
@@ -162,12 +167,18 @@ pub struct SpoolConfig {
     /// Base directory; `incoming/`, `working/`, `done/`, `quarantine/` live in it.
     pub dir: PathBuf,
     /// Export format (`pi-webapi-json`, `aveva-csv`).
-    pub format: String,
+    pub format: crate::formats::Format,
     /// IANA time zone of local timestamps in the files.
     pub tz: Option<String>,
     /// Tag for formats whose files carry no tag name (PI Web API recorded
     /// values); by default the file name without extension.
     pub tag: Option<String>,
+    /// Tags whose `1`/`0` values are booleans (CSV exports carry no type).
+    #[serde(default)]
+    pub discrete_tags: Vec<String>,
+    /// Largest file taken; a larger one is quarantined whole.
+    #[serde(default = "default_max_file")]
+    pub max_file_bytes: u64,
     /// `move` to `done/` (default) or `delete`.
     #[serde(default = "default_on_done")]
     pub on_done: OnDone,
@@ -191,6 +202,9 @@ fn default_heartbeat() -> Duration {
 fn default_on_done() -> OnDone {
     OnDone::Move
 }
+fn default_max_file() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_scan() -> Duration {
     Duration::from_secs(1)
 }
@@ -208,6 +222,8 @@ pub struct ValidLane {
     pub max_age: Duration,
     /// zstd level, `None` for none.
     pub zstd_level: Option<i32>,
+    /// Blocks interleaved in send order.
+    pub interleave_blocks: usize,
 }
 
 /// A validated sender configuration, with derived sizes.
@@ -239,7 +255,7 @@ pub fn symbol_size_for_mtu(mtu: u16) -> Option<u16> {
     u16::try_from(aligned).ok().filter(|s| *s >= 64)
 }
 
-fn valid_lane(c: &LaneConfig, keys: [&'static str; 5]) -> Result<ValidLane, ConfigError> {
+fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, ConfigError> {
     if !(0.0..=10.0).contains(&c.repair_ratio) || !c.repair_ratio.is_finite() {
         return Err(bad(keys[0], "must be between 0 and 10"));
     }
@@ -255,7 +271,11 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 5]) -> Result<ValidLane, Conf
     if !(0..=19).contains(&c.zstd_level) {
         return Err(bad(keys[4], "must be 0 (off) to 19"));
     }
+    if !(1..=64).contains(&c.interleave_blocks) {
+        return Err(bad(keys[5], "must be between 1 and 64"));
+    }
     Ok(ValidLane {
+        interleave_blocks: c.interleave_blocks as usize,
         repair_permille: (c.repair_ratio * 1000.0).round() as u32,
         min_repair: c.min_repair,
         max_batch_bytes: c.max_batch_bytes,
@@ -301,6 +321,7 @@ impl TxConfig {
                     "lanes.alert.max_batch_bytes",
                     "lanes.alert.max_age",
                     "lanes.alert.zstd_level",
+                    "lanes.alert.interleave_blocks",
                 ],
             )?,
             valid_lane(
@@ -311,6 +332,7 @@ impl TxConfig {
                     "lanes.bulk.max_batch_bytes",
                     "lanes.bulk.max_age",
                     "lanes.bulk.zstd_level",
+                    "lanes.bulk.interleave_blocks",
                 ],
             )?,
         ];
@@ -345,6 +367,21 @@ impl TxConfig {
             }
             if s.scan_interval < Duration::from_millis(10) {
                 return Err(bad("spool.scan_interval", "must be at least 10 ms"));
+            }
+            match &s.tz {
+                Some(tz) if tz.parse::<chrono_tz::Tz>().is_err() => {
+                    return Err(bad(
+                        "spool.tz",
+                        "is not an IANA time zone name (e.g. America/Chicago)",
+                    ));
+                }
+                None if matches!(s.format, crate::formats::Format::Aveva) => {
+                    return Err(bad(
+                        "spool.tz",
+                        "is required: this format writes local wall-clock time",
+                    ));
+                }
+                _ => {}
             }
         }
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);

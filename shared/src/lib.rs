@@ -13,8 +13,10 @@
 pub mod config;
 pub mod contract;
 pub mod fec;
+pub mod formats;
 pub mod heartbeat;
 pub mod lane;
+pub mod localtime;
 pub mod pace;
 pub mod reassembly;
 pub mod record;

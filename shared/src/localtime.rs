@@ -57,7 +57,10 @@ pub struct LocalClock {
 impl LocalClock {
     /// A clock for a file written in zone `tz`, with no rows seen yet.
     pub fn new(tz: Tz) -> Self {
-        Self { tz, high_water_ns: None }
+        Self {
+            tz,
+            high_water_ns: None,
+        }
     }
 
     /// The zone this clock reads wall-clock times in.
@@ -83,7 +86,10 @@ impl LocalClock {
     /// Every successful call raises the high-water mark to the result.
     pub fn resolve(&mut self, naive: NaiveDateTime) -> Result<(i64, TsResolution), LocalTimeError> {
         let (ns, how) = match self.tz.from_local_datetime(&naive) {
-            LocalResult::Single(dt) => (dt.timestamp_nanos_opt().ok_or(LocalTimeError::OutOfRange)?, TsResolution::Local),
+            LocalResult::Single(dt) => (
+                dt.timestamp_nanos_opt().ok_or(LocalTimeError::OutOfRange)?,
+                TsResolution::Local,
+            ),
             LocalResult::Ambiguous(a, b) => {
                 let a = a.timestamp_nanos_opt().ok_or(LocalTimeError::OutOfRange)?;
                 let b = b.timestamp_nanos_opt().ok_or(LocalTimeError::OutOfRange)?;
@@ -98,7 +104,10 @@ impl LocalClock {
                 let utc = naive
                     .checked_sub_signed(TimeDelta::seconds(i64::from(offset_s)))
                     .ok_or(LocalTimeError::OutOfRange)?;
-                let ns = utc.and_utc().timestamp_nanos_opt().ok_or(LocalTimeError::OutOfRange)?;
+                let ns = utc
+                    .and_utc()
+                    .timestamp_nanos_opt()
+                    .ok_or(LocalTimeError::OutOfRange)?;
                 (ns, TsResolution::GapShifted)
             }
         };
@@ -140,7 +149,10 @@ mod tests {
     }
 
     fn utc_ns(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-        wall(y, mo, d, h, mi, s).and_utc().timestamp_nanos_opt().expect("in range")
+        wall(y, mo, d, h, mi, s)
+            .and_utc()
+            .timestamp_nanos_opt()
+            .expect("in range")
     }
 
     #[test]
@@ -175,11 +187,17 @@ mod tests {
         // 2024-11-03: 02:00 CDT falls back to 01:00 CST.
         assert_eq!(
             clock.resolve(wall(2024, 11, 3, 1, 29, 30)),
-            Ok((utc_ns(2024, 11, 3, 6, 29, 30), TsResolution::AmbiguousEarlier))
+            Ok((
+                utc_ns(2024, 11, 3, 6, 29, 30),
+                TsResolution::AmbiguousEarlier
+            ))
         );
         assert_eq!(
             clock.resolve(wall(2024, 11, 3, 1, 30, 0)),
-            Ok((utc_ns(2024, 11, 3, 6, 30, 0), TsResolution::AmbiguousEarlier))
+            Ok((
+                utc_ns(2024, 11, 3, 6, 30, 0),
+                TsResolution::AmbiguousEarlier
+            ))
         );
         // Same wall time again: the file already reached 06:30Z.
         assert_eq!(
@@ -202,7 +220,10 @@ mod tests {
         let mut clock = LocalClock::new(chrono_tz::America::Chicago);
         assert_eq!(
             clock.resolve(wall(2024, 11, 3, 1, 30, 0)),
-            Ok((utc_ns(2024, 11, 3, 6, 30, 0), TsResolution::AmbiguousEarlier))
+            Ok((
+                utc_ns(2024, 11, 3, 6, 30, 0),
+                TsResolution::AmbiguousEarlier
+            ))
         );
     }
 
@@ -230,7 +251,9 @@ mod tests {
     fn half_hour_gap_lord_howe() {
         // Australia/Lord_Howe springs forward 02:00 → 02:30 (UTC+10:30 → +11).
         let mut clock = LocalClock::new(chrono_tz::Australia::Lord_Howe);
-        let (ns, how) = clock.resolve(wall(2024, 10, 6, 2, 15, 0)).expect("resolves");
+        let (ns, how) = clock
+            .resolve(wall(2024, 10, 6, 2, 15, 0))
+            .expect("resolves");
         assert_eq!(how, TsResolution::GapShifted);
         // 02:15 at +10:30 = 15:45Z the previous day.
         assert_eq!(ns, utc_ns(2024, 10, 5, 15, 45, 0));
@@ -239,7 +262,10 @@ mod tests {
     #[test]
     fn out_of_range_is_an_error() {
         let mut clock = LocalClock::new(chrono_tz::UTC);
-        assert_eq!(clock.resolve(wall(2300, 1, 1, 0, 0, 0)), Err(LocalTimeError::OutOfRange));
+        assert_eq!(
+            clock.resolve(wall(2300, 1, 1, 0, 0, 0)),
+            Err(LocalTimeError::OutOfRange)
+        );
         assert_eq!(clock.high_water_ns(), None);
     }
 }

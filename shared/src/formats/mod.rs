@@ -237,7 +237,10 @@ impl FromStr for Format {
     type Err = FormatError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or(FormatError::UnknownFormat)
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or(FormatError::UnknownFormat)
     }
 }
 
@@ -295,8 +298,14 @@ pub fn pi_system_state_to_status(code: i32) -> u32 {
 /// 1-based line number of byte `offset` in `text`, counting from a known
 /// earlier point (`from`, `from_line`) so that numbering many records in
 /// order stays linear in the file size.
+#[expect(
+    clippy::naive_bytecount,
+    reason = "one pass per file; not worth a dependency"
+)]
 pub(crate) fn line_at(text: &[u8], from: usize, from_line: u64, offset: usize) -> u64 {
-    let newlines = text.get(from..offset).map_or(0, |span| span.iter().filter(|&&b| b == b'\n').count());
+    let newlines = text
+        .get(from..offset)
+        .map_or(0, |span| span.iter().filter(|&&b| b == b'\n').count());
     from_line + newlines as u64
 }
 
@@ -379,7 +388,10 @@ mod tests {
             assert_eq!(f.to_string(), f.as_str());
             let json = serde_json::to_string(&f).expect("serialises");
             assert_eq!(json, format!("\"{}\"", f.as_str()));
-            assert_eq!(serde_json::from_str::<Format>(&json).expect("deserialises"), f);
+            assert_eq!(
+                serde_json::from_str::<Format>(&json).expect("deserialises"),
+                f
+            );
         }
         assert_eq!("pi".parse::<Format>(), Err(FormatError::UnknownFormat));
         assert_eq!(Format::PiWebApi.source_system(), SourceSystem::PiWebApi);
@@ -389,7 +401,10 @@ mod tests {
     #[test]
     fn reject_reason_codes_and_text() {
         assert_eq!(RejectReason::SourceError.code(), "source_error");
-        assert_eq!(RejectReason::MissingField("Timestamp").to_string(), "missing field Timestamp");
+        assert_eq!(
+            RejectReason::MissingField("Timestamp").to_string(),
+            "missing field Timestamp"
+        );
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! Stage 3, `decode`: symbols → rebuilt blocks; heartbeats → link state.
+//!
+//! ```text
+//!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> validate
+//!           └─heartbeats──────────────────────────────> open ──> link state, tail-loss window
+//!  tick ──> expire pending blocks, declare lost blocks ──> gap events ──> publish
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::{Receiver, Sender};
+use weir_shared::contract::rfc3339_ns;
+use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
+use weir_shared::seal::Keyring;
+use weir_shared::wire::{Header, Kind, SessionId};
+
+use super::open::{Gate, OpenError};
+use super::publish::Topics;
+use super::{LinkState, Message, OpenedBlock, StageError, Verified, now};
+use crate::stats::{RxStats, add};
+
+/// How often pending blocks are expired and lost blocks reported.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The decode stage's state.
+pub struct Core {
+    reassembler: Reassembler,
+    gate: Gate,
+    /// Highest heartbeat sequence seen per session (heartbeat replay guard).
+    hb_seq: HashMap<SessionId, u64>,
+    max_sessions: usize,
+}
+
+impl Core {
+    /// A core with these limits and keys.
+    pub fn new(limits: ReassemblyLimits, keyring: Keyring) -> Self {
+        Self {
+            reassembler: Reassembler::new(limits),
+            gate: Gate::new(keyring),
+            hb_seq: HashMap::new(),
+            max_sessions: limits.max_sessions,
+        }
+    }
+}
+
+fn count_open_error(stats: &RxStats, e: OpenError) {
+    match e {
+        OpenError::UnknownKey(_) => add(&stats.drop_unknown_key, 1),
+        OpenError::Auth | OpenError::Heartbeat => add(&stats.drop_auth, 1),
+    }
+}
+
+fn count_drop(stats: &RxStats, r: DropReason) {
+    let c = match r {
+        DropReason::Resolved => &stats.drop_resolved,
+        DropReason::TooOld => &stats.drop_too_old,
+        DropReason::Geometry(_) => &stats.drop_geometry,
+        DropReason::Inconsistent => &stats.drop_inconsistent,
+        DropReason::PendingFull => &stats.drop_pending_full,
+        DropReason::Excess => &stats.drop_excess,
+    };
+    add(c, 1);
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Run until the verify channel closes.
+pub async fn run(
+    mut core: Core,
+    stats: Arc<RxStats>,
+    link: Arc<Mutex<LinkState>>,
+    topics: Topics,
+    mut from_verify: Receiver<Verified>,
+    to_validate: Sender<OpenedBlock>,
+    to_publish: Sender<Vec<Message>>,
+) -> Result<(), StageError> {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        let batch = tokio::select! {
+            b = from_verify.recv() => match b { Some(b) => b, None => break },
+            _ = tick.tick() => {
+                core.reassembler.poll_timeouts(now());
+                report_lost(&mut core, &stats, &topics, &to_publish);
+                continue;
+            }
+        };
+        let Verified { mut buf, items } = batch;
+        for (header, start, len) in items {
+            let payload = &mut buf[start..start + len];
+            match header.kind {
+                Kind::Heartbeat => heartbeat(&mut core, &stats, &link, &header, payload),
+                Kind::Symbol => {
+                    let t = now();
+                    match core.reassembler.handle_symbol(t, &header, payload) {
+                        Ok(None) => {}
+                        Ok(Some(mut block)) => {
+                            let key = BlockKey {
+                                session: block.header.session,
+                                lane: block.header.lane,
+                                seq: block.header.seq,
+                            };
+                            if !core.reassembler.is_fresh(key) {
+                                add(&stats.drop_replay, 1);
+                                continue;
+                            }
+                            match core.gate.open_block(&block.header, &mut block.sealed) {
+                                Ok(len) => {
+                                    core.reassembler.confirm(t, key, block.header.key_id);
+                                    add(&stats.blocks_ok, 1);
+                                    add(&stats.fec_repaired, u64::from(block.repaired));
+                                    block.sealed.truncate(len);
+                                    let opened = OpenedBlock {
+                                        session: key.session,
+                                        lane: key.lane,
+                                        seq: key.seq,
+                                        frame: block.sealed,
+                                    };
+                                    if to_validate.send(opened).await.is_err() {
+                                        return Err(StageError::Closed("decode"));
+                                    }
+                                }
+                                Err(e) => {
+                                    count_open_error(&stats, e);
+                                    tracing::warn!(seq = key.seq, lane = key.lane.as_str(), error = %e, "Block refused by the AEAD gate.");
+                                }
+                            }
+                        }
+                        Err(r) => count_drop(&stats, r),
+                    }
+                }
+            }
+        }
+    }
+    // Input closed: report whatever is already known lost.
+    core.reassembler.poll_timeouts(now());
+    report_lost(&mut core, &stats, &topics, &to_publish);
+    Ok(())
+}
+
+fn heartbeat(
+    core: &mut Core,
+    stats: &RxStats,
+    link: &Mutex<LinkState>,
+    header: &Header,
+    payload: &[u8],
+) {
+    let hb = match core.gate.open_heartbeat(header, payload) {
+        Ok(hb) => hb,
+        Err(e) => return count_open_error(stats, e),
+    };
+    if core
+        .hb_seq
+        .get(&header.session)
+        .is_some_and(|&s| header.seq <= s)
+    {
+        add(&stats.drop_replay, 1);
+        return;
+    }
+    if core.hb_seq.len() >= core.max_sessions * 2 {
+        core.hb_seq.clear();
+    }
+    core.hb_seq.insert(header.session, header.seq);
+    add(&stats.heartbeats, 1);
+    let t = now();
+    core.reassembler
+        .handle_heartbeat(t, header.session, header.key_id, hb.last_sent);
+    if let Ok(mut l) = link.lock() {
+        l.skew_ms = hb.sent_unix_ms - unix_ms();
+        l.last = Some((t, header.session, hb));
+    }
+}
+
+fn report_lost(
+    core: &mut Core,
+    stats: &RxStats,
+    topics: &Topics,
+    to_publish: &Sender<Vec<Message>>,
+) {
+    let s = core.reassembler.stats();
+    stats
+        .blocks_lost
+        .store(s.blocks_lost, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .pending_expired
+        .store(s.pending_expired, std::sync::atomic::Ordering::Relaxed);
+    while let Some(lost) = core.reassembler.poll_lost() {
+        tracing::warn!(session = %lost.session.short_hex(), lane = lost.lane.as_str(), first = lost.first,
+            last = lost.last, blocks = lost.count(), "Blocks lost: FEC could not recover them.");
+        let ts = rfc3339_ns(unix_ms().saturating_mul(1_000_000));
+        let body = serde_json::json!({
+            "type": "blocks_lost", "session": lost.session.short_hex(), "lane": lost.lane.as_str(),
+            "first_block": lost.first, "last_block": lost.last, "blocks": lost.count(), "ts": ts,
+        });
+        let msg = Message {
+            topic: topics.gaps.clone(),
+            payload: body.to_string().into_bytes(),
+            retain: false,
+        };
+        // A gap report must not be lost to a full queue; it is tiny, so
+        // wait-free `try_send` falling back to a spawned send is enough.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(m)) = to_publish.try_send(vec![msg])
+        {
+            let tx = to_publish.clone();
+            tokio::spawn(async move { tx.send(m).await });
+        }
+    }
+}

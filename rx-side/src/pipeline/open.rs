@@ -1,0 +1,95 @@
+//! Stage 4, `open`: the AEAD gate.
+//!
+//! ```text
+//!  CompletedBlock / heartbeat ──(session key from key id + session id)──> plaintext
+//!                             └─ unknown key id, failed tag: counted, dropped
+//! ```
+//!
+//! Session keys are derived on first use and cached only after a
+//! successful open, so junk session ids cost a derivation each but never
+//! memory.
+
+use std::collections::HashMap;
+
+use weir_shared::heartbeat::{Heartbeat, HeartbeatError, open_heartbeat};
+use weir_shared::seal::{Keyring, SealError, SessionKey};
+use weir_shared::wire::{Header, KeyId, Kind, SessionId};
+
+/// Cached session keys beyond which the cache is cleared.
+const CACHE_MAX: usize = 256;
+
+/// Why something did not pass the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// No loaded key has the header's key id.
+    #[error("unknown key id {0}")]
+    UnknownKey(u16),
+    /// Authentication failed.
+    #[error("authentication failed")]
+    Auth,
+    /// Authentic heartbeat that did not decode.
+    #[error("heartbeat undecodable")]
+    Heartbeat,
+}
+
+/// The keyring and the session keys derived from it.
+pub struct Gate {
+    keyring: Keyring,
+    cache: HashMap<(SessionId, KeyId), SessionKey>,
+}
+
+impl Gate {
+    /// A gate over the loaded keys.
+    pub fn new(keyring: Keyring) -> Self {
+        Self {
+            keyring,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn with_key<T>(
+        &mut self,
+        header: &Header,
+        f: impl FnOnce(&SessionKey) -> Result<T, OpenError>,
+    ) -> Result<T, OpenError> {
+        let id = (header.session, header.key_id);
+        if let Some(k) = self.cache.get(&id) {
+            return f(k);
+        }
+        let psk = self
+            .keyring
+            .get(header.key_id)
+            .map_err(|_| OpenError::UnknownKey(header.key_id.0))?;
+        let key = psk.session_key(header.session);
+        let out = f(&key)?;
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(id, key);
+        Ok(out)
+    }
+
+    /// Authenticate and decrypt a rebuilt block in place; returns the
+    /// plaintext length (the frame is `sealed[..len]`).
+    pub fn open_block(&mut self, header: &Header, sealed: &mut [u8]) -> Result<usize, OpenError> {
+        self.with_key(header, |k| {
+            k.open(Kind::Symbol, header.lane, header.seq, &header.aad(), sealed)
+                .map(|p| p.len())
+                .map_err(|_: SealError| OpenError::Auth)
+        })
+    }
+
+    /// Authenticate and decode a heartbeat.
+    pub fn open_heartbeat(
+        &mut self,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<Heartbeat, OpenError> {
+        self.with_key(header, |k| {
+            open_heartbeat(k, header, payload).map_err(|e| match e {
+                HeartbeatError::Decode => OpenError::Heartbeat,
+                _ => OpenError::Auth,
+            })
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Stage 1, `recv`: batched UDP receive.
+//!
+//! ```text
+//!  socket ──(recvmmsg ×32, GRO-coalesced segments split by stride)──> RecvBatch ──> verify
+//! ```
+//!
+//! One receive call returns up to 32 buffers, each possibly holding several
+//! datagrams the kernel coalesced (GRO); they are copied back to back into
+//! one batch buffer, so the cost per datagram is a copy, not an allocation.
+
+use std::io::IoSliceMut;
+use std::sync::Arc;
+
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use weir_shared::config::ValidRx;
+
+use super::{RecvBatch, StageError};
+use crate::stats::{RxStats, add};
+
+/// Largest GRO-coalesced buffer the kernel hands back.
+const GRO_BUF: usize = 64 * 1024;
+
+/// Bind the receive socket and ask for a large receive buffer; warn, naming
+/// the sysctl, when the kernel caps it.
+pub fn open_socket(cfg: &ValidRx) -> anyhow::Result<UdpSocket> {
+    let addr = cfg.raw.link.listen;
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let want = cfg.raw.link.recv_buffer_bytes;
+    let _ = s.set_recv_buffer_size(want);
+    let got = s.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice the requested size (bookkeeping overhead).
+    if got < want {
+        tracing::warn!(
+            requested = want,
+            granted = got,
+            "Receive buffer capped by the kernel: raise net.core.rmem_max (sysctl) to avoid drops at high rates."
+        );
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// Run until cancelled.
+pub async fn run(
+    socket: UdpSocket,
+    stats: Arc<RxStats>,
+    cancel: CancellationToken,
+    to_verify: Sender<RecvBatch>,
+) -> Result<(), StageError> {
+    let state = UdpSocketState::new((&socket).into())?;
+    let mut storage = vec![0u8; BATCH_SIZE * GRO_BUF];
+    let mut meta = [RecvMeta::default(); BATCH_SIZE];
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = socket.readable() => r?,
+        }
+        let mut bufs: Vec<IoSliceMut<'_>> =
+            storage.chunks_mut(GRO_BUF).map(IoSliceMut::new).collect();
+        let n = match socket.try_io(Interest::READABLE, || {
+            state.recv((&socket).into(), &mut bufs, &mut meta)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "Receive failed.");
+                continue;
+            }
+        };
+        let total: usize = meta[..n].iter().map(|m| m.len).sum();
+        let mut batch = RecvBatch {
+            buf: Vec::with_capacity(total),
+            segs: Vec::with_capacity(n * 4),
+        };
+        for (m, b) in meta[..n].iter().zip(bufs.iter()) {
+            let data = &b[..m.len.min(b.len())];
+            let stride = if m.stride == 0 {
+                data.len().max(1)
+            } else {
+                m.stride
+            };
+            for seg in data.chunks(stride) {
+                batch.segs.push((batch.buf.len(), seg.len()));
+                batch.buf.extend_from_slice(seg);
+            }
+        }
+        add(&stats.datagrams, batch.segs.len() as u64);
+        add(&stats.bytes, total as u64);
+        if to_verify.send(batch).await.is_err() {
+            return Err(StageError::Closed("recv"));
+        }
+    }
+}

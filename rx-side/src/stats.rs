@@ -1,0 +1,85 @@
+//! Receiver counters: every datagram, block and record that is not
+//! delivered is counted under a reason.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Monotonic receiver counters (relaxed atomics).
+        #[derive(Debug, Default)]
+        pub struct RxStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`RxStats`].
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct RxSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl RxStats {
+            /// Copy every counter.
+            pub fn snapshot(&self) -> RxSnapshot {
+                RxSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams received.
+    datagrams,
+    /// Bytes received.
+    bytes,
+    /// Dropped: CRC mismatch (corruption on the way).
+    drop_crc,
+    /// Dropped: not a Weir v1 datagram (magic, version, kind, lane, flags, length).
+    drop_malformed,
+    /// Dropped: symbol of a block already delivered or declared lost.
+    drop_resolved,
+    /// Dropped: symbol older than the replay window.
+    drop_too_old,
+    /// Dropped: invalid block geometry.
+    drop_geometry,
+    /// Dropped: symbol disagrees with its block's other symbols.
+    drop_inconsistent,
+    /// Dropped: pending-block table full.
+    drop_pending_full,
+    /// Dropped: more symbols than a block can use.
+    drop_excess,
+    /// Blocks or heartbeats naming a key id that is not loaded.
+    drop_unknown_key,
+    /// Blocks or heartbeats that failed authentication.
+    drop_auth,
+    /// Authentic blocks already delivered (replays).
+    drop_replay,
+    /// Authentic blocks whose frame could not be decoded.
+    drop_frame,
+    /// Blocks shed because the publish queue was full.
+    blocks_shed,
+    /// Blocks delivered (authenticated, decoded).
+    blocks_ok,
+    /// Source symbols rebuilt from repair symbols.
+    fec_repaired,
+    /// Blocks declared lost.
+    blocks_lost,
+    /// Pending blocks expired without completing.
+    pending_expired,
+    /// Heartbeats accepted.
+    heartbeats,
+    /// Records decoded.
+    records,
+    /// Messages handed to the MQTT client.
+    published,
+    /// Messages acknowledged by the broker (QoS 1 PUBACK).
+    acked,
+    /// Messages published again after a session reset or disconnect.
+    republished,
+}
+
+/// Add `n` to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}

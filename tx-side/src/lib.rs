@@ -1,0 +1,17 @@
+//! `weir-tx`: the OT-side sender.
+//!
+//! ```text
+//!  spool dirs ─> source ─> batch ─> seal ─> encode ─> pace ─> send ─> UDP (diode)
+//!                                                      ^
+//!                                      heartbeat ──────┘
+//! ```
+//!
+//! Each stage is a module in [`pipeline`] and a task connected to the next
+//! by a bounded channel. The sender may be slower than its inputs: a full
+//! channel back-pressures the source, and spool files simply wait on disk.
+
+pub mod keys;
+pub mod pipeline;
+pub mod telemetry;
+
+pub use pipeline::{TxHandle, run};

@@ -1,0 +1,134 @@
+//! `weir-tx` command line: run the sender, check a config, make a key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir_shared::config::{TxConfig, ValidTx};
+
+#[derive(Parser)]
+#[command(
+    name = "weir-tx",
+    version,
+    about = "Weir sender: OT side of a one-way data diode link"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sender until SIGTERM / SIGINT.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, env = "WEIR_TX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file (and its key files) and exit.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write a fresh pre-shared key file (mode 0600).
+    Keygen {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id (both sides refer to the key by it).
+        #[arg(long, default_value_t = 1)]
+        id: u16,
+    },
+}
+
+/// Read, parse and validate a config file.
+fn load(path: &Path) -> anyhow::Result<(ValidTx, [u8; 8])> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw: TxConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let valid = raw
+        .validate()
+        .with_context(|| format!("in {}", path.display()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&digest.as_ref()[..8]);
+    Ok((valid, fp))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Keygen { out, id } => {
+            weir_tx::keys::keygen(&out, id)?;
+            println!("wrote key id {id} to {}", out.display());
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let (cfg, _) = load(&config)?;
+            let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+            keys.get(weir_shared::wire::KeyId(cfg.raw.keys.active_key_id))
+                .with_context(|| {
+                    format!(
+                        "config key `keys.active_key_id`: no key file has id {}",
+                        cfg.raw.keys.active_key_id
+                    )
+                })?;
+            println!(
+                "{}: ok (symbol size {} B, datagram {} B, {} spool(s))",
+                config.display(),
+                cfg.symbol_size,
+                cfg.datagram_bytes,
+                cfg.raw.spools.len()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let (cfg, fingerprint) = load(&config)?;
+            let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut handle = weir_tx::run(cfg, keys, fingerprint).await?;
+                let cancel = handle.cancel_token();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("Shutting down: draining what was taken.");
+                    cancel.cancel();
+                });
+                handle.join().await?;
+                let t = handle.telemetry.counters();
+                tracing::info!(
+                    records = t.records,
+                    blocks = t.blocks,
+                    datagrams = t.datagrams,
+                    files = t.files_done,
+                    "Sender stopped."
+                );
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,360 @@
+//! The sender pipeline: stages, the messages between them, and `run`.
+//!
+//! ```text
+//!  source ──SourceItem──> batch ──Frame──> seal ──SealedBlock──> encode
+//!    ──EncodedBlock (per lane)──> pace ──Burst──> send ──> socket
+//!  heartbeat ───────────────────────────────────────────> socket
+//! ```
+//!
+//! Heartbeats bypass the pacer (a hundred bytes a second) so that they keep
+//! flowing while bulk data is queued, and a last one goes out after the
+//! pipeline has drained, telling the receiver how far every lane got.
+//!
+//! Channels are bounded. Full-queue policy: every stage awaits its
+//! successor, so a slow link back-pressures the source, which stops taking
+//! spool files (they wait on disk). Shutdown flows downstream: the source
+//! stops on cancellation, every other stage drains its input until the
+//! channel closes, and `send` finishes the last datagram of the last block.
+
+pub mod batch;
+pub mod encode;
+pub mod pace;
+pub mod seal;
+pub mod send;
+pub mod source;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use weir_shared::config::ValidTx;
+use weir_shared::heartbeat::{Heartbeat, seal_heartbeat};
+use weir_shared::lane::{LANES, Lane};
+use weir_shared::record::Record;
+use weir_shared::seal::{Keyring, SessionKey};
+use weir_shared::wire::{KeyId, SessionId};
+
+use crate::telemetry::Telemetry;
+
+/// Why a stage stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The next stage went away.
+    #[error("{0}: downstream channel closed")]
+    Closed(&'static str),
+    /// A socket error that cannot be retried.
+    #[error("send socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// Sealing failed.
+    #[error("seal: {0}")]
+    Seal(#[from] weir_shared::seal::SealError),
+    /// FEC encoding failed.
+    #[error("encode: {0}")]
+    Fec(#[from] weir_shared::fec::FecError),
+    /// A record could not be encoded.
+    #[error("batch: {0}")]
+    Record(#[from] weir_shared::record::RecordError),
+}
+
+/// A spool file whose records are all in flight; completed (moved to
+/// `done/` or deleted) once the last block carrying them has been sent.
+#[derive(Debug)]
+pub struct FileDone {
+    /// The file, in `working/`.
+    pub working: PathBuf,
+    /// Where it goes when sent; `None` deletes it.
+    pub done: Option<PathBuf>,
+}
+
+impl FileDone {
+    fn complete(&self, telemetry: &Telemetry) {
+        let result = match &self.done {
+            Some(to) => std::fs::rename(&self.working, to),
+            None => std::fs::remove_file(&self.working),
+        };
+        match result {
+            Ok(()) => crate::telemetry::add(&telemetry.files_done, 1),
+            Err(e) => {
+                tracing::error!(file = %self.working.display(), error = %e, "Sent file could not be completed.")
+            }
+        }
+    }
+}
+
+/// What the source hands to the batcher.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// One record for a lane.
+    Record(Lane, Record),
+    /// Every record of a file has been handed over.
+    FileDone(Lane, FileDone),
+}
+
+/// A batch frame ready to seal.
+#[derive(Debug)]
+pub struct Frame {
+    lane: Lane,
+    bytes: Vec<u8>,
+    records: u64,
+    markers: Vec<FileDone>,
+}
+
+/// A sealed block.
+#[derive(Debug)]
+pub struct SealedBlock {
+    header: weir_shared::wire::Header,
+    sealed: Vec<u8>,
+    records: u64,
+    markers: Vec<FileDone>,
+}
+
+/// A block as ready-to-send datagrams, all of one length, back to back.
+#[derive(Debug)]
+pub struct EncodedBlock {
+    lane: Lane,
+    seq: u64,
+    datagram_len: usize,
+    buf: Vec<u8>,
+    repair: u32,
+    records: u64,
+    markers: Vec<FileDone>,
+}
+
+impl EncodedBlock {
+    fn datagrams(&self) -> usize {
+        self.buf.len() / self.datagram_len
+    }
+}
+
+/// A block fully handed to the socket.
+#[derive(Debug)]
+pub struct Completion {
+    lane: Lane,
+    seq: u64,
+    records: u64,
+    repair: u32,
+    markers: Vec<FileDone>,
+}
+
+/// Datagrams of one length to send in one GSO call, and the blocks whose
+/// last datagram is among them.
+#[derive(Debug)]
+pub struct Burst {
+    buf: Vec<u8>,
+    segment: usize,
+    done: Vec<Completion>,
+}
+
+/// A running sender.
+pub struct TxHandle {
+    /// Counters, live.
+    pub telemetry: Arc<Telemetry>,
+    /// The session id drawn at start.
+    pub session: SessionId,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<Result<(), StageError>>,
+}
+
+impl TxHandle {
+    /// Stop taking new input and wait until everything taken was sent.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.join().await
+    }
+
+    /// Wait for the pipeline to end (after cancellation or a stage error).
+    pub async fn join(&mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            r.context("stage panicked")?.context("stage failed")?;
+        }
+        Ok(())
+    }
+
+    /// The cancellation token; cancelling it starts an orderly shutdown.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `now` for the sans-IO cores (tokio's clock, so paused-time tests work).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Start the sender pipeline. Must be called inside a tokio runtime.
+pub async fn run(
+    cfg: ValidTx,
+    keyring: Keyring,
+    config_fingerprint: [u8; 8],
+) -> anyhow::Result<TxHandle> {
+    let key_id = KeyId(cfg.raw.keys.active_key_id);
+    let psk = keyring.get(key_id).with_context(|| {
+        format!(
+            "config key `keys.active_key_id`: no loaded key has id {}",
+            key_id.0
+        )
+    })?;
+    let mut session = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session)
+        .map_err(|_| anyhow::anyhow!("drawing a session id"))?;
+    let session = SessionId(session);
+    let key = Arc::new(psk.session_key(session));
+    let socket = send::open_socket(&cfg).await?;
+    tracing::info!(session = %session.short_hex(), key_id = key_id.0, symbol_size = cfg.symbol_size,
+        destination = %cfg.raw.link.destination, "Sender session started.");
+
+    let telemetry = Arc::new(Telemetry::default());
+    let cancel = CancellationToken::new();
+    let (src_tx, src_rx) = mpsc::channel(4096);
+    let (frame_tx, frame_rx) = mpsc::channel(4);
+    let (sealed_tx, sealed_rx) = mpsc::channel(4);
+    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::channel(4)).unzip();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let (burst_tx, burst_rx) = mpsc::channel(8);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for spool in cfg.raw.spools.clone() {
+        tasks.spawn(source::run(
+            spool,
+            telemetry.clone(),
+            cancel.clone(),
+            src_tx.clone(),
+        ));
+    }
+    drop(src_tx);
+    tasks.spawn(batch::run(cfg.lanes, src_rx, frame_tx));
+    tasks.spawn(seal::run(
+        key.clone(),
+        key_id,
+        session,
+        cfg.symbol_size,
+        frame_rx,
+        sealed_tx,
+    ));
+    let lane_txs: [mpsc::Sender<EncodedBlock>; LANES] = lane_txs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("lane channels"))?;
+    let lane_rxs: [mpsc::Receiver<EncodedBlock>; LANES] = lane_rxs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("lane channels"))?;
+    tasks.spawn(encode::run(
+        cfg.symbol_size,
+        cfg.max_block_bytes,
+        cfg.lanes,
+        sealed_rx,
+        lane_txs,
+    ));
+    let pacer = weir_shared::pace::Pacer::new(now(), cfg.rate_bytes_per_sec, cfg.burst_bytes);
+    tasks.spawn(pace::run(
+        pacer,
+        usize::from(cfg.raw.link.burst_datagrams),
+        cfg.lanes,
+        lane_rxs,
+        burst_tx,
+    ));
+    let socket = Arc::new(socket);
+    tasks.spawn(send::run(
+        socket.clone(),
+        cfg.raw.link.destination,
+        telemetry.clone(),
+        burst_rx,
+        drained_tx,
+    ));
+    let beat = Beat {
+        key,
+        key_id,
+        session,
+        config_fingerprint,
+        telemetry: telemetry.clone(),
+    };
+    tasks.spawn(heartbeat(
+        beat,
+        cfg.raw.link.heartbeat_interval,
+        socket,
+        cfg.raw.link.destination,
+        drained_rx,
+    ));
+    Ok(TxHandle {
+        telemetry,
+        session,
+        cancel,
+        tasks,
+    })
+}
+
+/// What a heartbeat is made from.
+struct Beat {
+    key: Arc<SessionKey>,
+    key_id: KeyId,
+    session: SessionId,
+    config_fingerprint: [u8; 8],
+    telemetry: Arc<Telemetry>,
+}
+
+impl Beat {
+    fn datagram(&self, started: Instant, seq: u64) -> Option<Vec<u8>> {
+        let hb = Heartbeat {
+            sent_unix_ms: unix_ms(),
+            uptime_ms: now().duration_since(started).as_millis() as u64,
+            last_sent: self.telemetry.last_sent(),
+            counters: self.telemetry.counters(),
+            spool_depth: self
+                .telemetry
+                .spool_depth
+                .load(std::sync::atomic::Ordering::Relaxed),
+            config_fingerprint: self.config_fingerprint,
+        };
+        let mut dgram = Vec::new();
+        match seal_heartbeat(&self.key, self.key_id, self.session, seq, &hb, &mut dgram) {
+            Ok(()) => Some(dgram),
+            Err(e) => {
+                tracing::error!(error = %e, "Heartbeat could not be sealed.");
+                None
+            }
+        }
+    }
+}
+
+/// Every interval, seal the sender's telemetry into a heartbeat datagram.
+/// When the pipeline has drained, send three last ones (a lost heartbeat
+/// must not hide tail loss) and stop.
+async fn heartbeat(
+    beat: Beat,
+    interval: std::time::Duration,
+    socket: Arc<tokio::net::UdpSocket>,
+    destination: std::net::SocketAddr,
+    mut drained: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), StageError> {
+    let started = now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let send = async |seq: &mut u64| {
+        if let Some(d) = beat.datagram(started, *seq) {
+            *seq += 1;
+            if let Err(e) = socket.send_to(&d, destination).await {
+                tracing::warn!(error = %e, "Heartbeat send failed.");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut drained => break,
+            _ = tick.tick() => send(&mut seq).await,
+        }
+    }
+    for _ in 0..3 {
+        send(&mut seq).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
