@@ -38,9 +38,8 @@ fn load(path: &Path) -> anyhow::Result<ValidRx> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let raw: RxConfig =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(raw
-        .validate()
-        .with_context(|| format!("in {}", path.display()))?)
+    raw.validate()
+        .with_context(|| format!("in {}", path.display()))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -265,7 +265,7 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
     if !(256..=64 * 1024 * 1024).contains(&c.max_batch_bytes) {
         return Err(bad(keys[2], "must be between 256 B and 64 MiB"));
     }
-    if c.max_age.is_zero() || c.max_age > Duration::from_secs(3600) {
+    if c.max_age.is_zero() || c.max_age > Duration::from_hours(1) {
         return Err(bad(keys[3], "must be between 1 ns and 1 h"));
     }
     if !(0..=19).contains(&c.zstd_level) {
@@ -274,9 +274,13 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
     if !(1..=64).contains(&c.interleave_blocks) {
         return Err(bad(keys[5], "must be between 1 and 64"));
     }
+    // reason: repair_ratio was checked to be finite and in 0..=10 above, so
+    // the rounded permille value is a small non-negative integer.
+    #[allow(clippy::cast_sign_loss)]
+    let repair_permille = (c.repair_ratio * 1000.0).round() as u32;
     Ok(ValidLane {
         interleave_blocks: c.interleave_blocks as usize,
-        repair_permille: (c.repair_ratio * 1000.0).round() as u32,
+        repair_permille,
         min_repair: c.min_repair,
         max_batch_bytes: c.max_batch_bytes,
         max_age: c.max_age,
@@ -284,31 +288,75 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
     })
 }
 
+/// Check the transmitter's `[link]` table; returns the symbol size its MTU
+/// allows.
+fn valid_tx_link(link: &TxLink) -> Result<u16, ConfigError> {
+    let symbol_size = symbol_size_for_mtu(link.mtu_bytes)
+        .ok_or(bad("link.mtu_bytes", "too small: at least 170 bytes"))?;
+    if link.destination.ip().is_unspecified() || link.destination.port() == 0 {
+        return Err(bad("link.destination", "needs a concrete address and port"));
+    }
+    if !(link.rate_mbps.is_finite() && link.rate_mbps >= 0.01 && link.rate_mbps <= 100_000.0) {
+        return Err(bad("link.rate_mbps", "must be between 0.01 and 100000"));
+    }
+    if link.burst_datagrams == 0 || link.burst_datagrams > 1024 {
+        return Err(bad("link.burst_datagrams", "must be between 1 and 1024"));
+    }
+    if link.heartbeat_interval < Duration::from_millis(10)
+        || link.heartbeat_interval > Duration::from_mins(1)
+    {
+        return Err(bad(
+            "link.heartbeat_interval",
+            "must be between 10 ms and 60 s",
+        ));
+    }
+    Ok(symbol_size)
+}
+
+/// Check the `[[spool]]` tables: names, scan intervals and time zones.
+fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for s in spools {
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(
+                "spool.name",
+                "must be non-empty ASCII letters, digits, '-' or '_'",
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(bad("spool.name", "must be unique"));
+        }
+        if s.scan_interval < Duration::from_millis(10) {
+            return Err(bad("spool.scan_interval", "must be at least 10 ms"));
+        }
+        match &s.tz {
+            Some(tz) if tz.parse::<chrono_tz::Tz>().is_err() => {
+                return Err(bad(
+                    "spool.tz",
+                    "is not an IANA time zone name (e.g. America/Chicago)",
+                ));
+            }
+            None if matches!(s.format, crate::formats::Format::Aveva) => {
+                return Err(bad(
+                    "spool.tz",
+                    "is required: this format writes local wall-clock time",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl TxConfig {
     /// Check every value and compute derived sizes.
     pub fn validate(self) -> Result<ValidTx, ConfigError> {
-        let symbol_size = symbol_size_for_mtu(self.link.mtu_bytes)
-            .ok_or(bad("link.mtu_bytes", "too small: at least 170 bytes"))?;
-        if self.link.destination.ip().is_unspecified() || self.link.destination.port() == 0 {
-            return Err(bad("link.destination", "needs a concrete address and port"));
-        }
-        if !(self.link.rate_mbps.is_finite()
-            && self.link.rate_mbps >= 0.01
-            && self.link.rate_mbps <= 100_000.0)
-        {
-            return Err(bad("link.rate_mbps", "must be between 0.01 and 100000"));
-        }
-        if self.link.burst_datagrams == 0 || self.link.burst_datagrams > 1024 {
-            return Err(bad("link.burst_datagrams", "must be between 1 and 1024"));
-        }
-        if self.link.heartbeat_interval < Duration::from_millis(10)
-            || self.link.heartbeat_interval > Duration::from_secs(60)
-        {
-            return Err(bad(
-                "link.heartbeat_interval",
-                "must be between 10 ms and 60 s",
-            ));
-        }
+        let symbol_size = valid_tx_link(&self.link)?;
         if self.keys.files.is_empty() {
             return Err(bad("keys.files", "name at least one key file"));
         }
@@ -349,42 +397,11 @@ impl TxConfig {
                 "too many symbols per block for this MTU",
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for s in &self.spools {
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(bad(
-                    "spool.name",
-                    "must be non-empty ASCII letters, digits, '-' or '_'",
-                ));
-            }
-            if !names.insert(s.name.as_str()) {
-                return Err(bad("spool.name", "must be unique"));
-            }
-            if s.scan_interval < Duration::from_millis(10) {
-                return Err(bad("spool.scan_interval", "must be at least 10 ms"));
-            }
-            match &s.tz {
-                Some(tz) if tz.parse::<chrono_tz::Tz>().is_err() => {
-                    return Err(bad(
-                        "spool.tz",
-                        "is not an IANA time zone name (e.g. America/Chicago)",
-                    ));
-                }
-                None if matches!(s.format, crate::formats::Format::Aveva) => {
-                    return Err(bad(
-                        "spool.tz",
-                        "is required: this format writes local wall-clock time",
-                    ));
-                }
-                _ => {}
-            }
-        }
+        valid_spools(&self.spools)?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
+        // reason: rate_mbps was checked to be finite and in 0.01..=100000, so
+        // the byte rate is positive and far below u64::MAX.
+        #[allow(clippy::cast_sign_loss)]
         let rate_bytes_per_sec = (self.link.rate_mbps * 1e6 / 8.0) as u64;
         let burst_bytes = u64::from(self.link.burst_datagrams) * datagram_bytes as u64;
         Ok(ValidTx {

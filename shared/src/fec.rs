@@ -63,7 +63,7 @@ pub fn check_geometry(len: u32, symbol_size: u16, max_len: u32) -> Result<u32, F
     if len == 0 || len > max_len {
         return Err(FecError::BlockLength(len));
     }
-    if symbol_size == 0 || symbol_size % SYMBOL_ALIGN != 0 {
+    if symbol_size == 0 || !symbol_size.is_multiple_of(SYMBOL_ALIGN) {
         return Err(FecError::SymbolSize(symbol_size));
     }
     let k = source_symbols(len, symbol_size);

@@ -68,6 +68,8 @@ mod tests {
 
     /// Drive the pacer with a fake clock that jumps to each retry instant:
     /// the achieved rate must match the configured one.
+    // reason: test byte counts stay far below 2^52, so f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
     fn achieved_rate(rate: u64, burst: u64, len: u64, total: u64) -> f64 {
         let t0 = Instant::now();
         let mut p = Pacer::new(t0, rate, burst);
@@ -84,6 +86,8 @@ mod tests {
     }
 
     #[test]
+    // reason: test rates stay far below 2^52, so f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
     fn achieved_rate_matches_configured_rate() {
         for rate in [1_250_000u64, 12_500_000, 125_000_000, 1_250_000_000] {
             let got = achieved_rate(rate, 16 * 1470, 1470, rate / 2);

@@ -218,32 +218,29 @@ impl Reassembler {
             payload_id: 0,
             ..*header
         };
-        let pending = match self.pending.get_mut(&key) {
-            Some(p) => {
-                if p.header != block_header {
-                    return Err(DropReason::Inconsistent);
-                }
-                p
+        let pending = if let Some(p) = self.pending.get_mut(&key) {
+            if p.header != block_header {
+                return Err(DropReason::Inconsistent);
             }
-            None => {
+            p
+        } else {
+            if self.pending.len() >= self.limits.max_pending_blocks {
+                self.expire(now);
                 if self.pending.len() >= self.limits.max_pending_blocks {
-                    self.expire(now);
-                    if self.pending.len() >= self.limits.max_pending_blocks {
-                        return Err(DropReason::PendingFull);
-                    }
+                    return Err(DropReason::PendingFull);
                 }
-                let decoder = BlockDecoder::new(
-                    header.transfer_len,
-                    header.symbol_size,
-                    self.limits.max_block_bytes,
-                )
-                .map_err(DropReason::Geometry)?;
-                self.pending.entry(key).or_insert(Pending {
-                    decoder,
-                    header: block_header,
-                    first_seen: now,
-                })
             }
+            let decoder = BlockDecoder::new(
+                header.transfer_len,
+                header.symbol_size,
+                self.limits.max_block_bytes,
+            )
+            .map_err(DropReason::Geometry)?;
+            self.pending.entry(key).or_insert(Pending {
+                decoder,
+                header: block_header,
+                first_seen: now,
+            })
         };
         // A block never needs more than 2K + 16 symbols; anything beyond is
         // a flood against one block.
@@ -611,7 +608,7 @@ mod tests {
             assert_eq!(data, block(seq));
         }
         assert_eq!(r.pending_len(), 0);
-        r.poll_timeouts(t0 + Duration::from_secs(60));
+        r.poll_timeouts(t0 + Duration::from_mins(1));
         assert_eq!(r.poll_lost(), None);
     }
 

@@ -313,18 +313,15 @@ impl BatchBuilder {
         let body_len = u32::try_from(self.framed.len()).map_err(|_| RecordError::Encode)?;
         out.clear();
         out.push(FRAME_VERSION);
-        match zstd_level {
-            Some(level) => {
-                out.push(Codec::Zstd as u8);
-                out.extend_from_slice(&body_len.to_be_bytes());
-                zstd::stream::copy_encode(self.framed.as_slice(), &mut *out, level)
-                    .map_err(|_| RecordError::Encode)?;
-            }
-            None => {
-                out.push(Codec::Plain as u8);
-                out.extend_from_slice(&body_len.to_be_bytes());
-                out.extend_from_slice(&self.framed);
-            }
+        if let Some(level) = zstd_level {
+            out.push(Codec::Zstd as u8);
+            out.extend_from_slice(&body_len.to_be_bytes());
+            zstd::stream::copy_encode(self.framed.as_slice(), &mut *out, level)
+                .map_err(|_| RecordError::Encode)?;
+        } else {
+            out.push(Codec::Plain as u8);
+            out.extend_from_slice(&body_len.to_be_bytes());
+            out.extend_from_slice(&self.framed);
         }
         self.body.clear();
         self.count = 0;

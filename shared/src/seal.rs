@@ -86,7 +86,15 @@ impl Psk {
 
     /// Key file text: a magic line, `id = N`, `key = <64 hex digits>`.
     pub fn to_file_text(&self) -> String {
-        let hex: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
+        use std::fmt::Write as _;
+        let hex = self
+            .secret
+            .iter()
+            .fold(String::with_capacity(2 * KEY_LEN), |mut s, b| {
+                // Writing to a String cannot fail.
+                let _ = write!(s, "{b:02x}");
+                s
+            });
         format!(
             "{KEY_FILE_MAGIC}\n# Weir pre-shared key. Keep it secret: mode 0600, owner the service user.\nid = {}\nkey = {hex}\n",
             self.id.0
@@ -116,7 +124,7 @@ impl Psk {
                     ));
                 }
                 "key" => {
-                    secret = Some(parse_hex32(v.trim()).ok_or(SealError::KeyFileMalformed("key"))?)
+                    secret = Some(parse_hex32(v.trim()).ok_or(SealError::KeyFileMalformed("key"))?);
                 }
                 _ => return Err(SealError::KeyFileMalformed("line")),
             }

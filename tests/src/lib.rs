@@ -1,1 +1,614 @@
-//! placeholder
+//! Test harness for Weir's end-to-end tests: real binaries, real sockets,
+//! a real broker.
+//!
+//! * [`binaries`] builds `weir-tx` and `weir-rx` once (a test package cannot
+//!   see other packages' `CARGO_BIN_EXE_*`) and finds them beside the test
+//!   executable.
+//! * [`Broker`] starts a Mosquitto on a free loopback port (or, where no
+//!   `mosquitto` binary exists, the embedded `mqtt5` broker, saying so).
+//! * [`LossyLink`] is a UDP relay between the two programs with seeded
+//!   random drop, duplication, reordering, burst drop and corruption.
+//! * [`Subscriber`] collects what a real MQTT client receives.
+//! * [`Process`] runs a program and kills it when dropped.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use weir_shared::seal::Psk;
+use weir_shared::wire::KeyId;
+
+/// Paths of the two programs, built once per test process.
+pub struct Binaries {
+    /// `weir-tx`.
+    pub tx: PathBuf,
+    /// `weir-rx`.
+    pub rx: PathBuf,
+}
+
+/// Build (if needed) and locate `weir-tx` and `weir-rx`.
+///
+/// # Panics
+/// If the build fails: every end-to-end test needs them.
+pub fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // The test executable lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "weir-tx", "-p", "weir-rx"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building weir-tx and weir-rx failed");
+        Binaries {
+            tx: profile_dir.join("weir-tx"),
+            rx: profile_dir.join("weir-rx"),
+        }
+    })
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free tcp port")
+}
+
+/// A child process killed (SIGKILL) when dropped, its stderr in a file.
+pub struct Process {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Process {
+    /// Start `program args…`, stderr to `log`, stdout captured.
+    pub fn start(name: &str, program: &Path, args: &[&str], log: PathBuf) -> Self {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Self {
+            child: Some(child),
+            log,
+            name: name.into(),
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Send SIGTERM and wait (bounded) for exit; returns its stdout.
+    pub fn terminate(&mut self, timeout: Duration) -> String {
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            eprintln!(
+                "{} did not exit on SIGTERM within {timeout:?}; killing it",
+                self.name
+            );
+            let _ = child.kill();
+        }
+        let out = child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        out.unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Write a key file with mode 0600.
+pub fn write_key(path: &Path, id: u16, secret: [u8; 32]) {
+    std::fs::write(path, Psk::new(KeyId(id), secret).to_file_text()).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+}
+
+/// An MQTT broker on a free loopback port.
+pub enum Broker {
+    /// A Mosquitto process.
+    Mosquitto {
+        /// Its port.
+        port: u16,
+        /// The process.
+        process: Process,
+        /// Its config file's directory.
+        dir: tempfile::TempDir,
+    },
+    /// The in-process `mqtt5` broker, running on its own runtime thread.
+    Embedded {
+        /// Its port.
+        port: u16,
+        /// Keeps the runtime alive.
+        _runtime: tokio::runtime::Runtime,
+    },
+}
+
+/// Whether a `mosquitto` binary is on this machine.
+pub fn mosquitto_path() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/local/bin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl Broker {
+    /// Start Mosquitto on a free port, or the embedded broker where
+    /// Mosquitto is not installed (printed, so the run says which).
+    pub fn start() -> Self {
+        match mosquitto_path() {
+            Some(bin) => Self::mosquitto(&bin),
+            None => {
+                println!(
+                    "NOTE: no mosquitto binary found; using the embedded mqtt5 broker instead"
+                );
+                Self::embedded()
+            }
+        }
+    }
+
+    fn mosquitto(bin: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..5 {
+            let port = free_tcp_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"),
+            )
+            .expect("broker config");
+            let conf_s = conf.to_string_lossy().into_owned();
+            let mut process = Process::start(
+                "mosquitto",
+                bin,
+                &["-c", &conf_s],
+                dir.path().join("mosquitto.log"),
+            );
+            if wait_tcp(port, Duration::from_secs(5)) && process.running() {
+                return Self::Mosquitto { port, process, dir };
+            }
+        }
+        panic!("mosquitto did not start on a free port");
+    }
+
+    fn embedded() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("broker runtime");
+        let port = runtime.block_on(async {
+            let mut config = mqtt5::broker::BrokerConfig {
+                bind_addresses: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+                ..Default::default()
+            };
+            config.auth_config.allow_anonymous = true;
+            config.storage_config.enable_persistence = false;
+            config.storage_config.backend = mqtt5::broker::config::StorageBackend::Memory;
+            let mut broker = mqtt5::broker::MqttBroker::with_config(config)
+                .await
+                .expect("embedded broker");
+            let port = broker
+                .local_addr()
+                .map(|a| a.port())
+                .expect("embedded broker port");
+            tokio::spawn(async move { broker.run().await });
+            port
+        });
+        Self::Embedded {
+            port,
+            _runtime: runtime,
+        }
+    }
+
+    /// The broker's port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Mosquitto { port, .. } | Self::Embedded { port, .. } => *port,
+        }
+    }
+}
+
+fn wait_tcp(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// What the relay does to the traffic (probabilities per datagram).
+#[derive(Debug, Clone, Copy)]
+pub struct Impairment {
+    /// Seed of the random choices.
+    pub seed: u64,
+    /// Probability a datagram is dropped.
+    pub drop: f64,
+    /// Probability a datagram is sent twice.
+    pub duplicate: f64,
+    /// Probability a datagram is held back and sent after the next few.
+    pub reorder: f64,
+    /// Probability a burst of loss starts at a datagram.
+    pub burst: f64,
+    /// Length of a loss burst.
+    pub burst_len: u32,
+    /// Probability a datagram has one byte flipped.
+    pub corrupt: f64,
+}
+
+impl Impairment {
+    /// A clean link.
+    pub fn clean(seed: u64) -> Self {
+        Self {
+            seed,
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            burst: 0.0,
+            burst_len: 0,
+            corrupt: 0.0,
+        }
+    }
+}
+
+/// Counters of the relay.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Datagrams received from the sender.
+    pub seen: AtomicU64,
+    /// Datagrams dropped (random and burst).
+    pub dropped: AtomicU64,
+    /// Extra copies sent.
+    pub duplicated: AtomicU64,
+    /// Datagrams delivered out of order.
+    pub reordered: AtomicU64,
+    /// Datagrams corrupted.
+    pub corrupted: AtomicU64,
+}
+
+/// A UDP relay with seeded impairments, and a capture of what it saw.
+pub struct LossyLink {
+    /// Where the sender should send.
+    pub input: SocketAddr,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+    /// Every datagram seen, as sent by the sender (for replay tests).
+    pub capture: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LossyLink {
+    /// Relay from a fresh loopback port to `output`.
+    pub fn start(output: SocketAddr, imp: Impairment) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("relay socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let input = sock.local_addr().expect("relay addr");
+        let stats = Arc::new(LinkStats::default());
+        let capture = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, cap, stp) = (stats.clone(), capture.clone(), stop.clone());
+        let thread = std::thread::spawn(move || relay(&sock, output, imp, &st, &cap, &stp));
+        Self {
+            input,
+            stats,
+            capture,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LossyLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(
+    sock: &UdpSocket,
+    output: SocketAddr,
+    imp: Impairment,
+    stats: &LinkStats,
+    capture: &Mutex<Vec<Vec<u8>>>,
+    stop: &AtomicBool,
+) {
+    let mut rng = StdRng::seed_from_u64(imp.seed);
+    let mut buf = vec![0u8; 65_536];
+    let mut held: VecDeque<(Vec<u8>, u32)> = VecDeque::new();
+    let mut burst_left = 0u32;
+    let out = UdpSocket::bind("127.0.0.1:0").expect("relay out");
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(n) = sock.recv(&mut buf) else {
+            // Idle: release anything held back.
+            while let Some((d, _)) = held.pop_front() {
+                let _ = out.send_to(&d, output);
+            }
+            continue;
+        };
+        let mut d = buf[..n].to_vec();
+        stats.seen.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = capture.lock() {
+            c.push(d.clone());
+        }
+        // Release held datagrams whose delay ran out.
+        for h in &mut held {
+            h.1 = h.1.saturating_sub(1);
+        }
+        while held.front().is_some_and(|h| h.1 == 0) {
+            if let Some((h, _)) = held.pop_front() {
+                let _ = out.send_to(&h, output);
+            }
+        }
+        if burst_left == 0 && imp.burst > 0.0 && rng.random_bool(imp.burst) {
+            burst_left = imp.burst_len;
+        }
+        if burst_left > 0 {
+            burst_left -= 1;
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if imp.drop > 0.0 && rng.random_bool(imp.drop) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if imp.corrupt > 0.0 && rng.random_bool(imp.corrupt) {
+            let i = rng.random_range(0..d.len());
+            d[i] ^= 1 << rng.random_range(0..8);
+            stats.corrupted.fetch_add(1, Ordering::Relaxed);
+        }
+        if imp.duplicate > 0.0 && rng.random_bool(imp.duplicate) {
+            let _ = out.send_to(&d, output);
+            stats.duplicated.fetch_add(1, Ordering::Relaxed);
+        }
+        if imp.reorder > 0.0 && rng.random_bool(imp.reorder) {
+            stats.reordered.fetch_add(1, Ordering::Relaxed);
+            held.push_back((d, rng.random_range(1..8)));
+            continue;
+        }
+        let _ = out.send_to(&d, output);
+    }
+}
+
+/// A message a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Retained flag.
+    pub retain: bool,
+}
+
+/// An MQTT subscriber collecting everything under some filters.
+pub struct Subscriber {
+    /// Messages so far.
+    pub messages: Arc<Mutex<Vec<Received>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Subscriber {
+    /// Connect to `port` and subscribe to `filters` at QoS 1; returns once
+    /// the subscriptions are acknowledged.
+    pub fn start(port: u16, filters: &[&str]) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("subscriber runtime");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let msgs = messages.clone();
+        let filters: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
+        runtime.block_on(async move {
+            let id = format!("weir-test-{}", std::process::id());
+            let mut opts = rumqttc::MqttOptions::new(id, ("127.0.0.1", port));
+            opts.set_max_packet_size(1 << 20, 1 << 20);
+            opts.set_keep_alive(30);
+            let (client, mut eventloop) =
+                rumqttc::AsyncClient::builder(opts).capacity(1000).build();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let mut ready = Some(ready_tx);
+            let mut suback_left = filters.len();
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                            if let Ok(mut m) = msgs.lock() {
+                                m.push(Received {
+                                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                                    payload: p.payload.to_vec(),
+                                    retain: p.retain,
+                                });
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                            suback_left = suback_left.saturating_sub(1);
+                            if suback_left == 0 {
+                                if let Some(r) = ready.take() {
+                                    let _ = r.send(());
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+            for f in filters {
+                client
+                    .subscribe(f, rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .expect("subscribe");
+            }
+            tokio::time::timeout(Duration::from_secs(10), ready_rx)
+                .await
+                .expect("subscriptions acknowledged in time")
+                .expect("subscriber alive");
+            // Keep the client alive for the runtime's lifetime.
+            std::mem::forget(client);
+        });
+        Self { messages, runtime }
+    }
+
+    /// Messages whose topic starts with `prefix`.
+    pub fn on(&self, prefix: &str) -> Vec<Received> {
+        self.messages
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|r| r.topic.starts_with(prefix))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Wait until `pred` holds over the messages, or the timeout.
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&[Received]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.messages.lock().is_ok_and(|m| pred(&m)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // Nothing to do: dropping the runtime ends the client task.
+        let _ = &self.runtime;
+    }
+}
+
+/// A sender/receiver pair's working directory: keys, configs, spool.
+pub struct Site {
+    /// The directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A fresh directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write a file inside it.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        let mut f = std::fs::File::create(&p).expect("create");
+        f.write_all(text.as_bytes()).expect("write");
+        p
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Read a fixture from `tests/fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+/// Parse the last JSON line a program printed on stdout.
+pub fn last_json_line(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, PublishNotice, PublishOptions, QoS,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, PublishNotice, PublishOptions,
+    QoS,
 };
-use tokio::sync::mpsc::{self, Receiver, Sender};
+use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::MqttConfig;
 use weir_shared::contract::rfc3339_ns;
@@ -61,13 +63,9 @@ fn offline_payload() -> Vec<u8> {
         .into_bytes()
 }
 
-/// Run until the message channel closes and every message was acked.
-pub async fn run(
-    cfg: MqttConfig,
-    topics: Topics,
-    stats: Arc<RxStats>,
-    mut from_validate: Receiver<Vec<Message>>,
-) -> Result<(), StageError> {
+/// Client options from the `[mqtt]` config, with the retained "offline"
+/// status as last will.
+fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), (cfg.host.as_str(), cfg.port));
     opts.set_keep_alive(
         u16::try_from(cfg.keep_alive.as_secs())
@@ -82,12 +80,12 @@ pub async fn run(
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, mut eventloop) = AsyncClient::builder(opts)
-        .capacity(usize::from(cfg.inflight))
-        .build();
+    opts
+}
 
-    // The event loop drives the connection; it reconnects with backoff.
-    let connection = tokio::spawn(async move {
+/// The event loop drives the connection; it reconnects with backoff.
+fn spawn_connection(mut eventloop: EventLoop) -> JoinHandle<()> {
+    tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             match eventloop.poll().await {
@@ -105,14 +103,17 @@ pub async fn run(
                 }
             }
         }
-    });
+    })
+}
 
-    // Notices are awaited in order by a second task; failures come back.
-    let (notice_tx, mut notice_rx) =
-        mpsc::channel::<(PublishNotice, Message)>(usize::from(cfg.inflight) * 2);
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Message>();
-    let ack_stats = stats.clone();
-    let acker = tokio::spawn(async move {
+/// Notices are awaited in order by a second task; a message whose publish
+/// was not acknowledged goes back through `retry_tx`.
+fn spawn_acker(
+    mut notice_rx: Receiver<(PublishNotice, Message)>,
+    retry_tx: UnboundedSender<Message>,
+    ack_stats: Arc<RxStats>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
         while let Some((notice, msg)) = notice_rx.recv().await {
             match notice.wait_async().await {
                 Ok(_) => add(&ack_stats.acked, 1),
@@ -125,7 +126,25 @@ pub async fn run(
                 }
             }
         }
-    });
+    })
+}
+
+/// Run until the message channel closes and every message was acked.
+pub async fn run(
+    cfg: MqttConfig,
+    topics: Topics,
+    stats: Arc<RxStats>,
+    mut from_validate: Receiver<Vec<Message>>,
+) -> Result<(), StageError> {
+    let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
+        .capacity(usize::from(cfg.inflight))
+        .build();
+    let connection = spawn_connection(eventloop);
+
+    let (notice_tx, notice_rx) =
+        mpsc::channel::<(PublishNotice, Message)>(usize::from(cfg.inflight) * 2);
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Message>();
+    let acker = spawn_acker(notice_rx, retry_tx, stats.clone());
 
     let mut queue: VecDeque<Message> = VecDeque::new();
     let mut input_open = true;
@@ -147,9 +166,11 @@ pub async fn run(
             tokio::select! {
                 biased;
                 m = retry_rx.recv() => if let Some(m) = m { queue.push_back(m) },
-                batch = from_validate.recv(), if input_open => match batch {
-                    Some(b) => queue.extend(b),
-                    None => { input_open = false; closed_at = Some(now()); }
+                batch = from_validate.recv(), if input_open => if let Some(b) = batch {
+                    queue.extend(b);
+                } else {
+                    input_open = false;
+                    closed_at = Some(now());
                 },
                 () = tokio::time::sleep(Duration::from_millis(50)), if !input_open => {}
             }

@@ -78,7 +78,7 @@ impl FileDone {
         match result {
             Ok(()) => crate::telemetry::add(&telemetry.files_done, 1),
             Err(e) => {
-                tracing::error!(file = %self.working.display(), error = %e, "Sent file could not be completed.")
+                tracing::error!(file = %self.working.display(), error = %e, "Sent file could not be completed.");
             }
         }
     }

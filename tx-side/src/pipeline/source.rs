@@ -18,6 +18,7 @@
 //! leaves files waiting in `incoming/`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -62,7 +63,12 @@ impl SpoolDirs {
 }
 
 fn eligible_name(name: &str) -> bool {
-    !name.starts_with('.') && !name.ends_with(".tmp") && !name.ends_with(".part")
+    // Temporary suffixes match case-sensitively, as they always have:
+    // `EXPORT.TMP` is taken like any finished file.
+    let temporary = Path::new(name)
+        .extension()
+        .is_some_and(|ext| ext == "tmp" || ext == "part");
+    !name.starts_with('.') && !temporary
 }
 
 /// Files in `dir` as (name, size, mtime), sorted oldest first.
@@ -192,10 +198,17 @@ async fn take(
     };
     if !rejects.is_empty() {
         add(&telemetry.lines_rejected, rejects.len() as u64);
-        let text: String = rejects
-            .iter()
-            .map(|r| format!("{name}:{}: {} ({})\n", r.line, r.reason, r.reason.code()))
-            .collect();
+        let text = rejects.iter().fold(String::new(), |mut text, r| {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                text,
+                "{name}:{}: {} ({})",
+                r.line,
+                r.reason,
+                r.reason.code()
+            );
+            text
+        });
         let path = dirs.quarantine.join(format!("{name}.rejects"));
         if let Err(e) = std::fs::write(&path, text) {
             tracing::error!(file = %path.display(), error = %e, "Could not write rejected lines.");

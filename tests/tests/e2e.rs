@@ -1,0 +1,397 @@
+//! End to end: the real `weir-tx` and `weir-rx` binaries, a lossy UDP relay
+//! between them, and a real MQTT broker with a real subscriber.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use weir_tests::{
+    Broker, Impairment, LossyLink, Process, Site, Subscriber, binaries, fixture, free_udp_port,
+    last_json_line, write_key,
+};
+
+const KEY_A: [u8; 32] = [0x11; 32];
+const KEY_B: [u8; 32] = [0x22; 32];
+
+/// The example configs under `systemd/`, with the addresses and paths of
+/// this test put in.
+fn tx_config(
+    site: &Site,
+    destination: SocketAddr,
+    key: &Path,
+    repair_ratio: f64,
+) -> std::path::PathBuf {
+    let example = include_str!("../../systemd/weir-tx.toml");
+    let mut cfg: toml::Table = toml::from_str(example).expect("example tx config parses");
+    cfg["link"]["destination"] = toml::Value::String(destination.to_string());
+    cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
+    cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
+    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
+    cfg["lanes"]["bulk"]["repair_ratio"] = toml::Value::Float(repair_ratio);
+    cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
+    let spools = cfg["spool"].as_array_mut().expect("spool array");
+    for s in spools.iter_mut() {
+        let name = s["name"].as_str().expect("spool name").to_owned();
+        s["dir"] = toml::Value::String(site.path(&format!("spool/{name}")).display().to_string());
+        s["scan_interval"] = toml::Value::String("100ms".into());
+    }
+    site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
+}
+
+fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> std::path::PathBuf {
+    let example = include_str!("../../systemd/weir-rx.toml");
+    let mut cfg: toml::Table = toml::from_str(example).expect("example rx config parses");
+    cfg["link"]["listen"] = toml::Value::String(listen.to_string());
+    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
+    cfg["mqtt"]["port"] = toml::Value::Integer(i64::from(broker_port));
+    cfg["mqtt"]["client_id"] = toml::Value::String(format!("weir-rx-{}", std::process::id()));
+    cfg["limits"]["gap_timeout"] = toml::Value::String("5s".into());
+    site.write("rx.toml", &toml::to_string(&cfg).expect("rx toml"))
+}
+
+/// An AVEVA export of `rows` rows of three tags, one sample a second.
+fn big_aveva(rows: usize) -> String {
+    let mut s = String::from("DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n");
+    for i in 0..rows {
+        let (h, m, sec) = (i / 3600 % 24, i / 60 % 60, i % 60);
+        let v = (i as f64) * 0.5;
+        let _ = writeln!(
+            s,
+            "2024-03-01 {h:02}:{m:02}:{sec:02}.0000000,LOAD.T{},{v},{v},0,192,192",
+            i % 3
+        );
+    }
+    s
+}
+
+/// Drop a file into a spool the way a well-behaved writer does: write
+/// under a temporary name, then rename into `incoming/`.
+fn drop_file(site: &Site, spool: &str, name: &str, bytes: &[u8]) {
+    let incoming = site.path(&format!("spool/{spool}/incoming"));
+    std::fs::create_dir_all(&incoming).expect("incoming dir");
+    let tmp = incoming.join(format!("{name}.part"));
+    std::fs::write(&tmp, bytes).expect("spool write");
+    std::fs::rename(&tmp, incoming.join(name)).expect("spool rename");
+}
+
+struct Pair {
+    _broker: Broker,
+    sub: Subscriber,
+    rx: Process,
+    link: LossyLink,
+    tx: Process,
+    rx_port: u16,
+}
+
+fn start_pair(
+    site: &Site,
+    imp: Impairment,
+    tx_key: [u8; 32],
+    rx_key: [u8; 32],
+    repair_ratio: f64,
+) -> Pair {
+    let bins = binaries();
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port(), &["uns/#", "diode/#"]);
+    let (ktx, krx) = (site.path("tx.key"), site.path("rx.key"));
+    write_key(&ktx, 1, tx_key);
+    write_key(&krx, 1, rx_key);
+    let rx_port = free_udp_port();
+    let rx_addr = SocketAddr::from(([127, 0, 0, 1], rx_port));
+    let rx_cfg = rx_config(site, rx_addr, &krx, broker.port());
+    let rx = Process::start(
+        "weir-rx",
+        &bins.rx,
+        &["run", "--config", &rx_cfg.display().to_string()],
+        site.path("rx.log"),
+    );
+    let link = LossyLink::start(rx_addr, imp);
+    let tx_cfg = tx_config(site, link.input, &ktx, repair_ratio);
+    let tx = Process::start(
+        "weir-tx",
+        &bins.tx,
+        &["run", "--config", &tx_cfg.display().to_string()],
+        site.path("tx.log"),
+    );
+    Pair {
+        _broker: broker,
+        sub,
+        rx,
+        link,
+        tx,
+        rx_port,
+    }
+}
+
+fn points(sub: &Subscriber) -> Vec<Json> {
+    sub.on("uns/")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("point payload is JSON"))
+        .collect()
+}
+
+fn stop(pair: &mut Pair) -> (String, Json) {
+    let _ = pair.tx.terminate(Duration::from_secs(15));
+    let out = pair.rx.terminate(Duration::from_secs(20));
+    let stats = last_json_line(&out)
+        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", pair.rx.log_text()));
+    (out, stats)
+}
+
+#[test]
+fn sample_exports_cross_a_lossy_link_exactly_once() {
+    let site = Site::new();
+    let imp = Impairment {
+        seed: 42,
+        drop: 0.05,
+        duplicate: 0.02,
+        reorder: 0.02,
+        burst: 0.0,
+        burst_len: 0,
+        corrupt: 0.001,
+    };
+    let mut pair = start_pair(&site, imp, KEY_A, KEY_A, 0.25);
+    const BIG: usize = 30_000;
+    drop_file(
+        &site,
+        "pi",
+        "TT101.PV.json",
+        &fixture("pi_webapi_recorded.json"),
+    );
+    drop_file(
+        &site,
+        "aveva",
+        "aveva_history.csv",
+        &fixture("aveva_history.csv"),
+    );
+    drop_file(&site, "aveva", "bulk_0001.csv", big_aveva(BIG).as_bytes());
+    let expected = 7 + 8 + BIG;
+
+    let arrived = pair.sub.wait_for(Duration::from_secs(120), |m| {
+        m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= expected
+    });
+    let pts = points(&pair.sub);
+    assert!(
+        arrived,
+        "only {} of {expected} points arrived\nrx log:\n{}\ntx log:\n{}",
+        pts.len(),
+        pair.rx.log_text(),
+        pair.tx.log_text()
+    );
+    // Give stragglers (duplicates would show up now) a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let pts = points(&pair.sub);
+    let ids: HashSet<&str> = pts.iter().map(|p| p["id"].as_str().expect("id")).collect();
+    assert_eq!(pts.len(), expected, "every point exactly once");
+    assert_eq!(ids.len(), expected, "ids unique");
+
+    // Values, timestamps and quality of the sample files, as EXPECTED.md reads them.
+    let by_tag_ts: BTreeMap<(String, String), Vec<&Json>> =
+        pts.iter().fold(BTreeMap::new(), |mut m, p| {
+            let key = (
+                p["tag"].as_str().unwrap_or("").to_owned(),
+                p["ts"].as_str().unwrap_or("").to_owned(),
+            );
+            m.entry(key).or_insert_with(Vec::new).push(p);
+            m
+        });
+    let one = |tag: &str, ts: &str| -> &Json {
+        let v = by_tag_ts
+            .get(&(tag.to_owned(), ts.to_owned()))
+            .unwrap_or_else(|| panic!("{tag} at {ts} missing"));
+        v[0]
+    };
+    let p = one("TT101.PV", "2024-03-10T08:00:02.250Z");
+    assert_eq!(p["value"], 71.9);
+    assert_eq!(p["q"]["code"], 0x4000_0000u32);
+    assert_eq!(p["unit"], "°C");
+    let p = one("TT101.PV", "2024-03-10T08:00:12Z");
+    assert_eq!(p["value"]["state"], "I/O Timeout");
+    assert_eq!(p["value"]["code"], 246);
+    assert_eq!(p["q"]["code"], 0x8031_0000u32);
+    assert_eq!(
+        by_tag_ts[&("TT101.PV".into(), "2024-03-10T08:02:00Z".into())].len(),
+        2,
+        "both Shutdown rows crossed"
+    );
+    // AVEVA: fall-back hour resolved by file order.
+    assert_eq!(one("FIC101.PV", "2024-11-03T06:30:00Z")["value"], 42.31);
+    assert_eq!(one("FIC101.PV", "2024-11-03T07:30:00Z")["value"], 41.95);
+    assert_eq!(
+        one("FIC101.PV", "2024-11-03T07:30:00Z")["ts_resolution"],
+        "ambiguous_later"
+    );
+    let bad = one("TI205.PV", "2024-11-03T07:30:30Z");
+    assert_eq!(bad["value"], Json::Null);
+    assert_eq!(bad["q"]["code"], 0x8000_0000u32);
+    assert_eq!(
+        one("BATCH.ID", "2024-11-03T07:32:00Z")["value"],
+        "B-2024-1103-07"
+    );
+    assert_eq!(one("PUMP7.Running", "2024-11-03T07:31:30Z")["value"], true);
+    assert_eq!(
+        one("FIC101.PV", "2024-11-03T07:32:30Z")["q"]["code"],
+        0x0096_0000u32
+    );
+    // The generated bulk file (local time America/Chicago, CST = UTC-6).
+    for i in [0usize, 1, 12_345, BIG - 1] {
+        let (h, m, s) = (i / 3600 + 6, i / 60 % 60, i % 60);
+        let p = one(
+            &format!("LOAD.T{}", i % 3),
+            &format!("2024-03-01T{h:02}:{m:02}:{s:02}Z"),
+        );
+        assert_eq!(p["value"].as_f64(), Some(i as f64 * 0.5));
+    }
+    // Topic escaping: the raw tag is in the payload, the topic is one segment per tag.
+    let topics: HashSet<String> = pair.sub.on("uns/").into_iter().map(|m| m.topic).collect();
+    assert!(
+        topics.contains("uns/v1/plant1/_unmapped/pi/TT101.PV"),
+        "{topics:?}"
+    );
+
+    let link_dropped = pair
+        .link
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (_, stats) = stop(&mut pair);
+    println!("relay dropped {link_dropped} datagrams; receiver counters: {stats}");
+    assert!(link_dropped > 0, "the relay really dropped datagrams");
+    assert_eq!(stats["blocks_lost"], 0, "FEC recovered every block");
+    assert!(
+        stats["fec_repaired"].as_u64() > Some(0),
+        "repair symbols were needed and used"
+    );
+    assert_eq!(stats["records"].as_u64(), Some(expected as u64));
+    assert!(
+        stats["acked"].as_u64() >= Some(expected as u64),
+        "every point acknowledged by the broker"
+    );
+    // Spool lifecycle: every file sent and moved to done/.
+    for (spool, name) in [
+        ("pi", "TT101.PV.json"),
+        ("aveva", "aveva_history.csv"),
+        ("aveva", "bulk_0001.csv"),
+    ] {
+        assert!(
+            site.path(&format!("spool/{spool}/done/{name}")).exists(),
+            "{name} in done/"
+        );
+    }
+    // The PI `Errors` item is quarantined with file, line and reason.
+    let rejects = std::fs::read_to_string(site.path("spool/pi/quarantine/TT101.PV.json.rejects"))
+        .expect("rejects file");
+    assert!(
+        rejects.contains("TT101.PV.json:11:") && rejects.contains("source_error"),
+        "{rejects}"
+    );
+}
+
+#[test]
+fn wrong_key_publishes_nothing_and_is_counted() {
+    let site = Site::new();
+    let mut pair = start_pair(&site, Impairment::clean(1), KEY_B, KEY_A, 0.25);
+    drop_file(
+        &site,
+        "aveva",
+        "aveva_history.csv",
+        &fixture("aveva_history.csv"),
+    );
+    // Wait until the sender has sent the file and a few heartbeats.
+    assert!(
+        wait_until(Duration::from_secs(30), || site
+            .path("spool/aveva/done/aveva_history.csv")
+            .exists()),
+        "sender never finished the file"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, stats) = stop(&mut pair);
+    assert_eq!(
+        points(&pair.sub).len(),
+        0,
+        "nothing published under a wrong key"
+    );
+    assert_eq!(stats["records"], 0);
+    assert!(
+        stats["drop_auth"].as_u64() >= Some(2),
+        "blocks and heartbeats refused by the AEAD gate: {stats}"
+    );
+}
+
+#[test]
+fn replayed_and_corrupted_datagrams_publish_nothing_new() {
+    let site = Site::new();
+    let mut pair = start_pair(&site, Impairment::clean(2), KEY_A, KEY_A, 0.25);
+    drop_file(
+        &site,
+        "aveva",
+        "aveva_history.csv",
+        &fixture("aveva_history.csv"),
+    );
+    assert!(pair.sub.wait_for(Duration::from_secs(60), |m| {
+        m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= 8
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = points(&pair.sub).len();
+    assert_eq!(before, 8);
+
+    // Replay every captured datagram, then corrupted copies of them: one
+    // with a flipped bit (CRC catches it) and one with a flipped bit and a
+    // recomputed CRC (only the AEAD or the replay window can catch it).
+    let captured = pair.link.capture.lock().expect("capture").clone();
+    let out = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let target = SocketAddr::from(([127, 0, 0, 1], pair.rx_port));
+    for d in &captured {
+        let _ = out.send_to(d, target);
+        let mut bad = d.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        let _ = out.send_to(&bad, target);
+        let n = bad.len() - 4;
+        let crc = crc32fast::hash(&bad[..n]);
+        bad[n..].copy_from_slice(&crc.to_be_bytes());
+        let _ = out.send_to(&bad, target);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, stats) = stop(&mut pair);
+    assert_eq!(
+        points(&pair.sub).len(),
+        before,
+        "replays and forgeries published nothing"
+    );
+    let n = captured.len() as u64;
+    let crc = stats["drop_crc"].as_u64().unwrap_or(0);
+    assert!(
+        crc >= n,
+        "every bit-flipped datagram counted as a CRC drop: {crc} < {n}"
+    );
+    let stale = [
+        "drop_resolved",
+        "drop_too_old",
+        "drop_replay",
+        "drop_auth",
+        "drop_inconsistent",
+    ]
+    .iter()
+    .map(|k| stats[k].as_u64().unwrap_or(0))
+    .sum::<u64>();
+    assert!(
+        stale >= n,
+        "every replayed symbol and forged copy counted: {stale} < {n}; {stats}"
+    );
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
