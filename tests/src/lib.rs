@@ -52,6 +52,15 @@ pub fn binaries() -> &'static Binaries {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "weir-tx", "-p", "weir-rx"]);
+        // The test runner sets CARGO_* variables describing this test crate;
+        // build scripts watching them would see a changed environment and
+        // rebuild on every run. Hand the nested build a clean one.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cmd.env_remove(&*k);
+            }
+        }
         if release {
             cmd.arg("--release");
         }

@@ -153,7 +153,9 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         burst_len: 0,
         corrupt: 0.001,
     };
+    let t0 = std::time::Instant::now();
     let mut pair = start_pair(&site, imp, KEY_A, KEY_A, 0.25);
+    println!("pair started after {:?}", t0.elapsed());
     const BIG: usize = 30_000;
     drop_file(
         &site,
@@ -174,6 +176,7 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= expected
     });
     let pts = points(&pair.sub);
+    println!("{} points arrived after {:?}", pts.len(), t0.elapsed());
     assert!(
         arrived,
         "only {} of {expected} points arrived\nrx log:\n{}\ntx log:\n{}",
