@@ -71,6 +71,8 @@ counters! {
     heartbeats,
     /// Records decoded.
     records,
+    /// File chunks received (file output is not built yet: counted only).
+    file_chunks,
     /// Messages handed to the MQTT client.
     published,
     /// Messages acknowledged by the broker (QoS 1 PUBACK).

@@ -13,7 +13,7 @@ use std::fmt::Write;
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Map, Value as Json, json};
 
-use crate::record::{NativeQuality, Point, TsResolution, Value};
+use crate::record::{Alert, NativeQuality, Point, TsResolution, Value};
 use crate::wire::SessionId;
 
 /// Percent-encode `s` for use as one MQTT topic segment.
@@ -167,6 +167,90 @@ pub fn point_payload(session: SessionId, p: &Point) -> Vec<u8> {
     if !p.attrs.is_empty() {
         let attrs: Map<String, Json> = p.attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         obj.insert("attrs".into(), Json::Object(attrs));
+    }
+    serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+}
+
+/// Severity band of a 1–1000 severity (OPC UA A&C bands).
+pub fn severity_band(sev: u16) -> &'static str {
+    match sev {
+        801.. => "high",
+        601..=800 => "medium_high",
+        401..=600 => "medium",
+        201..=400 => "medium_low",
+        _ => "low",
+    }
+}
+
+fn opt(obj: &mut Map<String, Json>, key: &str, v: Option<&String>) {
+    if let Some(v) = v {
+        obj.insert(key.into(), json!(v));
+    }
+}
+
+/// The JSON payload of one alert.
+pub fn alert_payload(session: SessionId, a: &Alert) -> Vec<u8> {
+    let mut obj = Map::new();
+    obj.insert("v".into(), json!(1));
+    obj.insert("id".into(), json!(record_id(session, a.seq)));
+    obj.insert("seq".into(), json!(a.seq));
+    obj.insert("source".into(), json!(a.source.as_str()));
+    obj.insert("format".into(), json!(format!("{:?}", a.source)));
+    obj.insert("kind".into(), json!(format!("{:?}", a.kind)));
+    obj.insert("ts".into(), json!(rfc3339_ns(a.event_time_ns)));
+    obj.insert("received".into(), json!(rfc3339_ns(a.receive_time_ns)));
+    obj.insert("severity".into(), json!(a.severity));
+    obj.insert("severity_band".into(), json!(severity_band(a.severity)));
+    obj.insert("severity_native".into(), json!(a.severity_native));
+    if let Some(f) = a.facility {
+        obj.insert("facility".into(), json!(f));
+    }
+    opt(&mut obj, "event_id", a.event_id.as_ref());
+    opt(&mut obj, "host", a.host.as_ref());
+    opt(&mut obj, "app", a.app.as_ref());
+    opt(&mut obj, "procid", a.procid.as_ref());
+    opt(&mut obj, "msgid", a.msgid.as_ref());
+    opt(&mut obj, "source_name", a.source_name.as_ref());
+    obj.insert("message".into(), json!(a.message));
+    if let Some(c) = &a.condition {
+        obj.insert(
+            "condition".into(),
+            json!({"name": c.name, "isa182": c.isa182.map(String::from), "active": c.active, "acked": c.acked,
+                   "confirmed": c.confirmed, "retain": c.retain, "shelving": c.shelving,
+                   "suppressed_or_shelved": c.suppressed_or_shelved, "out_of_service": c.out_of_service,
+                   "latched": c.latched, "quality": c.quality, "comment": c.comment, "user": c.user,
+                   "limit_state": c.limit_state}),
+        );
+    }
+    if let Some(n) = &a.net {
+        obj.insert(
+            "net".into(),
+            json!({"src_ip": n.src_ip, "src_port": n.src_port, "dst_ip": n.dst_ip, "dst_port": n.dst_port,
+                   "proto": n.proto, "app_proto": n.app_proto, "flow_id": n.flow_id}),
+        );
+    }
+    if let Some(g) = &a.signature {
+        obj.insert(
+            "signature".into(),
+            json!({"gid": g.gid, "id": g.id, "rev": g.rev, "name": g.name, "category": g.category, "action": g.action}),
+        );
+    }
+    if !a.structured.is_empty() {
+        let sd: Map<String, Json> = a.structured.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        obj.insert("structured".into(), Json::Object(sd));
+    }
+    let mut flags = Vec::new();
+    for (on, name) in [
+        (a.flags.no_source_timestamp, "no_source_timestamp"),
+        (a.flags.year_inferred, "year_inferred"),
+        (a.flags.tz_assumed, "tz_assumed"),
+    ] {
+        if on {
+            flags.push(name);
+        }
+    }
+    if !flags.is_empty() {
+        obj.insert("flags".into(), json!(flags));
     }
     serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
 }

@@ -127,6 +127,18 @@ pub enum SourceSystem {
     PiWebApi,
     /// AVEVA (Wonderware) Historian History CSV.
     Aveva,
+    /// PI piconfig / PIARC CSV.
+    PiArc,
+    /// Ignition tag-history CSV.
+    Ignition,
+    /// GE Proficy File-collector CSV.
+    Proficy,
+    /// InfluxDB line protocol.
+    InfluxLp,
+    /// OPC UA HistoryRead JSON lines.
+    OpcUa,
+    /// Generic CSV with a configured column mapping.
+    GenericCsv,
     /// Anything else.
     Other,
 }
@@ -137,6 +149,12 @@ impl SourceSystem {
         match self {
             Self::PiWebApi => "pi",
             Self::Aveva => "aveva",
+            Self::PiArc => "piarc",
+            Self::Ignition => "ignition",
+            Self::Proficy => "proficy",
+            Self::InfluxLp => "influx",
+            Self::OpcUa => "opcua",
+            Self::GenericCsv => "csv",
             Self::Other => "other",
         }
     }
@@ -172,11 +190,206 @@ pub struct PointFlags {
     pub interpolated: bool,
 }
 
+/// Where an alert came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertSource {
+    /// Syslog, RFC 5424.
+    Syslog5424,
+    /// Syslog, RFC 3164 (BSD).
+    Syslog3164,
+    /// ArcSight CEF (inside syslog).
+    Cef,
+    /// Suricata EVE JSON.
+    SuricataEve,
+    /// OPC UA Alarms & Conditions event.
+    OpcUaAc,
+}
+
+impl AlertSource {
+    /// Short, topic-safe name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syslog5424 | Self::Syslog3164 => "syslog",
+            Self::Cef => "cef",
+            Self::SuricataEve => "suricata",
+            Self::OpcUaAc => "opcua",
+        }
+    }
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlertKind {
+    /// A process alarm (ISA-18.2 / OPC UA A&C).
+    ProcessAlarm,
+    /// A security detection (IDS, firewall).
+    SecurityAlert,
+    /// A system or application event.
+    SystemEvent,
+}
+
+/// Network facts of a security alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInfo {
+    /// Source address.
+    pub src_ip: Option<String>,
+    /// Source port.
+    pub src_port: Option<u16>,
+    /// Destination address.
+    pub dst_ip: Option<String>,
+    /// Destination port.
+    pub dst_port: Option<u16>,
+    /// Transport protocol.
+    pub proto: Option<String>,
+    /// Application protocol.
+    pub app_proto: Option<String>,
+    /// Flow id.
+    pub flow_id: Option<u64>,
+}
+
+/// The rule that fired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Generator id.
+    pub gid: Option<u64>,
+    /// Signature id.
+    pub id: Option<String>,
+    /// Revision.
+    pub rev: Option<u64>,
+    /// Name.
+    pub name: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// Action taken (allowed, blocked, …).
+    pub action: Option<String>,
+}
+
+/// State of an alarm condition (OPC UA A&C, ISA-18.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct Condition {
+    /// Condition name.
+    pub name: String,
+    /// ISA-18.2 state letter `A`..`I`.
+    pub isa182: Option<char>,
+    /// Active.
+    pub active: bool,
+    /// Acknowledged.
+    pub acked: bool,
+    /// Confirmed.
+    pub confirmed: bool,
+    /// Retain (false: the condition is closed).
+    pub retain: bool,
+    /// Shelving state text.
+    pub shelving: Option<String>,
+    /// Suppressed or shelved.
+    pub suppressed_or_shelved: bool,
+    /// Out of service.
+    pub out_of_service: bool,
+    /// Latched.
+    pub latched: bool,
+    /// Quality of the condition's input (OPC UA StatusCode).
+    pub quality: u32,
+    /// Operator comment.
+    pub comment: Option<String>,
+    /// Operator.
+    pub user: Option<String>,
+    /// Limit state (High, Low, …).
+    pub limit_state: Option<String>,
+}
+
+/// Flags on how an alert was read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertFlags {
+    /// The message had no timestamp; `event_time_ns` is the receive time.
+    pub no_source_timestamp: bool,
+    /// The year was inferred (RFC 3164 has none).
+    pub year_inferred: bool,
+    /// The time zone came from configuration, not the message.
+    pub tz_assumed: bool,
+}
+
+/// One alert or event, normalised, with its raw bytes kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Per-stream sequence number assigned by the sender.
+    pub seq: u64,
+    /// Source format.
+    pub source: AlertSource,
+    /// What it is about.
+    pub kind: AlertKind,
+    /// When it happened (ns UTC); the receive time when the message had none.
+    pub event_time_ns: i64,
+    /// When the sender received it (ns UTC).
+    pub receive_time_ns: i64,
+    /// Event id (OPC UA EventId, syslog MSGID, EVE flow id…).
+    pub event_id: Option<String>,
+    /// Severity normalised to 1–1000 (OPC UA scale).
+    pub severity: u16,
+    /// Severity as the source wrote it.
+    pub severity_native: String,
+    /// Syslog facility.
+    pub facility: Option<u8>,
+    /// Originating host.
+    pub host: Option<String>,
+    /// Application / tag.
+    pub app: Option<String>,
+    /// Process id.
+    pub procid: Option<String>,
+    /// Message id.
+    pub msgid: Option<String>,
+    /// Source object name (OPC UA SourceName).
+    pub source_name: Option<String>,
+    /// Alarm condition, for process alarms.
+    pub condition: Option<Condition>,
+    /// Network facts, for security alerts.
+    pub net: Option<NetInfo>,
+    /// Rule that fired, for security alerts.
+    pub signature: Option<Signature>,
+    /// Human-readable message.
+    pub message: String,
+    /// Structured data, flattened (`sdid.param`, CEF extension keys…).
+    pub structured: Vec<(String, String)>,
+    /// How it was read.
+    pub flags: AlertFlags,
+    /// The raw message (bounded by the listener's size limit).
+    pub raw: Vec<u8>,
+}
+
+/// One chunk of an opaque file crossing byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    /// Per-stream sequence number assigned by the sender.
+    pub seq: u64,
+    /// Sender-unique id of the file transfer.
+    pub file_id: u64,
+    /// File name (a bare name; the receiver refuses paths).
+    pub name: String,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
+    /// Offset of this chunk.
+    pub offset: u64,
+    /// Chunk index, 0-based.
+    pub index: u32,
+    /// Number of chunks in the file.
+    pub chunks: u32,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
 /// A record in a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// A historian sample.
     Point(Point),
+    /// An alert or event.
+    Alert(Alert),
+    /// A piece of an opaque file.
+    FileChunk(FileChunk),
 }
 
 impl Record {
@@ -184,6 +397,17 @@ impl Record {
     pub fn seq(&self) -> u64 {
         match self {
             Self::Point(p) => p.seq,
+            Self::Alert(a) => a.seq,
+            Self::FileChunk(c) => c.seq,
+        }
+    }
+
+    /// Set the per-stream sequence number.
+    pub fn set_seq(&mut self, seq: u64) {
+        match self {
+            Self::Point(p) => p.seq = seq,
+            Self::Alert(a) => a.seq = seq,
+            Self::FileChunk(c) => c.seq = seq,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Topics {
     pub status: String,
     /// Gap (loss) events.
     pub gaps: String,
+    /// Prefix of alert topics (`…/alerts/{source}`).
+    pub alerts: String,
 }
 
 impl Topics {
@@ -50,6 +52,7 @@ impl Topics {
             site: m.site.clone(),
             status: format!("{base}/status"),
             gaps: format!("{base}/gaps"),
+            alerts: format!("{base}/alerts"),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
-use weir_shared::contract::{point_payload, point_topic};
+use weir_shared::contract::{alert_payload, point_payload, point_topic};
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
 use super::publish::Topics;
@@ -41,12 +41,22 @@ pub async fn run(
         let messages: Vec<Message> = batch
             .records
             .iter()
-            .map(|r| match r {
-                Record::Point(p) => Message {
+            .filter_map(|r| match r {
+                Record::Point(p) => Some(Message {
                     topic: point_topic(&topics.point_template, &topics.site, p),
                     payload: point_payload(block.session, p),
                     retain: false,
-                },
+                }),
+                Record::Alert(a) => Some(Message {
+                    topic: format!("{}/{}", topics.alerts, a.source.as_str()),
+                    payload: alert_payload(block.session, a),
+                    retain: false,
+                }),
+                // Files are reassembled by the file output, not published.
+                Record::FileChunk(_) => {
+                    add(&stats.file_chunks, 1);
+                    None
+                }
             })
             .collect();
         let n = messages.len();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::config::ValidLane;
 use weir_shared::lane::{LANES, Lane};
-use weir_shared::record::{BatchBuilder, Record};
+use weir_shared::record::BatchBuilder;
 
 use super::{FileDone, Frame, SourceItem, StageError, now};
 
@@ -83,9 +83,7 @@ pub async fn run(
         let Some(item) = item else { break };
         let (lane, full) = match item {
             SourceItem::Record(lane, mut record) => {
-                match &mut record {
-                    Record::Point(p) => p.seq = next_seq,
-                }
+                record.set_seq(next_seq);
                 next_seq += 1;
                 let b = &mut state[lane.index()];
                 b.builder.push(&record)?;
