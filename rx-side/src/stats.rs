@@ -67,6 +67,8 @@ counters! {
     blocks_lost,
     /// Pending blocks expired without completing.
     pending_expired,
+    /// Sender sessions evicted by `limits.max_sessions`.
+    sessions_evicted,
     /// Heartbeats accepted.
     heartbeats,
     /// Records decoded.

@@ -49,6 +49,71 @@ pub struct TxConfig {
     /// Spool directories of historian exports.
     #[serde(default, rename = "spool")]
     pub spools: Vec<SpoolConfig>,
+    /// Syslog listeners (alert lane).
+    #[serde(default, rename = "syslog")]
+    pub syslogs: Vec<SyslogConfig>,
+    /// Followed alert files: Suricata EVE, OPC UA alarm JSON lines (alert lane).
+    #[serde(default, rename = "follow")]
+    pub follows: Vec<FollowConfig>,
+}
+
+/// One `[[syslog]]` listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// UDP address to listen on.
+    pub udp: Option<SocketAddr>,
+    /// TCP address to listen on (octet-counted or newline-framed).
+    pub tcp: Option<SocketAddr>,
+    /// IANA zone of RFC 3164 timestamps (they carry none).
+    #[serde(default = "default_utc")]
+    pub tz: String,
+    /// Longest message accepted; longer ones are rejected and counted.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+/// What a followed file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FollowFormat {
+    /// Suricata EVE JSON lines (alerts only).
+    SuricataEve,
+    /// OPC UA Alarms & Conditions events as JSON lines.
+    OpcuaAlarmsJsonl,
+}
+
+/// One `[[follow]]`ed file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// The file (re-opened when rotated or truncated).
+    pub path: PathBuf,
+    /// Its format.
+    pub format: FollowFormat,
+    /// Read existing content on first start instead of starting at the end.
+    #[serde(default)]
+    pub from_start: bool,
+    /// How often the file is checked for new lines.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest line accepted.
+    #[serde(default = "default_max_message")]
+    pub max_line_bytes: usize,
+}
+
+fn default_utc() -> String {
+    "UTC".into()
+}
+fn default_max_message() -> usize {
+    64 * 1024
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// `[link]` of the sender.
@@ -166,7 +231,8 @@ pub struct SpoolConfig {
     pub name: String,
     /// Base directory; `incoming/`, `working/`, `done/`, `quarantine/` live in it.
     pub dir: PathBuf,
-    /// Export format (`pi-webapi-json`, `aveva-csv`).
+    /// Export format (`pi-webapi-json`, `aveva-csv`, `ignition-csv`,
+    /// `proficy-csv`, `influx-lp`, `opcua-jsonl`, `piarc-csv`, `generic-csv`).
     pub format: crate::formats::Format,
     /// IANA time zone of local timestamps in the files.
     pub tz: Option<String>,
@@ -185,6 +251,14 @@ pub struct SpoolConfig {
     /// How often the directory is scanned.
     #[serde(default = "default_scan", with = "humantime_serde")]
     pub scan_interval: Duration,
+    /// Ignition `sqlth_te` export (CSV) that maps `tagid` to tag path and
+    /// data type; required by, and only allowed with, `ignition-csv`.
+    #[serde(default)]
+    pub tag_table: Option<PathBuf>,
+    /// Column mapping of a `generic-csv` spool; required by, and only
+    /// allowed with, that format.
+    #[serde(default)]
+    pub csv: Option<crate::formats::CsvMapping>,
 }
 
 fn default_bind() -> SocketAddr {
@@ -245,11 +319,13 @@ pub struct ValidTx {
     pub lanes: [ValidLane; LANES],
 }
 
-/// Symbol size for an MTU: the IPv4/UDP payload minus Weir's overhead,
-/// rounded down to the RaptorQ alignment.
-pub fn symbol_size_for_mtu(mtu: u16) -> Option<u16> {
+/// Symbol size for an MTU: the IP/UDP payload minus Weir's overhead,
+/// rounded down to the RaptorQ alignment. IPv6 headers are 20 bytes longer
+/// than IPv4's.
+pub fn symbol_size_for_mtu(mtu: u16, ipv6: bool) -> Option<u16> {
+    let ip_udp = IPV4_UDP_OVERHEAD + if ipv6 { 20 } else { 0 };
     let room = usize::from(mtu)
-        .checked_sub(IPV4_UDP_OVERHEAD)?
+        .checked_sub(ip_udp)?
         .checked_sub(OVERHEAD)?;
     let aligned = room - room % usize::from(SYMBOL_ALIGN);
     u16::try_from(aligned).ok().filter(|s| *s >= 64)
@@ -291,8 +367,11 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
 /// Check the transmitter's `[link]` table; returns the symbol size its MTU
 /// allows.
 fn valid_tx_link(link: &TxLink) -> Result<u16, ConfigError> {
-    let symbol_size = symbol_size_for_mtu(link.mtu_bytes)
-        .ok_or(bad("link.mtu_bytes", "too small: at least 170 bytes"))?;
+    let symbol_size =
+        symbol_size_for_mtu(link.mtu_bytes, link.destination.is_ipv6()).ok_or(bad(
+            "link.mtu_bytes",
+            "too small: at least 138 bytes (158 for IPv6)",
+        ))?;
     if link.destination.ip().is_unspecified() || link.destination.port() == 0 {
         return Err(bad("link.destination", "needs a concrete address and port"));
     }
@@ -314,6 +393,44 @@ fn valid_tx_link(link: &TxLink) -> Result<u16, ConfigError> {
 }
 
 /// Check the `[[spool]]` tables: names, scan intervals and time zones.
+fn valid_alert_sources(
+    syslogs: &[SyslogConfig],
+    follows: &[FollowConfig],
+) -> Result<(), ConfigError> {
+    for s in syslogs {
+        if s.udp.is_none() && s.tcp.is_none() {
+            return Err(bad(
+                "syslog.udp",
+                "a [[syslog]] listener needs `udp`, `tcp` or both",
+            ));
+        }
+        if s.tz.parse::<chrono_tz::Tz>().is_err() {
+            return Err(bad(
+                "syslog.tz",
+                "is not an IANA time zone name (e.g. UTC, Europe/Berlin)",
+            ));
+        }
+        if !(480..=1024 * 1024).contains(&s.max_message_bytes) {
+            return Err(bad(
+                "syslog.max_message_bytes",
+                "must be between 480 B and 1 MiB",
+            ));
+        }
+    }
+    for f in follows {
+        if f.poll_interval < Duration::from_millis(10) {
+            return Err(bad("follow.poll_interval", "must be at least 10 ms"));
+        }
+        if !(480..=16 * 1024 * 1024).contains(&f.max_line_bytes) {
+            return Err(bad(
+                "follow.max_line_bytes",
+                "must be between 480 B and 16 MiB",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for s in spools {
@@ -341,7 +458,7 @@ fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
                     "is not an IANA time zone name (e.g. America/Chicago)",
                 ));
             }
-            None if matches!(s.format, crate::formats::Format::Aveva) => {
+            None if s.format.local_time() => {
                 return Err(bad(
                     "spool.tz",
                     "is required: this format writes local wall-clock time",
@@ -349,8 +466,45 @@ fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
             }
             _ => {}
         }
+        valid_format_extras(s)?;
     }
     Ok(())
+}
+
+/// Check the per-format keys of one spool: Ignition's tag table and the
+/// generic CSV mapping (whose local-time pattern also needs `spool.tz`).
+fn valid_format_extras(s: &SpoolConfig) -> Result<(), ConfigError> {
+    use crate::formats::Format;
+    match (s.format, &s.tag_table) {
+        (Format::Ignition, None) => {
+            return Err(bad(
+                "spool.tag_table",
+                "is required for ignition-csv: the sqlth_te export mapping tagid to tag path",
+            ));
+        }
+        (Format::Ignition, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return Err(bad("spool.tag_table", "is only used by ignition-csv")),
+    }
+    match (s.format, &s.csv) {
+        (Format::GenericCsv, None) => Err(bad(
+            "spool.csv",
+            "is required for generic-csv: the column mapping",
+        )),
+        (Format::GenericCsv, Some(map)) => {
+            if let Some((key, reason)) = map.problem() {
+                return Err(bad(key, reason));
+            }
+            if map.ts_format.is_local() && s.tz.is_none() {
+                return Err(bad(
+                    "spool.tz",
+                    "is required: spool.csv.ts_format is a local wall-clock pattern",
+                ));
+            }
+            Ok(())
+        }
+        (_, None) => Ok(()),
+        (_, Some(_)) => Err(bad("spool.csv", "is only used by generic-csv")),
+    }
 }
 
 impl TxConfig {
@@ -388,8 +542,12 @@ impl TxConfig {
         // A batch may grow a little under zstd (incompressible data) and
         // gains the frame header and tag; leave room for that.
         let largest = lanes.iter().map(|l| l.max_batch_bytes).max().unwrap_or(0);
+        // A batch is flushed once it reaches `max_batch_bytes`, so the last
+        // record may overshoot it: allow up to twice the size (a larger
+        // record is refused by the batcher), plus zstd's worst-case growth.
         let max_block_bytes = largest
-            .checked_add(largest / 64 + 1024 + TAG_LEN as u32)
+            .checked_mul(2)
+            .and_then(|b| b.checked_add(b / 64 + 1024 + TAG_LEN as u32))
             .ok_or(bad("lanes.bulk.max_batch_bytes", "too large"))?;
         if max_block_bytes.div_ceil(u32::from(symbol_size)) > MAX_SOURCE_SYMBOLS {
             return Err(bad(
@@ -398,6 +556,7 @@ impl TxConfig {
             ));
         }
         valid_spools(&self.spools)?;
+        valid_alert_sources(&self.syslogs, &self.follows)?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
         // reason: rate_mbps was checked to be finite and in 0.01..=100000, so
         // the byte rate is positive and far below u64::MAX.
@@ -482,8 +641,8 @@ pub struct RxLimits {
 impl Default for RxLimits {
     fn default() -> Self {
         Self {
-            max_block_bytes: 4 * 1024 * 1024,
-            max_pending_blocks: 256,
+            max_block_bytes: 1024 * 1024,
+            max_pending_blocks: 64,
             block_timeout: Duration::from_secs(5),
             gap_timeout: Duration::from_secs(10),
             window_blocks: 65_536,
@@ -669,9 +828,12 @@ mod tests {
 
     #[test]
     fn symbol_size_for_default_mtu_is_1424() {
-        assert_eq!(symbol_size_for_mtu(1500), Some(1424));
-        assert_eq!(symbol_size_for_mtu(9000), Some(8920));
-        assert_eq!(symbol_size_for_mtu(100), None);
+        assert_eq!(symbol_size_for_mtu(1500, false), Some(1424));
+        assert_eq!(symbol_size_for_mtu(1500, true), Some(1400));
+        assert_eq!(symbol_size_for_mtu(9000, false), Some(8920));
+        assert_eq!(symbol_size_for_mtu(138, false), Some(64));
+        assert_eq!(symbol_size_for_mtu(137, false), None);
+        assert_eq!(symbol_size_for_mtu(100, false), None);
     }
 
     fn tx() -> TxConfig {
@@ -690,6 +852,8 @@ mod tests {
             },
             lanes: TxLanes::default(),
             spools: vec![],
+            syslogs: vec![],
+            follows: vec![],
         }
     }
 
@@ -720,6 +884,71 @@ mod tests {
             c.validate().map(|_| ()).map_err(|e| e.key),
             Err("keys.files")
         );
+    }
+
+    fn spool(format: crate::formats::Format) -> SpoolConfig {
+        SpoolConfig {
+            name: "s".into(),
+            dir: "d".into(),
+            format,
+            tz: None,
+            tag: None,
+            discrete_tags: vec![],
+            max_file_bytes: default_max_file(),
+            on_done: default_on_done(),
+            scan_interval: default_scan(),
+            tag_table: None,
+            csv: None,
+        }
+    }
+
+    fn spool_error(s: SpoolConfig) -> Result<(), &'static str> {
+        let mut c = tx();
+        c.spools = vec![s];
+        c.validate().map(|_| ()).map_err(|e| e.key)
+    }
+
+    #[test]
+    fn spool_format_keys_are_checked() {
+        use crate::formats::{CsvMapping, Format, TsFormat};
+        for f in Format::ALL {
+            let mut s = spool(f);
+            s.tz = Some("America/Chicago".into());
+            s.tag_table = (f == Format::Ignition).then(|| "sqlth_te.csv".into());
+            s.csv = (f == Format::GenericCsv).then(|| CsvMapping {
+                tag: "t".into(),
+                timestamp: "ts".into(),
+                value: "v".into(),
+                quality: None,
+                unit: None,
+                ts_format: TsFormat::Pattern("%Y-%m-%d %H:%M:%S".into()),
+                delimiter: b',',
+            });
+            assert_eq!(spool_error(s.clone()), Ok(()), "{f}");
+            s.tz = None;
+            let tz_needed = f.local_time() || f == Format::GenericCsv;
+            assert_eq!(
+                spool_error(s),
+                if tz_needed { Err("spool.tz") } else { Ok(()) },
+                "{f}"
+            );
+        }
+        assert_eq!(spool_error(spool(Format::Ignition)), Err("spool.tag_table"));
+        assert_eq!(spool_error(spool(Format::GenericCsv)), Err("spool.csv"));
+        let mut s = spool(Format::OpcUa);
+        s.tag_table = Some("x".into());
+        assert_eq!(spool_error(s), Err("spool.tag_table"));
+        let mut s = spool(Format::GenericCsv);
+        s.csv = Some(CsvMapping {
+            tag: "t".into(),
+            timestamp: "t".into(),
+            value: "v".into(),
+            quality: None,
+            unit: None,
+            ts_format: TsFormat::EpochMs,
+            delimiter: b',',
+        });
+        assert_eq!(spool_error(s), Err("spool.csv.tag"));
     }
 
     #[test]

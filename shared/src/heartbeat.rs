@@ -29,6 +29,12 @@ pub struct TxCounters {
     pub files_quarantined: u64,
     /// Lines or items quarantined.
     pub lines_rejected: u64,
+    /// Alerts taken (syslog, followed files).
+    pub alerts: u64,
+    /// Alert messages refused (invalid PRI, oversized, malformed).
+    pub alerts_rejected: u64,
+    /// Alerts dropped because the sender's alert queue was full.
+    pub alerts_dropped: u64,
 }
 
 /// What a heartbeat says.

@@ -10,6 +10,7 @@
 //! so every piece is deterministic under test.
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod config;
 pub mod contract;
 pub mod fec;

@@ -499,12 +499,21 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// Append one record.
-    pub fn push(&mut self, record: &Record) -> Result<(), RecordError> {
+    /// Append one record; returns its encoded size.
+    pub fn push(&mut self, record: &Record) -> Result<usize, RecordError> {
+        let before = self.body.len();
         let body = std::mem::take(&mut self.body);
         self.body = postcard::to_extend(record, body).map_err(|_| RecordError::Encode)?;
         self.count += 1;
-        Ok(())
+        Ok(self.body.len() - before)
+    }
+
+    /// Take back the record just pushed, whose encoded size was `size`.
+    pub fn pop_last(&mut self, size: usize) {
+        if self.count > 0 && size <= self.body.len() {
+            self.body.truncate(self.body.len() - size);
+            self.count -= 1;
+        }
     }
 
     /// Encoded bytes so far (without the count prefix).

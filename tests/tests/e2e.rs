@@ -18,14 +18,26 @@ const KEY_B: [u8; 32] = [0x22; 32];
 
 /// The example configs under `systemd/`, with the addresses and paths of
 /// this test put in.
-fn tx_config(
+fn tx_config(site: &Site, destination: SocketAddr, key: &Path, repair_ratio: f64) -> std::path::PathBuf {
+    tx_config_with(site, destination, key, repair_ratio, None)
+}
+
+fn tx_config_with(
     site: &Site,
     destination: SocketAddr,
     key: &Path,
     repair_ratio: f64,
+    syslog: Option<(u16, u16)>,
 ) -> std::path::PathBuf {
     let example = include_str!("../../systemd/weir-tx.toml");
     let mut cfg: toml::Table = toml::from_str(example).expect("example tx config parses");
+    if let Some((udp, tcp)) = syslog {
+        let listener: toml::Table = toml::from_str(&format!(
+            "name = \"syslog\"\nudp = \"127.0.0.1:{udp}\"\ntcp = \"127.0.0.1:{tcp}\"\ntz = \"UTC\"\n"
+        ))
+        .expect("syslog table");
+        cfg.insert("syslog".into(), toml::Value::Array(vec![toml::Value::Table(listener)]));
+    }
     cfg["link"]["destination"] = toml::Value::String(destination.to_string());
     cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
     cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
@@ -86,12 +98,17 @@ struct Pair {
     rx_port: u16,
 }
 
-fn start_pair(
+fn start_pair(site: &Site, imp: Impairment, tx_key: [u8; 32], rx_key: [u8; 32], repair_ratio: f64) -> Pair {
+    start_pair_with(site, imp, tx_key, rx_key, repair_ratio, None)
+}
+
+fn start_pair_with(
     site: &Site,
     imp: Impairment,
     tx_key: [u8; 32],
     rx_key: [u8; 32],
     repair_ratio: f64,
+    syslog: Option<(u16, u16)>,
 ) -> Pair {
     let bins = binaries();
     let broker = Broker::start();
@@ -109,7 +126,7 @@ fn start_pair(
         site.path("rx.log"),
     );
     let link = LossyLink::start(rx_addr, imp);
-    let tx_cfg = tx_config(site, link.input, &ktx, repair_ratio);
+    let tx_cfg = tx_config_with(site, link.input, &ktx, repair_ratio, syslog);
     let tx = Process::start(
         "weir-tx",
         &bins.tx,
@@ -386,6 +403,75 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
         stale >= n,
         "every replayed symbol and forged copy counted: {stale} < {n}; {stats}"
     );
+}
+
+#[test]
+fn syslog_from_logger_arrives_with_severity_and_time() {
+    let site = Site::new();
+    let (udp, tcp) = (free_udp_port(), weir_tests::free_tcp_port());
+    let imp = Impairment { seed: 9, drop: 0.05, ..Impairment::clean(9) };
+    let mut pair = start_pair_with(&site, imp, KEY_A, KEY_A, 0.25, Some((udp, tcp)));
+    // Wait for the listeners (the sender binds them at start).
+    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()));
+    let before = chrono_now_ns();
+    let logger = |args: &[&str]| {
+        let st = std::process::Command::new("logger").args(args).status().expect("logger (util-linux) runs");
+        assert!(st.success(), "logger {args:?}");
+    };
+    let (u, t) = (udp.to_string(), tcp.to_string());
+    logger(&["--server", "127.0.0.1", "--port", &u, "--udp", "--rfc5424", "--priority", "local4.warning",
+        "-t", "hmi-agent", "--msgid", "TEST5424", "weir test rfc5424 over udp"]);
+    logger(&["--server", "127.0.0.1", "--port", &u, "--udp", "--rfc3164", "--priority", "auth.crit",
+        "-t", "sshd", "weir test rfc3164 over udp"]);
+    logger(&["--server", "127.0.0.1", "--port", &t, "--tcp", "--octet-count", "--rfc5424", "--priority",
+        "daemon.err", "-t", "plc-gw", "weir test rfc5424 over tcp"]);
+    // A raw datagram with an invalid PRI is refused and counted.
+    let raw = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    raw.send_to(b"<999>1 2024-03-10T08:01:01Z host app - - - PRI out of range", ("127.0.0.1", udp)).expect("send");
+    let on_alerts = |m: &[weir_tests::Received]| m.iter().filter(|r| r.topic.contains("/alerts/")).count() >= 3;
+    let arrived = pair.sub.wait_for(Duration::from_secs(30), on_alerts);
+    let alerts: Vec<Json> = pair
+        .sub
+        .on("diode/v1/plant1/weir01/alerts/syslog")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("alert JSON"))
+        .collect();
+    assert!(arrived, "alerts: {alerts:?}\ntx log:\n{}", pair.tx.log_text());
+    let find = |text: &str| alerts.iter().find(|a| a["message"].as_str().is_some_and(|m| m.contains(text))).unwrap_or_else(|| panic!("{text} not in {alerts:?}"));
+    let a = find("rfc5424 over udp");
+    assert_eq!(a["severity"], 500, "warning (4) -> 500");
+    assert_eq!(a["facility"], 20);
+    assert_eq!(a["app"], "hmi-agent");
+    assert_eq!(a["msgid"], "TEST5424");
+    let b = find("rfc3164 over udp");
+    assert_eq!(b["severity"], 800, "crit (2) -> 800");
+    assert_eq!(b["facility"], 4);
+    let c = find("rfc5424 over tcp");
+    assert_eq!(c["severity"], 700, "err (3) -> 700");
+    for x in [a, b, c] {
+        let ts = chrono::DateTime::parse_from_rfc3339(x["ts"].as_str().expect("ts")).expect("rfc3339").timestamp_nanos_opt().unwrap_or(0);
+        // logger stamps the current time (RFC 3164 to the second, in the
+        // configured zone, UTC here).
+        assert!((ts - before).abs() < 120_000_000_000, "event time near now: {x}");
+    }
+    let rejected = |m: &[weir_tests::Received]| {
+        m.iter()
+            .filter(|r| r.topic.ends_with("/status"))
+            .filter_map(|r| serde_json::from_slice::<Json>(&r.payload).ok())
+            .filter_map(|j| j["sender"]["counters"]["alerts_rejected"].as_u64())
+            .max()
+    };
+    pair.sub.wait_for(Duration::from_secs(10), |m| rejected(m).is_some_and(|r| r >= 1));
+    let seen = pair.sub.messages.lock().map(|m| rejected(m.as_slice())).unwrap_or_default();
+    assert_eq!(seen, Some(1), "the invalid PRI was counted by the sender and reported in its heartbeat");
+    let (_, stats) = stop(&mut pair);
+    assert_eq!(stats["blocks_lost"], 0);
+}
+
+fn chrono_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0))
 }
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

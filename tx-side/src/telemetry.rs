@@ -28,6 +28,14 @@ pub struct Telemetry {
     pub spool_depth: AtomicU64,
     /// Send errors (datagrams the kernel refused).
     pub send_errors: AtomicU64,
+    /// Records refused because one alone exceeded a batch.
+    pub records_refused: AtomicU64,
+    /// Alerts taken.
+    pub alerts: AtomicU64,
+    /// Alert messages refused by the parsers.
+    pub alerts_rejected: AtomicU64,
+    /// Alerts dropped on a full alert queue.
+    pub alerts_dropped: AtomicU64,
     /// Highest block sequence fully sent per lane, plus one (0: none).
     last_sent: [AtomicU64; LANES],
 }
@@ -45,6 +53,10 @@ impl Default for Telemetry {
             lines_rejected: AtomicU64::new(0),
             spool_depth: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            records_refused: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            alerts_rejected: AtomicU64::new(0),
+            alerts_dropped: AtomicU64::new(0),
             last_sent: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
@@ -79,6 +91,9 @@ impl Telemetry {
             files_done: get(&self.files_done),
             files_quarantined: get(&self.files_quarantined),
             lines_rejected: get(&self.lines_rejected),
+            alerts: get(&self.alerts),
+            alerts_rejected: get(&self.alerts_rejected),
+            alerts_dropped: get(&self.alerts_dropped),
         }
     }
 }

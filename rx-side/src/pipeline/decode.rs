@@ -189,6 +189,9 @@ fn report_lost(
     stats
         .pending_expired
         .store(s.pending_expired, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .sessions_evicted
+        .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
     while let Some(lost) = core.reassembler.poll_lost() {
         tracing::warn!(session = %lost.session.short_hex(), lane = lost.lane.as_str(), first = lost.first,
             last = lost.last, blocks = lost.count(), "Blocks lost: FEC could not recover them.");

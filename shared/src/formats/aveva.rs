@@ -30,6 +30,7 @@
 use chrono::NaiveDateTime;
 use csv::{ByteRecord, ReaderBuilder};
 
+use super::columns::record_line;
 use super::{
     FormatError, ParseContext, ParseOutput, Reject, RejectReason, opc_da_to_status, status,
 };
@@ -81,7 +82,7 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
-                let line = record.position().map_or(0, csv::Position::line);
+                let line = record_line(bytes, record.position(), None);
                 match parse_row(&record, &columns, &mut clock, ctx, line) {
                     Ok(point) => out.points.push(point),
                     Err(reason) => out.rejects.push(Reject { line, reason }),
@@ -91,7 +92,7 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
                 // Reading from a slice with `flexible` cannot fail today; if
                 // it ever does, record it, and stop only if the reader is not
                 // moving forward.
-                let line = e.position().map_or(0, csv::Position::line);
+                let line = record_line(bytes, e.position(), None);
                 out.rejects.push(Reject {
                     line,
                     reason: RejectReason::Malformed,
@@ -510,6 +511,22 @@ mod tests {
         assert_eq!(p[2].value, Value::Null);
         assert_eq!(p[3].status, status::GOOD);
         assert_eq!(p[3].value, Value::Null);
+    }
+
+    #[test]
+    fn line_numbers_count_blank_lines() {
+        let csv = format!(
+            "{HEADER}\n2024-07-01 12:00:00,A,1,1,0,192,192\n\n\r\n2024-07-01 12:00:01,A,x,x,0,192,192\n"
+        );
+        let out = parse(csv.as_bytes(), &ctx()).expect("parses");
+        assert_eq!(out.points[0].source.line, Some(3));
+        assert_eq!(
+            out.rejects,
+            vec![Reject {
+                line: 6,
+                reason: RejectReason::BadValue
+            }]
+        );
     }
 
     #[test]

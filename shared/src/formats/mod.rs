@@ -1,7 +1,8 @@
 //! Historian export parsers: bytes of one spool file in, [`Point`]s out.
 //!
 //! Parsers are sans-IO: the sender's shell reads the file and hands the bytes
-//! plus a [`ParseContext`] (file name, configured zone and tag) to
+//! plus a [`ParseContext`] (file name, configured zone and tag, and for
+//! Ignition and generic CSV the tag table or column mapping) to
 //! [`Format::parse`]. A parser never drops data quietly. A line or item it
 //! cannot read becomes a [`Reject`] (1-based line and a [`RejectReason`]) and
 //! parsing carries on with the next one; only a file that cannot be read as
@@ -17,16 +18,26 @@
 //!
 //! [`Point`]: crate::record::Point
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Point, SourceSystem};
+use crate::record::{NativeQuality, Point, SourceSystem};
 
 pub mod aveva;
+mod columns;
+pub mod generic_csv;
+pub mod ignition;
+pub mod influx;
+pub mod opcua;
 pub mod pi_webapi;
+pub mod piarc;
+pub mod proficy;
+
+pub use generic_csv::{CsvMapping, TsFormat};
 
 /// Well-known OPC UA StatusCodes (OPC 10000-4 §7.39; values from the OPC
 /// Foundation `StatusCode.csv`).
@@ -82,7 +93,8 @@ pub struct ParseContext {
     /// stem (`TT101.PV.json` → `TT101.PV`).
     pub file: Option<String>,
     /// Zone of local wall-clock timestamps. Required by formats that write
-    /// local time (AVEVA History).
+    /// local time ([`Format::local_time`]; and generic CSV with a local
+    /// [`TsFormat::Pattern`]).
     pub tz: Option<chrono_tz::Tz>,
     /// Tag of a single-tag export (PI Web API `recorded` carries no tag).
     /// Overrides the file's own `Path`/`Name` and the file stem.
@@ -90,6 +102,13 @@ pub struct ParseContext {
     /// Tags the config declares discrete (boolean). CSV exports carry no type,
     /// so a discrete tag's `1`/`0` would otherwise read as the number 1.0/0.0.
     pub discrete_tags: BTreeSet<String>,
+    /// Ignition `sqlth_te` table: tag id → (tag path, datatype), from
+    /// [`ignition::parse_tag_table`]. Required by `ignition-csv`, whose rows
+    /// carry only the numeric id. Shared, because every file of a spool
+    /// uses the same table.
+    pub tag_table: Option<Arc<BTreeMap<i64, (String, i32)>>>,
+    /// Column mapping of a `generic-csv` spool (required by that format).
+    pub csv_map: Option<CsvMapping>,
 }
 
 /// What one file yielded.
@@ -136,6 +155,10 @@ pub enum RejectReason {
     /// wrong field count, duplicate field, wrong field type).
     #[error("malformed record")]
     Malformed,
+    /// The record names a tag id the tag table does not know (Ignition
+    /// `tagid` absent from `sqlth_te`).
+    #[error("tag id not in the tag table")]
+    UnknownTag,
 }
 
 impl RejectReason {
@@ -149,6 +172,7 @@ impl RejectReason {
             Self::MissingField(_) => "missing_field",
             Self::NotUtf8 => "not_utf8",
             Self::Malformed => "malformed",
+            Self::UnknownTag => "unknown_tag",
         }
     }
 }
@@ -185,6 +209,13 @@ pub enum FormatError {
     /// A format name that is not one of [`Format`]'s.
     #[error("unknown format name")]
     UnknownFormat,
+    /// The format resolves tag ids through a tag table and the context has
+    /// none (Ignition: [`ParseContext::tag_table`]).
+    #[error("a tag table is required to resolve this format's tag ids")]
+    TagTableRequired,
+    /// Generic CSV without a column mapping ([`ParseContext::csv_map`]).
+    #[error("a CSV column mapping is required for generic CSV")]
+    MappingRequired,
 }
 
 /// Export dialects with a parser.
@@ -196,17 +227,51 @@ pub enum Format {
     /// AVEVA (Wonderware) Historian `History` query exported as CSV.
     #[serde(rename = "aveva-csv")]
     Aveva,
+    /// Ignition Tag Historian `sqlt_data_*` table exported as CSV.
+    #[serde(rename = "ignition-csv")]
+    Ignition,
+    /// GE Proficy Historian File-collector CSV.
+    #[serde(rename = "proficy-csv")]
+    Proficy,
+    /// InfluxDB line protocol.
+    #[serde(rename = "influx-lp")]
+    InfluxLp,
+    /// OPC UA HistoryRead results as JSON lines.
+    #[serde(rename = "opcua-jsonl")]
+    OpcUa,
+    /// PI piconfig `PIARC` table listing as CSV.
+    #[serde(rename = "piarc-csv")]
+    PiArc,
+    /// CSV with a configured column mapping.
+    #[serde(rename = "generic-csv")]
+    GenericCsv,
 }
 
 impl Format {
     /// Every format, for help texts and exhaustive tests.
-    pub const ALL: [Self; 2] = [Self::PiWebApi, Self::Aveva];
+    pub const ALL: [Self; 8] = [
+        Self::PiWebApi,
+        Self::Aveva,
+        Self::Ignition,
+        Self::Proficy,
+        Self::InfluxLp,
+        Self::OpcUa,
+        Self::PiArc,
+        Self::GenericCsv,
+    ];
 
-    /// The config name (`pi-webapi-json`, `aveva-csv`).
+    /// The config name (`pi-webapi-json`, `aveva-csv`, `ignition-csv`,
+    /// `proficy-csv`, `influx-lp`, `opcua-jsonl`, `piarc-csv`, `generic-csv`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PiWebApi => "pi-webapi-json",
             Self::Aveva => "aveva-csv",
+            Self::Ignition => "ignition-csv",
+            Self::Proficy => "proficy-csv",
+            Self::InfluxLp => "influx-lp",
+            Self::OpcUa => "opcua-jsonl",
+            Self::PiArc => "piarc-csv",
+            Self::GenericCsv => "generic-csv",
         }
     }
 
@@ -215,6 +280,29 @@ impl Format {
         match self {
             Self::PiWebApi => SourceSystem::PiWebApi,
             Self::Aveva => SourceSystem::Aveva,
+            Self::Ignition => SourceSystem::Ignition,
+            Self::Proficy => SourceSystem::Proficy,
+            Self::InfluxLp => SourceSystem::InfluxLp,
+            Self::OpcUa => SourceSystem::OpcUa,
+            Self::PiArc => SourceSystem::PiArc,
+            Self::GenericCsv => SourceSystem::GenericCsv,
+        }
+    }
+
+    /// Whether files of this format carry local wall-clock timestamps, so a
+    /// spool of it needs a time zone ([`ParseContext::tz`]).
+    ///
+    /// True for AVEVA, Proficy and PIARC. PIARC is counted as local even
+    /// though a file with a `TimeNum` column needs no zone, because a
+    /// listing without it does and the config cannot know which it will get.
+    /// Generic CSV is `false` here: whether it is local depends on its
+    /// mapping ([`TsFormat::is_local`]), which config validation checks.
+    pub fn local_time(self) -> bool {
+        match self {
+            Self::Aveva | Self::Proficy | Self::PiArc => true,
+            Self::PiWebApi | Self::Ignition | Self::InfluxLp | Self::OpcUa | Self::GenericCsv => {
+                false
+            }
         }
     }
 
@@ -223,6 +311,12 @@ impl Format {
         match self {
             Self::PiWebApi => pi_webapi::parse(bytes, ctx),
             Self::Aveva => aveva::parse(bytes, ctx),
+            Self::Ignition => ignition::parse(bytes, ctx),
+            Self::Proficy => proficy::parse(bytes, ctx),
+            Self::InfluxLp => influx::parse(bytes, ctx),
+            Self::OpcUa => opcua::parse(bytes, ctx),
+            Self::PiArc => piarc::parse(bytes, ctx),
+            Self::GenericCsv => generic_csv::parse(bytes, ctx),
         }
     }
 }
@@ -307,6 +401,71 @@ pub(crate) fn line_at(text: &[u8], from: usize, from_line: u64, offset: usize) -
         .get(from..offset)
         .map_or(0, |span| span.iter().filter(|&&b| b == b'\n').count());
     from_line + newlines as u64
+}
+
+/// `Good`, `Bad` or `Uncertain` (any case, surrounding blanks ignored) to
+/// an OPC UA StatusCode; `None` for any other text.
+pub(crate) fn text_quality_status(text: &str) -> Option<u32> {
+    let text = text.trim();
+    [
+        ("Good", status::GOOD),
+        ("Bad", status::BAD),
+        ("Uncertain", status::UNCERTAIN),
+    ]
+    .into_iter()
+    .find_map(|(word, code)| word.eq_ignore_ascii_case(text).then_some(code))
+}
+
+/// A numeric quality of a source without its own scheme (the InfluxDB
+/// `quality=192i` convention, a generic CSV column): up to 255 it is an OPC
+/// DA byte, above that an OPC UA StatusCode. `None` above `u32::MAX`.
+pub(crate) fn numeric_quality(n: u64) -> Option<(u32, NativeQuality)> {
+    match u16::try_from(n) {
+        Ok(da) if da <= 0xFF => Some((opc_da_to_status(da), NativeQuality::OpcDa(da))),
+        _ => u32::try_from(n)
+            .ok()
+            .map(|code| (code, NativeQuality::OpcUa(code))),
+    }
+}
+
+/// A decimal count of some unit since the Unix epoch (`1710057602.25` s) to
+/// nanoseconds, exactly: no trip through `f64`. `unit_digits` is log10 of
+/// the nanoseconds in one unit (9 for seconds, 6 for milliseconds, 0 for
+/// nanoseconds). Also says whether non-zero digits below 1 ns were dropped.
+/// `None` if the text is not `[+-]digits[.digits]` or out of `i64` range.
+pub(crate) fn decimal_epoch_ns(text: &str, unit_digits: u32) -> Option<(i64, bool)> {
+    let (negative, body) = match text.as_bytes().first()? {
+        b'-' => (true, text.get(1..)?),
+        b'+' => (false, text.get(1..)?),
+        _ => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let scale = 10_i128.checked_pow(unit_digits)?;
+    // Leading zeros cannot overflow; anything longer than i64 digits can.
+    let int = int.trim_start_matches('0');
+    if int.len() > 19 {
+        return None;
+    }
+    let whole: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let kept = frac.get(..frac.len().min(unit_digits as usize))?;
+    let truncated = frac
+        .get(kept.len()..)
+        .is_some_and(|rest| rest.bytes().any(|d| d != b'0'));
+    let mut part: i128 = if kept.is_empty() {
+        0
+    } else {
+        kept.parse().ok()?
+    };
+    for _ in kept.len()..unit_digits as usize {
+        part *= 10;
+    }
+    let magnitude = whole.checked_mul(scale)?.checked_add(part)?;
+    let ns = if negative { -magnitude } else { magnitude };
+    Some((i64::try_from(ns).ok()?, truncated))
 }
 
 #[cfg(test)]
@@ -396,14 +555,98 @@ mod tests {
         assert_eq!("pi".parse::<Format>(), Err(FormatError::UnknownFormat));
         assert_eq!(Format::PiWebApi.source_system(), SourceSystem::PiWebApi);
         assert_eq!(Format::Aveva.source_system(), SourceSystem::Aveva);
+        assert_eq!(Format::Ignition.source_system(), SourceSystem::Ignition);
+        assert_eq!(Format::Proficy.source_system(), SourceSystem::Proficy);
+        assert_eq!(Format::InfluxLp.source_system(), SourceSystem::InfluxLp);
+        assert_eq!(Format::OpcUa.source_system(), SourceSystem::OpcUa);
+        assert_eq!(Format::PiArc.source_system(), SourceSystem::PiArc);
+        assert_eq!(Format::GenericCsv.source_system(), SourceSystem::GenericCsv);
+        let names: BTreeSet<_> = Format::ALL.into_iter().map(Format::as_str).collect();
+        assert_eq!(names.len(), Format::ALL.len());
     }
 
     #[test]
     fn reject_reason_codes_and_text() {
         assert_eq!(RejectReason::SourceError.code(), "source_error");
+        assert_eq!(RejectReason::UnknownTag.code(), "unknown_tag");
         assert_eq!(
             RejectReason::MissingField("Timestamp").to_string(),
             "missing field Timestamp"
+        );
+    }
+
+    #[test]
+    fn local_time_formats() {
+        let local: Vec<_> = Format::ALL.into_iter().filter(|f| f.local_time()).collect();
+        assert_eq!(local, vec![Format::Aveva, Format::Proficy, Format::PiArc]);
+    }
+
+    #[test]
+    fn text_and_numeric_quality() {
+        assert_eq!(text_quality_status(" good "), Some(status::GOOD));
+        assert_eq!(text_quality_status("BAD"), Some(status::BAD));
+        assert_eq!(text_quality_status("Uncertain"), Some(status::UNCERTAIN));
+        assert_eq!(text_quality_status("Doubtful"), None);
+        assert_eq!(
+            numeric_quality(192),
+            Some((status::GOOD, NativeQuality::OpcDa(192)))
+        );
+        assert_eq!(
+            numeric_quality(64),
+            Some((status::UNCERTAIN, NativeQuality::OpcDa(64)))
+        );
+        assert_eq!(
+            numeric_quality(0x4090_0000),
+            Some((0x4090_0000, NativeQuality::OpcUa(0x4090_0000)))
+        );
+        assert_eq!(numeric_quality(256), Some((256, NativeQuality::OpcUa(256))));
+        assert_eq!(numeric_quality(u64::from(u32::MAX) + 1), None);
+    }
+
+    #[test]
+    fn decimal_epochs_are_exact() {
+        assert_eq!(
+            decimal_epoch_ns("1710057602.25", 9),
+            Some((1_710_057_602_250_000_000, false))
+        );
+        assert_eq!(
+            decimal_epoch_ns("1710057600000", 6),
+            Some((1_710_057_600_000_000_000, false))
+        );
+        assert_eq!(decimal_epoch_ns("1.5", 6), Some((1_500_000, false)));
+        assert_eq!(decimal_epoch_ns("-1.5", 9), Some((-1_500_000_000, false)));
+        assert_eq!(decimal_epoch_ns("+2", 0), Some((2, false)));
+        assert_eq!(decimal_epoch_ns(".5", 9), Some((500_000_000, false)));
+        assert_eq!(
+            decimal_epoch_ns("1.0000000001", 9),
+            Some((1_000_000_000, true))
+        );
+        assert_eq!(
+            decimal_epoch_ns("1.0000000010", 9),
+            Some((1_000_000_001, false))
+        );
+        assert_eq!(
+            decimal_epoch_ns("000000000000000000000001", 9),
+            Some((1_000_000_000, false))
+        );
+        for bad in [
+            "",
+            "-",
+            ".",
+            "1e9",
+            "1.2.3",
+            "NaN",
+            " 1",
+            "1,5",
+            "99999999999",
+            "9223372036854775808",
+        ] {
+            let digits = if bad == "9223372036854775808" { 0 } else { 9 };
+            assert_eq!(decimal_epoch_ns(bad, digits), None, "{bad:?}");
+        }
+        assert_eq!(
+            decimal_epoch_ns("9223372036854775807", 0),
+            Some((i64::MAX, false))
         );
     }
 

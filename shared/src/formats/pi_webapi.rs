@@ -324,7 +324,7 @@ fn parse_value(raw: &str) -> Result<Value, RejectReason> {
 /// A JSON number from its text: integers keep their integer type, anything
 /// with a fraction or exponent (or beyond `u64`) is `F64`. Overflow to
 /// infinity is a reject: JSON cannot express infinity.
-fn parse_number(raw: &str) -> Result<Value, RejectReason> {
+pub(super) fn parse_number(raw: &str) -> Result<Value, RejectReason> {
     let integer = !raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
     if integer {
         if let Ok(i) = raw.parse::<i64>() {
@@ -341,7 +341,7 @@ fn parse_number(raw: &str) -> Result<Value, RejectReason> {
 }
 
 /// Whether an RFC 3339 timestamp has non-zero digits beyond nanoseconds.
-fn fraction_truncated(ts: &str) -> bool {
+pub(super) fn fraction_truncated(ts: &str) -> bool {
     ts.split_once('.').is_some_and(|(_, rest)| {
         rest.bytes()
             .take_while(u8::is_ascii_digit)
@@ -354,16 +354,17 @@ fn fraction_truncated(ts: &str) -> bool {
 ///
 /// It finds where members and elements start and end; it decodes nothing but
 /// keys. On text that is not valid JSON it returns `None` rather than
-/// panicking, but its answers are only meaningful on validated text.
-mod scan {
+/// panicking, but its answers are only meaningful on validated text. The
+/// OPC UA JSON-lines parser uses it too.
+pub(super) mod scan {
     use super::{Cow, Range};
 
     /// One `"key": value` member, as byte ranges into the text.
-    pub(super) struct Member {
+    pub(in crate::formats) struct Member {
         /// The key, including its quotes.
-        pub(super) key: Range<usize>,
+        pub(in crate::formats) key: Range<usize>,
         /// The value.
-        pub(super) value: Range<usize>,
+        pub(in crate::formats) value: Range<usize>,
     }
 
     struct Scanner<'a> {
@@ -491,7 +492,7 @@ mod scan {
     }
 
     /// The members of the object spanning `span`; `None` if it is not one.
-    pub(super) fn members(text: &str, span: Range<usize>) -> Option<Vec<Member>> {
+    pub(in crate::formats) fn members(text: &str, span: Range<usize>) -> Option<Vec<Member>> {
         let mut s = scanner(text, span);
         let mut out = Vec::new();
         s.sequence(b'{', b'}', |s| {
@@ -523,7 +524,7 @@ mod scan {
 
     /// The decoded key at `span` (quotes included). Borrowed unless it has
     /// escapes.
-    pub(super) fn key(text: &str, span: Range<usize>) -> Option<Cow<'_, str>> {
+    pub(in crate::formats) fn key(text: &str, span: Range<usize>) -> Option<Cow<'_, str>> {
         let raw = text.get(span)?;
         let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
         if inner.contains('\\') {

@@ -1,8 +1,9 @@
 //! Stage 2, `batch`: records → batch frames, per lane, by size or age.
 //!
 //! ```text
-//!  SourceItem ──> [alert builder] ──(size | age)──> Frame ──> seal
-//!             └─> [bulk builder ] ──(size | age)──┘
+//!  alert items ──> [alert builder] ──(size | age)──> Frame ──> seal
+//!  bulk items  ──> [bulk builder ] ──(size | age)──┘
+//!  (alert input is always read first)
 //! ```
 //!
 //! Every record gets the next per-session sequence number here. A
@@ -18,6 +19,7 @@ use weir_shared::lane::{LANES, Lane};
 use weir_shared::record::BatchBuilder;
 
 use super::{FileDone, Frame, SourceItem, StageError, now};
+use crate::telemetry::{Telemetry, add};
 
 struct LaneBatch {
     cfg: ValidLane,
@@ -49,24 +51,52 @@ impl LaneBatch {
     }
 }
 
-/// Run until the source channel closes, then flush what is left.
+/// The lanes' source channels, alert first; closed ones are skipped.
+pub struct Inputs {
+    rx: [Receiver<SourceItem>; LANES],
+    open: [bool; LANES],
+}
+
+impl Inputs {
+    /// Inputs from one channel per lane, indexed by [`Lane::index`].
+    pub fn new(rx: [Receiver<SourceItem>; LANES]) -> Self {
+        Self { rx, open: [true; LANES] }
+    }
+
+    /// The next item, alert lane first; `None` once every lane closed.
+    async fn next(&mut self) -> Option<SourceItem> {
+        loop {
+            let [alert, bulk] = &mut self.rx;
+            tokio::select! {
+                biased;
+                x = alert.recv(), if self.open[0] => match x {
+                    Some(item) => return Some(item),
+                    None => self.open[0] = false,
+                },
+                x = bulk.recv(), if self.open[1] => match x {
+                    Some(item) => return Some(item),
+                    None => self.open[1] = false,
+                },
+                else => return None,
+            }
+        }
+    }
+}
+
+/// Run until every source channel closes, then flush what is left.
 pub async fn run(
     lanes: [ValidLane; LANES],
-    mut from_source: Receiver<SourceItem>,
+    telemetry: std::sync::Arc<Telemetry>,
+    mut inputs: Inputs,
     to_seal: Sender<Frame>,
 ) -> Result<(), StageError> {
-    let mut state = lanes.map(|cfg| LaneBatch {
-        cfg,
-        builder: BatchBuilder::default(),
-        markers: Vec::new(),
-        oldest: None,
-    });
+    let mut state = lanes.map(|cfg| LaneBatch { cfg, builder: BatchBuilder::default(), markers: Vec::new(), oldest: None });
     let mut next_seq = 0u64;
     loop {
         let deadline = state.iter().filter_map(LaneBatch::deadline).min();
         let item = match deadline {
             Some(at) => tokio::select! {
-                item = from_source.recv() => item,
+                biased;
                 () = tokio::time::sleep_until(at.into()) => {
                     let t = now();
                     for lane in Lane::ALL {
@@ -77,8 +107,9 @@ pub async fn run(
                     }
                     continue;
                 }
+                item = inputs.next() => item,
             },
-            None => from_source.recv().await,
+            None => inputs.next().await,
         };
         let Some(item) = item else { break };
         let (lane, full) = match item {
@@ -86,12 +117,18 @@ pub async fn run(
                 record.set_seq(next_seq);
                 next_seq += 1;
                 let b = &mut state[lane.index()];
-                b.builder.push(&record)?;
+                let size = b.builder.push(&record)?;
+                if size > b.cfg.max_batch_bytes as usize {
+                    // One record larger than a whole batch would make a
+                    // block the receiver refuses: refuse it here, loudly.
+                    b.builder.pop_last(size);
+                    add(&telemetry.records_refused, 1);
+                    tracing::error!(lane = lane.as_str(), seq = next_seq - 1, size,
+                        "Record larger than the lane's max_batch_bytes refused.");
+                    continue;
+                }
                 b.oldest.get_or_insert_with(now);
-                (
-                    lane,
-                    b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize,
-                )
+                (lane, b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize)
             }
             SourceItem::FileDone(lane, done) => {
                 let b = &mut state[lane.index()];

@@ -16,6 +16,7 @@
 //! stops on cancellation, every other stage drains its input until the
 //! channel closes, and `send` finishes the last datagram of the last block.
 
+pub mod alerts;
 pub mod batch;
 pub mod encode;
 pub mod pace;
@@ -214,7 +215,10 @@ pub async fn run(
 
     let telemetry = Arc::new(Telemetry::default());
     let cancel = CancellationToken::new();
-    let (src_tx, src_rx) = mpsc::channel(4096);
+    // One source channel per lane, so an alert never queues behind bulk
+    // records (the batch stage reads the alert channel first).
+    let (alert_tx, alert_rx) = mpsc::channel(4096);
+    let (bulk_tx, bulk_rx) = mpsc::channel(4096);
     let (frame_tx, frame_rx) = mpsc::channel(4);
     let (sealed_tx, sealed_rx) = mpsc::channel(4);
     let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::channel(4)).unzip();
@@ -227,11 +231,12 @@ pub async fn run(
             spool,
             telemetry.clone(),
             cancel.clone(),
-            src_tx.clone(),
+            bulk_tx.clone(),
         ));
     }
-    drop(src_tx);
-    tasks.spawn(batch::run(cfg.lanes, src_rx, frame_tx));
+    alerts::spawn(&cfg.raw, &telemetry, &cancel, &alert_tx, &mut tasks)?;
+    drop((alert_tx, bulk_tx));
+    tasks.spawn(batch::run(cfg.lanes, telemetry.clone(), batch::Inputs::new([alert_rx, bulk_rx]), frame_tx));
     tasks.spawn(seal::run(
         key.clone(),
         key_id,

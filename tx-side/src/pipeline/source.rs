@@ -100,24 +100,14 @@ pub async fn run(
     to_batch: Sender<SourceItem>,
 ) -> Result<(), StageError> {
     let dirs = SpoolDirs::create(&spool.dir)?;
-    let tz = spool.tz.as_deref().and_then(|t| t.parse().ok());
-    let discrete: BTreeSet<String> = spool.discrete_tags.iter().cloned().collect();
+    let base = base_context(&spool)?;
     // Crash recovery: whatever is in working/ was never completed.
     for (name, ..) in list(&dirs.working)? {
         tracing::warn!(spool = %spool.name, file = %name, "Resending a file interrupted by a restart.");
-        take(
-            &spool,
-            &dirs,
-            tz,
-            &discrete,
-            &name,
-            &dirs.working.join(&name),
-            &telemetry,
-            &to_batch,
-        )
-        .await?;
+        take(&spool, &dirs, &base, &name, &dirs.working.join(&name), &telemetry, &to_batch).await?;
     }
     let mut seen: HashMap<String, (u64, SystemTime)> = HashMap::new();
+    let mut last_depth = 0u64;
     let mut tick = tokio::time::interval(spool.scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -132,9 +122,11 @@ pub async fn run(
                 continue;
             }
         };
-        telemetry
-            .spool_depth
-            .store(files.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Spools share one depth counter: move it by this spool's change.
+        let depth = files.len() as u64;
+        telemetry.spool_depth.fetch_add(depth, std::sync::atomic::Ordering::Relaxed);
+        telemetry.spool_depth.fetch_sub(last_depth, std::sync::atomic::Ordering::Relaxed);
+        last_depth = depth;
         let mut next_seen = HashMap::with_capacity(files.len());
         for (name, size, mtime) in files {
             let steady = seen.get(&name) == Some(&(size, mtime));
@@ -150,13 +142,33 @@ pub async fn run(
                 tracing::error!(spool = %spool.name, file = %name, error = %e, "Could not move file to working/.");
                 continue;
             }
-            take(
-                &spool, &dirs, tz, &discrete, &name, &working, &telemetry, &to_batch,
-            )
-            .await?;
+            take(&spool, &dirs, &base, &name, &working, &telemetry, &to_batch).await?;
         }
         seen = next_seen;
     }
+}
+
+/// What every file of this spool is parsed with: zone, tag, discrete
+/// tags, the Ignition tag table (read once at start), the CSV mapping.
+fn base_context(spool: &SpoolConfig) -> Result<ParseContext, StageError> {
+    let tag_table = match &spool.tag_table {
+        Some(path) => {
+            let bytes = std::fs::read(path)?;
+            let table = weir_shared::formats::ignition::parse_tag_table(&bytes).map_err(|e| {
+                std::io::Error::other(format!("spool `{}`: tag table {}: {e}", spool.name, path.display()))
+            })?;
+            Some(Arc::new(table))
+        }
+        None => None,
+    };
+    Ok(ParseContext {
+        file: None,
+        tz: spool.tz.as_deref().and_then(|t| t.parse().ok()),
+        tag: spool.tag.clone(),
+        discrete_tags: spool.discrete_tags.iter().cloned().collect::<BTreeSet<String>>(),
+        tag_table,
+        csv_map: spool.csv.clone(),
+    })
 }
 
 /// Parse one file in `working/` and hand its records to the batcher.
@@ -164,8 +176,7 @@ pub async fn run(
 async fn take(
     spool: &SpoolConfig,
     dirs: &SpoolDirs,
-    tz: Option<chrono_tz::Tz>,
-    discrete: &BTreeSet<String>,
+    base: &ParseContext,
     name: &str,
     working: &Path,
     telemetry: &Telemetry,
@@ -180,12 +191,7 @@ async fn take(
         Ok(_) => std::fs::read(working).map_err(|e| format!("unreadable: {e}")),
         Err(e) => Err(format!("unreadable: {e}")),
     };
-    let ctx = ParseContext {
-        file: Some(name.to_owned()),
-        tz,
-        tag: spool.tag.clone(),
-        discrete_tags: discrete.clone(),
-    };
+    let ctx = ParseContext { file: Some(name.to_owned()), ..base.clone() };
     let parsed = bytes.and_then(|b| spool.format.parse(&b, &ctx).map_err(|e| e.to_string()));
     let ParseOutput { points, rejects } = match parsed {
         Ok(out) => out,

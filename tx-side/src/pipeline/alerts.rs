@@ -1,0 +1,269 @@
+//! Stage 1 (alert lane), `alerts`: syslog listeners and followed alert files.
+//!
+//! ```text
+//!  syslog UDP ──────────────────────────┐
+//!  syslog TCP ──(octet-counted / LF)────┼─> parse ──> Alert ──(alert lane: first in line)──> batch
+//!  EVE / OPC UA A&C files ──(tail -F)───┘      └─ refused: counted (alerts_rejected), logged
+//! ```
+//!
+//! Full-queue policy: an alert must not wait behind anything, and a syslog
+//! sender cannot be slowed down, so a full alert queue drops the alert,
+//! counts it (`alerts_dropped`, carried in every heartbeat) and logs it.
+//! The queue is large and the alert lane has strict priority on the link,
+//! so this only happens when alerts alone outrun the link.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_shared::alerts::eve::{EveDeduper, parse_eve};
+use weir_shared::alerts::opcua_ac::parse_opcua_ac;
+use weir_shared::alerts::syslog::parse_syslog;
+use weir_shared::alerts::{AlertContext, AlertError, Framing, SyslogFramer};
+use weir_shared::config::{FollowConfig, FollowFormat, SyslogConfig, TxConfig};
+use weir_shared::lane::Lane;
+use weir_shared::record::{Alert, Record};
+
+use super::{SourceItem, StageError};
+use crate::telemetry::{Telemetry, add};
+
+/// Most TCP syslog connections served at once.
+const MAX_TCP_CONNECTIONS: usize = 64;
+
+fn unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Where parsed alerts go, and the counters they move.
+#[derive(Clone)]
+struct Sink {
+    to_batch: Sender<SourceItem>,
+    telemetry: Arc<Telemetry>,
+    name: Arc<str>,
+}
+
+impl Sink {
+    /// Hand over one parse result; never waits.
+    fn take(&self, parsed: Result<Alert, AlertError>) -> Result<(), StageError> {
+        match parsed {
+            Ok(alert) => match self.to_batch.try_send(SourceItem::Record(Lane::Alert, Record::Alert(alert))) {
+                Ok(()) => add(&self.telemetry.alerts, 1),
+                Err(TrySendError::Full(_)) => {
+                    add(&self.telemetry.alerts_dropped, 1);
+                    tracing::error!(source = %self.name, "Alert queue full: alert dropped (counted in heartbeats).");
+                }
+                Err(TrySendError::Closed(_)) => return Err(StageError::Closed("alerts")),
+            },
+            Err(AlertError::NotAnAlert) => {}
+            Err(e) => {
+                add(&self.telemetry.alerts_rejected, 1);
+                tracing::warn!(source = %self.name, reason = e.code(), "Alert message refused.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bind every configured listener and start the alert sources.
+pub fn spawn(
+    cfg: &TxConfig,
+    telemetry: &Arc<Telemetry>,
+    cancel: &CancellationToken,
+    to_batch: &Sender<SourceItem>,
+    tasks: &mut JoinSet<Result<(), StageError>>,
+) -> anyhow::Result<()> {
+    for s in &cfg.syslogs {
+        let sink = Sink { to_batch: to_batch.clone(), telemetry: telemetry.clone(), name: s.name.as_str().into() };
+        let tz = s.tz.parse().map_err(|_| anyhow::anyhow!("config key `syslog.tz`: unknown zone {}", s.tz))?;
+        let ctx = Ctx { tz, max: s.max_message_bytes };
+        if let Some(addr) = s.udp {
+            let std_sock = std::net::UdpSocket::bind(addr).with_context(|| format!("syslog `{}`: binding UDP {addr}", s.name))?;
+            std_sock.set_nonblocking(true)?;
+            let sock = UdpSocket::from_std(std_sock)?;
+            tasks.spawn(udp(sock, s.clone(), ctx, sink.clone(), cancel.clone()));
+            tracing::info!(name = %s.name, %addr, "Syslog UDP listener up.");
+        }
+        if let Some(addr) = s.tcp {
+            let std_l = std::net::TcpListener::bind(addr).with_context(|| format!("syslog `{}`: binding TCP {addr}", s.name))?;
+            std_l.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(std_l)?;
+            tasks.spawn(tcp(listener, s.clone(), ctx, sink.clone(), cancel.clone()));
+            tracing::info!(name = %s.name, %addr, "Syslog TCP listener up.");
+        }
+    }
+    for f in &cfg.follows {
+        let sink = Sink { to_batch: to_batch.clone(), telemetry: telemetry.clone(), name: f.name.as_str().into() };
+        tasks.spawn(follow(f.clone(), sink, cancel.clone()));
+    }
+    Ok(())
+}
+
+/// Zone and size limit of one source; the receive time is read per message.
+#[derive(Clone, Copy)]
+struct Ctx {
+    tz: chrono_tz::Tz,
+    max: usize,
+}
+
+impl Ctx {
+    /// The parse context for a message received now.
+    fn now(self) -> AlertContext {
+        AlertContext { receive_time_ns: unix_ns(), tz: self.tz, max_message_bytes: self.max }
+    }
+}
+
+async fn udp(
+    sock: UdpSocket,
+    cfg: SyslogConfig,
+    ctx: Ctx,
+    sink: Sink,
+    cancel: CancellationToken,
+) -> Result<(), StageError> {
+    // One byte more than the limit, so an oversized datagram is seen as such.
+    let mut buf = vec![0u8; cfg.max_message_bytes + 1];
+    loop {
+        let n = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Syslog UDP receive failed.");
+                    continue;
+                }
+            },
+        };
+        sink.take(parse_syslog(&buf[..n], &ctx.now()))?;
+    }
+}
+
+async fn tcp(
+    listener: TcpListener,
+    cfg: SyslogConfig,
+    ctx: Ctx,
+    sink: Sink,
+    cancel: CancellationToken,
+) -> Result<(), StageError> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Syslog TCP accept failed.");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "Too many syslog TCP connections; refusing one.");
+            continue;
+        };
+        let (sink, cancel, max) = (sink.clone(), cancel.clone(), cfg.max_message_bytes);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut framer = SyslogFramer::new(Framing::Auto, max);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = tokio::select! {
+                    () = cancel.cancelled() => 0,
+                    r = stream.read(&mut buf) => r.unwrap_or(0),
+                };
+                if n == 0 {
+                    framer.handle_eof();
+                }
+                let mut input = &buf[..n];
+                loop {
+                    let taken = framer.handle_bytes(input);
+                    input = &input[taken..];
+                    while let Some(frame) = framer.poll_frame() {
+                        let parsed = frame.and_then(|f| parse_syslog(f, &ctx.now()));
+                        if sink.take(parsed).is_err() {
+                            return;
+                        }
+                    }
+                    if input.is_empty() || taken == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Follow a file like `tail -F`: new lines as they are appended, from the
+/// start again when it is truncated or replaced (rotation).
+async fn follow(cfg: FollowConfig, sink: Sink, cancel: CancellationToken) -> Result<(), StageError> {
+    let ctx = Ctx { tz: chrono_tz::UTC, max: cfg.max_line_bytes };
+    let mut dedup = EveDeduper::new(4096);
+    let mut pos: Option<(u64, u64)> = None; // (inode, offset)
+    let mut partial: Vec<u8> = Vec::new();
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let Ok(meta) = std::fs::metadata(&cfg.path) else { continue };
+        let (ino, len) = (meta.ino(), meta.len());
+        let offset = match pos {
+            Some((i, off)) if i == ino && off <= len => off,
+            Some(_) => {
+                partial.clear();
+                0
+            }
+            None if first && !cfg.from_start => len,
+            None => 0,
+        };
+        first = false;
+        if offset == len {
+            pos = Some((ino, len));
+            continue;
+        }
+        let mut chunk = Vec::new();
+        let read = std::fs::File::open(&cfg.path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.take(len - offset).read_to_end(&mut chunk)
+        });
+        if let Err(e) = read {
+            tracing::warn!(file = %cfg.path.display(), error = %e, "Followed file unreadable.");
+            continue;
+        }
+        pos = Some((ino, offset + chunk.len() as u64));
+        partial.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
+            let line = &partial[start..start + nl];
+            start += nl + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = match cfg.format {
+                FollowFormat::SuricataEve => {
+                    parse_eve(line, &ctx.now()).and_then(|a| dedup.handle_alert(&a).map(|()| a))
+                }
+                FollowFormat::OpcuaAlarmsJsonl => parse_opcua_ac(line, &ctx.now()),
+            };
+            sink.take(parsed)?;
+        }
+        partial.drain(..start);
+        if partial.len() > cfg.max_line_bytes {
+            sink.take(Err(AlertError::TooLong { limit: cfg.max_line_bytes }))?;
+            partial.clear();
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Spool intake: a file still being written is never taken half-written.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use weir_shared::config::{OnDone, SpoolConfig};
+use weir_shared::formats::Format;
+use weir_shared::record::Record;
+use weir_tx::pipeline::SourceItem;
+use weir_tx::pipeline::source;
+use weir_tx::telemetry::Telemetry;
+
+fn spool(dir: &std::path::Path) -> SpoolConfig {
+    SpoolConfig {
+        name: "aveva".into(),
+        dir: dir.to_owned(),
+        format: Format::Aveva,
+        tz: Some("UTC".into()),
+        tag: None,
+        discrete_tags: vec![],
+        max_file_bytes: 1 << 30,
+        on_done: OnDone::Move,
+        scan_interval: Duration::from_millis(50),
+        tag_table: None,
+        csv: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_written_is_taken_only_when_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = spool(dir.path());
+    let dirs = source::SpoolDirs::create(dir.path()).expect("dirs");
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source::run(cfg, Arc::new(Telemetry::default()), cancel.clone(), tx));
+
+    // A writer that appends in place (no rename) for well over several
+    // scan intervals, pausing less than one interval between writes and
+    // sometimes stopping mid-line.
+    const ROWS: usize = 400;
+    let path = dirs.incoming.join("slow.csv");
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(b"DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n").expect("header");
+        for i in 0..ROWS {
+            let line = format!("2024-03-01 00:{:02}:{:02}.0000000,T{i},{i},{i},0,192,192\n", i / 60 % 60, i % 60);
+            let (a, b) = line.as_bytes().split_at(line.len() / 2);
+            f.write_all(a).expect("write");
+            f.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(2));
+            f.write_all(b).expect("write");
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    });
+    writer.await.expect("writer");
+
+    let mut points = 0;
+    let mut done = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(SourceItem::Record(_, Record::Point(_)))) => points += 1,
+            Ok(Some(SourceItem::FileDone(..))) => done = true,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    cancel.cancel();
+    let _ = task.await;
+    assert!(done, "the file was taken once complete");
+    assert_eq!(points, ROWS, "taken whole: every row, none cut in half");
+    assert!(!dirs.quarantine.join("slow.csv.rejects").exists(), "no half line was rejected");
+}
