@@ -236,7 +236,11 @@ pub fn alert_payload(session: SessionId, a: &Alert) -> Vec<u8> {
         );
     }
     if !a.structured.is_empty() {
-        let sd: Map<String, Json> = a.structured.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let sd: Map<String, Json> = a
+            .structured
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         obj.insert("structured".into(), Json::Object(sd));
     }
     let mut flags = Vec::new();

@@ -386,8 +386,9 @@ pub struct FileChunk {
 pub enum Record {
     /// A historian sample.
     Point(Point),
-    /// An alert or event.
-    Alert(Alert),
+    /// An alert or event (boxed: alerts are rare and large, points are
+    /// the hot path and stay small).
+    Alert(Box<Alert>),
     /// A piece of an opaque file.
     FileChunk(FileChunk),
 }

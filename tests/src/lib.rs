@@ -214,14 +214,11 @@ impl Broker {
     /// Start Mosquitto on a free port, or the embedded broker where
     /// Mosquitto is not installed (printed, so the run says which).
     pub fn start() -> Self {
-        match mosquitto_path() {
-            Some(bin) => Self::mosquitto(&bin),
-            None => {
-                println!(
-                    "NOTE: no mosquitto binary found; using the embedded mqtt5 broker instead"
-                );
-                Self::embedded()
-            }
+        if let Some(bin) = mosquitto_path() {
+            Self::mosquitto(&bin)
+        } else {
+            println!("NOTE: no mosquitto binary found; using the embedded mqtt5 broker instead");
+            Self::embedded()
         }
     }
 
@@ -509,10 +506,10 @@ impl Subscriber {
                         }
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                             suback_left = suback_left.saturating_sub(1);
-                            if suback_left == 0 {
-                                if let Some(r) = ready.take() {
-                                    let _ = r.send(());
-                                }
+                            if suback_left == 0
+                                && let Some(r) = ready.take()
+                            {
+                                let _ = r.send(());
                             }
                         }
                         Ok(_) => {}

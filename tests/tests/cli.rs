@@ -7,7 +7,11 @@ use weir_tests::{Site, binaries, write_key};
 
 fn run(program: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(program).args(args).output().expect("run");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -41,7 +45,10 @@ fn keygen_writes_a_private_key_that_both_sides_accept() {
         "rx.toml",
         &format!("[link]\nlisten = \"127.0.0.1:47000\"\n[keys]\nfiles = [\"{k}\"]\n[mqtt]\nhost = \"127.0.0.1\"\n"),
     );
-    let (ok, out) = run(&binaries().rx, &["check-config", "--config", &rx.display().to_string()]);
+    let (ok, out) = run(
+        &binaries().rx,
+        &["check-config", "--config", &rx.display().to_string()],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("key ids [1]"), "{out}");
 }
@@ -53,16 +60,20 @@ fn group_or_world_readable_key_files_are_refused_by_name() {
     write_key(&key, 1, [7; 32]);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cfg = tx_config(&site, &key, "");
-    for bin in [&binaries().tx] {
-        let (ok, out) = run(bin, &["check-config", "--config", &cfg]);
-        assert!(!ok, "a 0644 key file must be refused");
-        assert!(out.contains("open.key") && out.contains("chmod 600"), "{out}");
-    }
+    let (ok, out) = run(&binaries().tx, &["check-config", "--config", &cfg]);
+    assert!(!ok, "a 0644 key file must be refused");
+    assert!(
+        out.contains("open.key") && out.contains("chmod 600"),
+        "{out}"
+    );
     let rx = site.write(
         "rx.toml",
         &format!("[link]\nlisten = \"127.0.0.1:47000\"\n[keys]\nfiles = [\"{}\"]\n[mqtt]\nhost = \"127.0.0.1\"\n", key.display()),
     );
-    let (ok, out) = run(&binaries().rx, &["run", "--config", &rx.display().to_string()]);
+    let (ok, out) = run(
+        &binaries().rx,
+        &["run", "--config", &rx.display().to_string()],
+    );
     assert!(!ok && out.contains("open.key"), "{out}");
 }
 
@@ -78,7 +89,10 @@ fn bad_config_stops_startup_naming_the_key() {
     let cfg = tx_config(&site, &key, "rate_mpbs = 5.0");
     let (ok, out) = run(&binaries().tx, &["run", "--config", &cfg]);
     assert!(!ok);
-    assert!(out.contains("rate_mpbs"), "unknown keys are errors that name them: {out}");
+    assert!(
+        out.contains("rate_mpbs"),
+        "unknown keys are errors that name them: {out}"
+    );
     let rx = site.write(
         "rx.toml",
         &format!(
@@ -86,7 +100,10 @@ fn bad_config_stops_startup_naming_the_key() {
             key.display()
         ),
     );
-    let (ok, out) = run(&binaries().rx, &["check-config", "--config", &rx.display().to_string()]);
+    let (ok, out) = run(
+        &binaries().rx,
+        &["check-config", "--config", &rx.display().to_string()],
+    );
     assert!(!ok && out.contains("mqtt.site"), "{out}");
 }
 
@@ -94,10 +111,21 @@ fn bad_config_stops_startup_naming_the_key() {
 fn the_example_configs_parse() {
     // The example configs name /etc paths that do not exist here: parsing
     // and validation must pass up to the key files.
-    for (bin, file) in [(&binaries().tx, "weir-tx.toml"), (&binaries().rx, "weir-rx.toml")] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd").join(file);
-        let (ok, out) = run(bin, &["check-config", "--config", &path.display().to_string()]);
+    for (bin, file) in [
+        (&binaries().tx, "weir-tx.toml"),
+        (&binaries().rx, "weir-rx.toml"),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../systemd")
+            .join(file);
+        let (ok, out) = run(
+            bin,
+            &["check-config", "--config", &path.display().to_string()],
+        );
         assert!(!ok);
-        assert!(out.contains("key file /etc/weir/keys/weir-1.key"), "validation reached the key files: {out}");
+        assert!(
+            out.contains("key file /etc/weir/keys/weir-1.key"),
+            "validation reached the key files: {out}"
+        );
     }
 }

@@ -10,7 +10,11 @@ fn demo_runs_the_pair_and_every_record_arrives() {
         .output()
         .expect("run weir-demo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("every record arrived"), "{text}");
     assert!(text.contains("mosquitto_sub -h 127.0.0.1 -p "), "{text}");
     assert!(text.contains("records   sent      5015"), "{text}");

@@ -1,5 +1,7 @@
 //! End to end: the real `weir-tx` and `weir-rx` binaries, a lossy UDP relay
 //! between them, and a real MQTT broker with a real subscriber.
+// Long, linear test scripts and small numeric conversions read best as they are.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -15,13 +17,11 @@ use weir_tests::{
 
 const KEY_A: [u8; 32] = [0x11; 32];
 const KEY_B: [u8; 32] = [0x22; 32];
+/// Rows of the generated bulk file.
+const BIG: usize = 30_000;
 
 /// The example configs under `systemd/`, with the addresses and paths of
 /// this test put in.
-fn tx_config(site: &Site, destination: SocketAddr, key: &Path, repair_ratio: f64) -> std::path::PathBuf {
-    tx_config_with(site, destination, key, repair_ratio, None)
-}
-
 fn tx_config_with(
     site: &Site,
     destination: SocketAddr,
@@ -36,7 +36,10 @@ fn tx_config_with(
             "name = \"syslog\"\nudp = \"127.0.0.1:{udp}\"\ntcp = \"127.0.0.1:{tcp}\"\ntz = \"UTC\"\n"
         ))
         .expect("syslog table");
-        cfg.insert("syslog".into(), toml::Value::Array(vec![toml::Value::Table(listener)]));
+        cfg.insert(
+            "syslog".into(),
+            toml::Value::Array(vec![toml::Value::Table(listener)]),
+        );
     }
     cfg["link"]["destination"] = toml::Value::String(destination.to_string());
     cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
@@ -98,7 +101,13 @@ struct Pair {
     rx_port: u16,
 }
 
-fn start_pair(site: &Site, imp: Impairment, tx_key: [u8; 32], rx_key: [u8; 32], repair_ratio: f64) -> Pair {
+fn start_pair(
+    site: &Site,
+    imp: Impairment,
+    tx_key: [u8; 32],
+    rx_key: [u8; 32],
+    repair_ratio: f64,
+) -> Pair {
     start_pair_with(site, imp, tx_key, rx_key, repair_ratio, None)
 }
 
@@ -173,7 +182,6 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
     let t0 = std::time::Instant::now();
     let mut pair = start_pair(&site, imp, KEY_A, KEY_A, 0.25);
     println!("pair started after {:?}", t0.elapsed());
-    const BIG: usize = 30_000;
     drop_file(
         &site,
         "pi",
@@ -189,7 +197,7 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
     drop_file(&site, "aveva", "bulk_0001.csv", big_aveva(BIG).as_bytes());
     let expected = 7 + 8 + BIG;
 
-    let arrived = pair.sub.wait_for(Duration::from_secs(120), |m| {
+    let arrived = pair.sub.wait_for(Duration::from_mins(2), |m| {
         m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= expected
     });
     let pts = points(&pair.sub);
@@ -351,7 +359,7 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
         "aveva_history.csv",
         &fixture("aveva_history.csv"),
     );
-    assert!(pair.sub.wait_for(Duration::from_secs(60), |m| {
+    assert!(pair.sub.wait_for(Duration::from_mins(1), |m| {
         m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= 8
     }));
     std::thread::sleep(Duration::from_secs(1));
@@ -409,26 +417,76 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
 fn syslog_from_logger_arrives_with_severity_and_time() {
     let site = Site::new();
     let (udp, tcp) = (free_udp_port(), weir_tests::free_tcp_port());
-    let imp = Impairment { seed: 9, drop: 0.05, ..Impairment::clean(9) };
+    let imp = Impairment {
+        seed: 9,
+        drop: 0.05,
+        ..Impairment::clean(9)
+    };
     let mut pair = start_pair_with(&site, imp, KEY_A, KEY_A, 0.25, Some((udp, tcp)));
     // Wait for the listeners (the sender binds them at start).
-    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()));
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+    }));
     let before = chrono_now_ns();
     let logger = |args: &[&str]| {
-        let st = std::process::Command::new("logger").args(args).status().expect("logger (util-linux) runs");
+        let st = std::process::Command::new("logger")
+            .args(args)
+            .status()
+            .expect("logger (util-linux) runs");
         assert!(st.success(), "logger {args:?}");
     };
     let (u, t) = (udp.to_string(), tcp.to_string());
-    logger(&["--server", "127.0.0.1", "--port", &u, "--udp", "--rfc5424", "--priority", "local4.warning",
-        "-t", "hmi-agent", "--msgid", "TEST5424", "weir test rfc5424 over udp"]);
-    logger(&["--server", "127.0.0.1", "--port", &u, "--udp", "--rfc3164", "--priority", "auth.crit",
-        "-t", "sshd", "weir test rfc3164 over udp"]);
-    logger(&["--server", "127.0.0.1", "--port", &t, "--tcp", "--octet-count", "--rfc5424", "--priority",
-        "daemon.err", "-t", "plc-gw", "weir test rfc5424 over tcp"]);
+    logger(&[
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &u,
+        "--udp",
+        "--rfc5424",
+        "--priority",
+        "local4.warning",
+        "-t",
+        "hmi-agent",
+        "--msgid",
+        "TEST5424",
+        "weir test rfc5424 over udp",
+    ]);
+    logger(&[
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &u,
+        "--udp",
+        "--rfc3164",
+        "--priority",
+        "auth.crit",
+        "-t",
+        "sshd",
+        "weir test rfc3164 over udp",
+    ]);
+    logger(&[
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &t,
+        "--tcp",
+        "--octet-count",
+        "--rfc5424",
+        "--priority",
+        "daemon.err",
+        "-t",
+        "plc-gw",
+        "weir test rfc5424 over tcp",
+    ]);
     // A raw datagram with an invalid PRI is refused and counted.
     let raw = UdpSocket::bind("127.0.0.1:0").expect("socket");
-    raw.send_to(b"<999>1 2024-03-10T08:01:01Z host app - - - PRI out of range", ("127.0.0.1", udp)).expect("send");
-    let on_alerts = |m: &[weir_tests::Received]| m.iter().filter(|r| r.topic.contains("/alerts/")).count() >= 3;
+    raw.send_to(
+        b"<999>1 2024-03-10T08:01:01Z host app - - - PRI out of range",
+        ("127.0.0.1", udp),
+    )
+    .expect("send");
+    let on_alerts =
+        |m: &[weir_tests::Received]| m.iter().filter(|r| r.topic.contains("/alerts/")).count() >= 3;
     let arrived = pair.sub.wait_for(Duration::from_secs(30), on_alerts);
     let alerts: Vec<Json> = pair
         .sub
@@ -436,8 +494,17 @@ fn syslog_from_logger_arrives_with_severity_and_time() {
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("alert JSON"))
         .collect();
-    assert!(arrived, "alerts: {alerts:?}\ntx log:\n{}", pair.tx.log_text());
-    let find = |text: &str| alerts.iter().find(|a| a["message"].as_str().is_some_and(|m| m.contains(text))).unwrap_or_else(|| panic!("{text} not in {alerts:?}"));
+    assert!(
+        arrived,
+        "alerts: {alerts:?}\ntx log:\n{}",
+        pair.tx.log_text()
+    );
+    let find = |text: &str| {
+        alerts
+            .iter()
+            .find(|a| a["message"].as_str().is_some_and(|m| m.contains(text)))
+            .unwrap_or_else(|| panic!("{text} not in {alerts:?}"))
+    };
     let a = find("rfc5424 over udp");
     assert_eq!(a["severity"], 500, "warning (4) -> 500");
     assert_eq!(a["facility"], 20);
@@ -449,10 +516,16 @@ fn syslog_from_logger_arrives_with_severity_and_time() {
     let c = find("rfc5424 over tcp");
     assert_eq!(c["severity"], 700, "err (3) -> 700");
     for x in [a, b, c] {
-        let ts = chrono::DateTime::parse_from_rfc3339(x["ts"].as_str().expect("ts")).expect("rfc3339").timestamp_nanos_opt().unwrap_or(0);
+        let ts = chrono::DateTime::parse_from_rfc3339(x["ts"].as_str().expect("ts"))
+            .expect("rfc3339")
+            .timestamp_nanos_opt()
+            .unwrap_or(0);
         // logger stamps the current time (RFC 3164 to the second, in the
         // configured zone, UTC here).
-        assert!((ts - before).abs() < 120_000_000_000, "event time near now: {x}");
+        assert!(
+            (ts - before).abs() < 120_000_000_000,
+            "event time near now: {x}"
+        );
     }
     let rejected = |m: &[weir_tests::Received]| {
         m.iter()
@@ -461,9 +534,20 @@ fn syslog_from_logger_arrives_with_severity_and_time() {
             .filter_map(|j| j["sender"]["counters"]["alerts_rejected"].as_u64())
             .max()
     };
-    pair.sub.wait_for(Duration::from_secs(10), |m| rejected(m).is_some_and(|r| r >= 1));
-    let seen = pair.sub.messages.lock().map(|m| rejected(m.as_slice())).unwrap_or_default();
-    assert_eq!(seen, Some(1), "the invalid PRI was counted by the sender and reported in its heartbeat");
+    pair.sub.wait_for(Duration::from_secs(10), |m| {
+        rejected(m).is_some_and(|r| r >= 1)
+    });
+    let seen = pair
+        .sub
+        .messages
+        .lock()
+        .map(|m| rejected(m.as_slice()))
+        .unwrap_or_default();
+    assert_eq!(
+        seen,
+        Some(1),
+        "the invalid PRI was counted by the sender and reported in its heartbeat"
+    );
     let (_, stats) = stop(&mut pair);
     assert_eq!(stats["blocks_lost"], 0);
 }

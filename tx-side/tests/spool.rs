@@ -13,6 +13,8 @@ use weir_tx::pipeline::SourceItem;
 use weir_tx::pipeline::source;
 use weir_tx::telemetry::Telemetry;
 
+const ROWS: usize = 400;
+
 fn spool(dir: &std::path::Path) -> SpoolConfig {
     SpoolConfig {
         name: "aveva".into(),
@@ -36,18 +38,27 @@ async fn a_file_being_written_is_taken_only_when_complete() {
     let dirs = source::SpoolDirs::create(dir.path()).expect("dirs");
     let (tx, mut rx) = mpsc::channel(100_000);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(source::run(cfg, Arc::new(Telemetry::default()), cancel.clone(), tx));
+    let task = tokio::spawn(source::run(
+        cfg,
+        Arc::new(Telemetry::default()),
+        cancel.clone(),
+        tx,
+    ));
 
     // A writer that appends in place (no rename) for well over several
     // scan intervals, pausing less than one interval between writes and
     // sometimes stopping mid-line.
-    const ROWS: usize = 400;
     let path = dirs.incoming.join("slow.csv");
     let writer = tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::create(&path).expect("create");
-        f.write_all(b"DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n").expect("header");
+        f.write_all(b"DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n")
+            .expect("header");
         for i in 0..ROWS {
-            let line = format!("2024-03-01 00:{:02}:{:02}.0000000,T{i},{i},{i},0,192,192\n", i / 60 % 60, i % 60);
+            let line = format!(
+                "2024-03-01 00:{:02}:{:02}.0000000,T{i},{i},{i},0,192,192\n",
+                i / 60 % 60,
+                i % 60
+            );
             let (a, b) = line.as_bytes().split_at(line.len() / 2);
             f.write_all(a).expect("write");
             f.flush().expect("flush");
@@ -75,5 +86,8 @@ async fn a_file_being_written_is_taken_only_when_complete() {
     let _ = task.await;
     assert!(done, "the file was taken once complete");
     assert_eq!(points, ROWS, "taken whole: every row, none cut in half");
-    assert!(!dirs.quarantine.join("slow.csv.rejects").exists(), "no half line was rejected");
+    assert!(
+        !dirs.quarantine.join("slow.csv.rejects").exists(),
+        "no half line was rejected"
+    );
 }

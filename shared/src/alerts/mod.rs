@@ -307,9 +307,9 @@ impl WallClock {
     }
 }
 
-/// Resolve `naive`-like wall-clock fields in a fixed-offset or named zone
-/// given as text after a CEF timestamp (`UTC`, `GMT`, `Z`, `+01:00`, `-0600`,
-/// an IANA name). `None` if the text is none of those.
+/// Resolve `wall` in the zone written after it in a CEF timestamp (`UTC`,
+/// `GMT`, `Z`, `+01:00`, `-0600`, an IANA name); a missing year is inferred
+/// as in [`WallClock::resolve`]. `None` if the zone text is none of those.
 pub(crate) fn zone_ns(wall: WallClock, zone: &str, receive_time_ns: i64) -> Option<i64> {
     if matches!(zone, "UTC" | "GMT" | "Z") {
         return wall

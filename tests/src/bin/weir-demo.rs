@@ -29,7 +29,11 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { once: false, loss_pct: 2.0, rows: 100_000 };
+    let mut a = Args {
+        once: false,
+        loss_pct: 2.0,
+        rows: 100_000,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -51,7 +55,11 @@ fn aveva_rows(day: u32, rows: usize) -> String {
     for i in 0..rows {
         let (h, m, sec) = (i / 3600 % 24, i / 60 % 60, i % 60);
         let v = 50.0 + ((i % 600) as f64 / 10.0).sin() * 5.0;
-        let _ = writeln!(s, "2024-03-{day:02} {h:02}:{m:02}:{sec:02}.0000000,LINE1.FT{:03}.PV,{v:.3},{v:.3},0,192,192", i % 50);
+        let _ = writeln!(
+            s,
+            "2024-03-{day:02} {h:02}:{m:02}:{sec:02}.0000000,LINE1.FT{:03}.PV,{v:.3},{v:.3},0,192,192",
+            i % 50
+        );
     }
     s
 }
@@ -69,7 +77,9 @@ fn drop_file(spool: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let dir = tempfile::tempdir()?;
     let base = dir.path();
@@ -87,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { broker.run().await });
 
     // 2. One fresh key for both sides.
-    let psk = Psk::generate(KeyId(1), &ring::rand::SystemRandom::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let psk = Psk::generate(KeyId(1), &ring::rand::SystemRandom::new())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let keyring = Keyring::new([psk]);
 
     // 3. The receiver. The key travels in memory here; `keys.files` only
@@ -102,7 +113,13 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. The "diode": a lossy loopback relay.
     let loss = args.loss_pct / 100.0;
-    let link = LossyLink::start(rx.local_addr, Impairment { drop: loss, ..Impairment::clean(7) });
+    let link = LossyLink::start(
+        rx.local_addr,
+        Impairment {
+            drop: loss,
+            ..Impairment::clean(7)
+        },
+    );
 
     // 5. The sender, with two spools.
     let (pi, aveva) = (base.join("spool/pi"), base.join("spool/aveva"));
@@ -118,8 +135,13 @@ async fn main() -> anyhow::Result<()> {
     let tx_cfg = toml::from_str::<TxConfig>(&tx_toml)?.validate()?;
     let tx = weir_tx::run(tx_cfg, keyring, [0; 8]).await?;
 
-    println!("Weir demo: broker 127.0.0.1:{broker_port}, receiver {}, lossy link {} ({:.1} % loss)", rx.local_addr, link.input, args.loss_pct);
-    println!("Watch it live:\n  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'uns/#' -t 'diode/#' -v\n");
+    println!(
+        "Weir demo: broker 127.0.0.1:{broker_port}, receiver {}, lossy link {} ({:.1} % loss)",
+        rx.local_addr, link.input, args.loss_pct
+    );
+    println!(
+        "Watch it live:\n  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'uns/#' -t 'diode/#' -v\n"
+    );
 
     // 6. Feed the sample exports and a bulk file.
     drop_file(&pi, "TT101.PV.json", PI_SAMPLE)?;
@@ -127,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     drop_file(&aveva, "bulk_0001.csv", aveva_rows(1, args.rows).as_bytes())?;
     let expected = 7 + 8 + args.rows as u64;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(120);
+    let deadline = started + Duration::from_mins(2);
     while rx.stats.acked.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -135,18 +157,38 @@ async fn main() -> anyhow::Result<()> {
     let t = tx.telemetry.counters();
     let r = rx.stats.snapshot();
     println!("What crossed in {:.2} s:", elapsed.as_secs_f64());
-    println!("  records   sent {:>9}  received {:>9}  published+acked {:>9}", t.records, r.records, r.acked);
-    println!("  blocks    sent {:>9}  decoded  {:>9}  lost {}", t.blocks, r.blocks_ok, r.blocks_lost);
+    println!(
+        "  records   sent {:>9}  received {:>9}  published+acked {:>9}",
+        t.records, r.records, r.acked
+    );
+    println!(
+        "  blocks    sent {:>9}  decoded  {:>9}  lost {}",
+        t.blocks, r.blocks_ok, r.blocks_lost
+    );
     println!(
         "  datagrams sent {:>9}  dropped by the link {}  repair symbols sent {}",
         t.datagrams,
         link.stats.dropped.load(Ordering::Relaxed),
         tx.telemetry.repair_symbols.load(Ordering::Relaxed)
     );
-    println!("  FEC: {} lost source symbols rebuilt from repair symbols", r.fec_repaired);
-    println!("  wire: {:.1} MB ({:.1} Mbit/s)", t.wire_bytes as f64 / 1e6, t.wire_bytes as f64 * 8.0 / 1e6 / elapsed.as_secs_f64());
+    println!(
+        "  FEC: {} lost source symbols rebuilt from repair symbols",
+        r.fec_repaired
+    );
+    println!(
+        "  wire: {:.1} MB ({:.1} Mbit/s)",
+        t.wire_bytes as f64 / 1e6,
+        t.wire_bytes as f64 * 8.0 / 1e6 / elapsed.as_secs_f64()
+    );
     let ok = r.records >= expected && r.blocks_lost == 0;
-    println!("  {}", if ok { "every record arrived" } else { "NOT every record arrived (see gaps above)" });
+    println!(
+        "  {}",
+        if ok {
+            "every record arrived"
+        } else {
+            "NOT every record arrived (see gaps above)"
+        }
+    );
 
     if !args.once {
         println!("\nFeeding a small file every 2 s; Ctrl-C to stop.");
@@ -167,5 +209,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     rx.shutdown().await?;
     drop(link);
-    if ok { Ok(()) } else { anyhow::bail!("records were lost") }
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("records were lost")
+    }
 }

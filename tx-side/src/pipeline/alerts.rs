@@ -56,7 +56,10 @@ impl Sink {
     /// Hand over one parse result; never waits.
     fn take(&self, parsed: Result<Alert, AlertError>) -> Result<(), StageError> {
         match parsed {
-            Ok(alert) => match self.to_batch.try_send(SourceItem::Record(Lane::Alert, Record::Alert(alert))) {
+            Ok(alert) => match self.to_batch.try_send(SourceItem::Record(
+                Lane::Alert,
+                Record::Alert(Box::new(alert)),
+            )) {
                 Ok(()) => add(&self.telemetry.alerts, 1),
                 Err(TrySendError::Full(_)) => {
                     add(&self.telemetry.alerts_dropped, 1);
@@ -83,18 +86,29 @@ pub fn spawn(
     tasks: &mut JoinSet<Result<(), StageError>>,
 ) -> anyhow::Result<()> {
     for s in &cfg.syslogs {
-        let sink = Sink { to_batch: to_batch.clone(), telemetry: telemetry.clone(), name: s.name.as_str().into() };
-        let tz = s.tz.parse().map_err(|_| anyhow::anyhow!("config key `syslog.tz`: unknown zone {}", s.tz))?;
-        let ctx = Ctx { tz, max: s.max_message_bytes };
+        let sink = Sink {
+            to_batch: to_batch.clone(),
+            telemetry: telemetry.clone(),
+            name: s.name.as_str().into(),
+        };
+        let tz =
+            s.tz.parse()
+                .map_err(|_| anyhow::anyhow!("config key `syslog.tz`: unknown zone {}", s.tz))?;
+        let ctx = Ctx {
+            tz,
+            max: s.max_message_bytes,
+        };
         if let Some(addr) = s.udp {
-            let std_sock = std::net::UdpSocket::bind(addr).with_context(|| format!("syslog `{}`: binding UDP {addr}", s.name))?;
+            let std_sock = std::net::UdpSocket::bind(addr)
+                .with_context(|| format!("syslog `{}`: binding UDP {addr}", s.name))?;
             std_sock.set_nonblocking(true)?;
             let sock = UdpSocket::from_std(std_sock)?;
             tasks.spawn(udp(sock, s.clone(), ctx, sink.clone(), cancel.clone()));
             tracing::info!(name = %s.name, %addr, "Syslog UDP listener up.");
         }
         if let Some(addr) = s.tcp {
-            let std_l = std::net::TcpListener::bind(addr).with_context(|| format!("syslog `{}`: binding TCP {addr}", s.name))?;
+            let std_l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("syslog `{}`: binding TCP {addr}", s.name))?;
             std_l.set_nonblocking(true)?;
             let listener = TcpListener::from_std(std_l)?;
             tasks.spawn(tcp(listener, s.clone(), ctx, sink.clone(), cancel.clone()));
@@ -102,7 +116,11 @@ pub fn spawn(
         }
     }
     for f in &cfg.follows {
-        let sink = Sink { to_batch: to_batch.clone(), telemetry: telemetry.clone(), name: f.name.as_str().into() };
+        let sink = Sink {
+            to_batch: to_batch.clone(),
+            telemetry: telemetry.clone(),
+            name: f.name.as_str().into(),
+        };
         tasks.spawn(follow(f.clone(), sink, cancel.clone()));
     }
     Ok(())
@@ -118,7 +136,11 @@ struct Ctx {
 impl Ctx {
     /// The parse context for a message received now.
     fn now(self) -> AlertContext {
-        AlertContext { receive_time_ns: unix_ns(), tz: self.tz, max_message_bytes: self.max }
+        AlertContext {
+            receive_time_ns: unix_ns(),
+            tz: self.tz,
+            max_message_bytes: self.max,
+        }
     }
 }
 
@@ -206,8 +228,15 @@ async fn tcp(
 
 /// Follow a file like `tail -F`: new lines as they are appended, from the
 /// start again when it is truncated or replaced (rotation).
-async fn follow(cfg: FollowConfig, sink: Sink, cancel: CancellationToken) -> Result<(), StageError> {
-    let ctx = Ctx { tz: chrono_tz::UTC, max: cfg.max_line_bytes };
+async fn follow(
+    cfg: FollowConfig,
+    sink: Sink,
+    cancel: CancellationToken,
+) -> Result<(), StageError> {
+    let ctx = Ctx {
+        tz: chrono_tz::UTC,
+        max: cfg.max_line_bytes,
+    };
     let mut dedup = EveDeduper::new(4096);
     let mut pos: Option<(u64, u64)> = None; // (inode, offset)
     let mut partial: Vec<u8> = Vec::new();
@@ -218,7 +247,9 @@ async fn follow(cfg: FollowConfig, sink: Sink, cancel: CancellationToken) -> Res
             () = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let Ok(meta) = std::fs::metadata(&cfg.path) else { continue };
+        let Ok(meta) = std::fs::metadata(&cfg.path) else {
+            continue;
+        };
         let (ino, len) = (meta.ino(), meta.len());
         let offset = match pos {
             Some((i, off)) if i == ino && off <= len => off,
@@ -262,7 +293,9 @@ async fn follow(cfg: FollowConfig, sink: Sink, cancel: CancellationToken) -> Res
         }
         partial.drain(..start);
         if partial.len() > cfg.max_line_bytes {
-            sink.take(Err(AlertError::TooLong { limit: cfg.max_line_bytes }))?;
+            sink.take(Err(AlertError::TooLong {
+                limit: cfg.max_line_bytes,
+            }))?;
             partial.clear();
         }
     }

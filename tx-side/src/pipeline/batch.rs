@@ -60,7 +60,10 @@ pub struct Inputs {
 impl Inputs {
     /// Inputs from one channel per lane, indexed by [`Lane::index`].
     pub fn new(rx: [Receiver<SourceItem>; LANES]) -> Self {
-        Self { rx, open: [true; LANES] }
+        Self {
+            rx,
+            open: [true; LANES],
+        }
     }
 
     /// The next item, alert lane first; `None` once every lane closed.
@@ -90,7 +93,12 @@ pub async fn run(
     mut inputs: Inputs,
     to_seal: Sender<Frame>,
 ) -> Result<(), StageError> {
-    let mut state = lanes.map(|cfg| LaneBatch { cfg, builder: BatchBuilder::default(), markers: Vec::new(), oldest: None });
+    let mut state = lanes.map(|cfg| LaneBatch {
+        cfg,
+        builder: BatchBuilder::default(),
+        markers: Vec::new(),
+        oldest: None,
+    });
     let mut next_seq = 0u64;
     loop {
         let deadline = state.iter().filter_map(LaneBatch::deadline).min();
@@ -123,12 +131,19 @@ pub async fn run(
                     // block the receiver refuses: refuse it here, loudly.
                     b.builder.pop_last(size);
                     add(&telemetry.records_refused, 1);
-                    tracing::error!(lane = lane.as_str(), seq = next_seq - 1, size,
-                        "Record larger than the lane's max_batch_bytes refused.");
+                    tracing::error!(
+                        lane = lane.as_str(),
+                        seq = next_seq - 1,
+                        size,
+                        "Record larger than the lane's max_batch_bytes refused."
+                    );
                     continue;
                 }
                 b.oldest.get_or_insert_with(now);
-                (lane, b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize)
+                (
+                    lane,
+                    b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize,
+                )
             }
             SourceItem::FileDone(lane, done) => {
                 let b = &mut state[lane.index()];

@@ -236,7 +236,12 @@ pub async fn run(
     }
     alerts::spawn(&cfg.raw, &telemetry, &cancel, &alert_tx, &mut tasks)?;
     drop((alert_tx, bulk_tx));
-    tasks.spawn(batch::run(cfg.lanes, telemetry.clone(), batch::Inputs::new([alert_rx, bulk_rx]), frame_tx));
+    tasks.spawn(batch::run(
+        cfg.lanes,
+        telemetry.clone(),
+        batch::Inputs::new([alert_rx, bulk_rx]),
+        frame_tx,
+    ));
     tasks.spawn(seal::run(
         key.clone(),
         key_id,

@@ -104,7 +104,16 @@ pub async fn run(
     // Crash recovery: whatever is in working/ was never completed.
     for (name, ..) in list(&dirs.working)? {
         tracing::warn!(spool = %spool.name, file = %name, "Resending a file interrupted by a restart.");
-        take(&spool, &dirs, &base, &name, &dirs.working.join(&name), &telemetry, &to_batch).await?;
+        take(
+            &spool,
+            &dirs,
+            &base,
+            &name,
+            &dirs.working.join(&name),
+            &telemetry,
+            &to_batch,
+        )
+        .await?;
     }
     let mut seen: HashMap<String, (u64, SystemTime)> = HashMap::new();
     let mut last_depth = 0u64;
@@ -124,8 +133,12 @@ pub async fn run(
         };
         // Spools share one depth counter: move it by this spool's change.
         let depth = files.len() as u64;
-        telemetry.spool_depth.fetch_add(depth, std::sync::atomic::Ordering::Relaxed);
-        telemetry.spool_depth.fetch_sub(last_depth, std::sync::atomic::Ordering::Relaxed);
+        telemetry
+            .spool_depth
+            .fetch_add(depth, std::sync::atomic::Ordering::Relaxed);
+        telemetry
+            .spool_depth
+            .fetch_sub(last_depth, std::sync::atomic::Ordering::Relaxed);
         last_depth = depth;
         let mut next_seen = HashMap::with_capacity(files.len());
         for (name, size, mtime) in files {
@@ -155,7 +168,11 @@ fn base_context(spool: &SpoolConfig) -> Result<ParseContext, StageError> {
         Some(path) => {
             let bytes = std::fs::read(path)?;
             let table = weir_shared::formats::ignition::parse_tag_table(&bytes).map_err(|e| {
-                std::io::Error::other(format!("spool `{}`: tag table {}: {e}", spool.name, path.display()))
+                std::io::Error::other(format!(
+                    "spool `{}`: tag table {}: {e}",
+                    spool.name,
+                    path.display()
+                ))
             })?;
             Some(Arc::new(table))
         }
@@ -165,7 +182,11 @@ fn base_context(spool: &SpoolConfig) -> Result<ParseContext, StageError> {
         file: None,
         tz: spool.tz.as_deref().and_then(|t| t.parse().ok()),
         tag: spool.tag.clone(),
-        discrete_tags: spool.discrete_tags.iter().cloned().collect::<BTreeSet<String>>(),
+        discrete_tags: spool
+            .discrete_tags
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<String>>(),
         tag_table,
         csv_map: spool.csv.clone(),
     })
@@ -191,7 +212,10 @@ async fn take(
         Ok(_) => std::fs::read(working).map_err(|e| format!("unreadable: {e}")),
         Err(e) => Err(format!("unreadable: {e}")),
     };
-    let ctx = ParseContext { file: Some(name.to_owned()), ..base.clone() };
+    let ctx = ParseContext {
+        file: Some(name.to_owned()),
+        ..base.clone()
+    };
     let parsed = bytes.and_then(|b| spool.format.parse(&b, &ctx).map_err(|e| e.to_string()));
     let ParseOutput { points, rejects } = match parsed {
         Ok(out) => out,
