@@ -252,24 +252,9 @@ impl Broker {
             .enable_all()
             .build()
             .expect("broker runtime");
-        let port = runtime.block_on(async {
-            let mut config = mqtt5::broker::BrokerConfig {
-                bind_addresses: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-                ..Default::default()
-            };
-            config.auth_config.allow_anonymous = true;
-            config.storage_config.enable_persistence = false;
-            config.storage_config.backend = mqtt5::broker::config::StorageBackend::Memory;
-            let mut broker = mqtt5::broker::MqttBroker::with_config(config)
-                .await
-                .expect("embedded broker");
-            let port = broker
-                .local_addr()
-                .map(|a| a.port())
-                .expect("embedded broker port");
-            tokio::spawn(async move { broker.run().await });
-            port
-        });
+        let port = runtime
+            .block_on(start_embedded_broker())
+            .expect("embedded broker");
         Self::Embedded {
             port,
             _runtime: runtime,
@@ -282,6 +267,27 @@ impl Broker {
             Self::Mosquitto { port, .. } | Self::Embedded { port, .. } => *port,
         }
     }
+}
+
+/// Start the in-process `mqtt5` broker on a free loopback port, on the
+/// current tokio runtime; returns its port.
+pub async fn start_embedded_broker() -> std::io::Result<u16> {
+    let mut config = mqtt5::broker::BrokerConfig {
+        bind_addresses: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        ..Default::default()
+    };
+    config.auth_config.allow_anonymous = true;
+    config.storage_config.enable_persistence = false;
+    config.storage_config.backend = mqtt5::broker::config::StorageBackend::Memory;
+    let mut broker = mqtt5::broker::MqttBroker::with_config(config)
+        .await
+        .map_err(std::io::Error::other)?;
+    let port = broker
+        .local_addr()
+        .map(|a| a.port())
+        .ok_or_else(|| std::io::Error::other("embedded broker has no address"))?;
+    tokio::spawn(async move { broker.run().await });
+    Ok(port)
 }
 
 fn wait_tcp(port: u16, timeout: Duration) -> bool {

@@ -85,16 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let base = dir.path();
 
     // 1. An in-process broker on a free loopback port.
-    let mut config = mqtt5::broker::BrokerConfig {
-        bind_addresses: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-        ..Default::default()
-    };
-    config.auth_config.allow_anonymous = true;
-    config.storage_config.enable_persistence = false;
-    config.storage_config.backend = mqtt5::broker::config::StorageBackend::Memory;
-    let mut broker = mqtt5::broker::MqttBroker::with_config(config).await?;
-    let broker_port = broker.local_addr().context("broker port")?.port();
-    tokio::spawn(async move { broker.run().await });
+    let broker_port = weir_tests::start_embedded_broker().await?;
 
     // 2. One fresh key for both sides.
     let psk = Psk::generate(KeyId(1), &ring::rand::SystemRandom::new())
@@ -153,6 +144,29 @@ async fn main() -> anyhow::Result<()> {
     while rx.stats.acked.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let ok = report(started.elapsed(), &tx, &rx, &link, expected);
+    if !args.once {
+        feed_live(&aveva, &rx).await?;
+    }
+    tx.shutdown().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.shutdown().await?;
+    drop(link);
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("records were lost")
+    }
+}
+
+/// Print what crossed; whether every record arrived.
+fn report(
+    elapsed: Duration,
+    tx: &weir_tx::TxHandle,
+    rx: &weir_rx::RxHandle,
+    link: &LossyLink,
+    expected: u64,
+) -> bool {
     let elapsed = started.elapsed();
     let t = tx.telemetry.counters();
     let r = rx.stats.snapshot();
@@ -189,29 +203,23 @@ async fn main() -> anyhow::Result<()> {
             "NOT every record arrived (see gaps above)"
         }
     );
+    ok
+}
 
-    if !args.once {
-        println!("\nFeeding a small file every 2 s; Ctrl-C to stop.");
-        let mut n = 2u32;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {
-                    drop_file(&aveva, &format!("live_{n:05}.csv"), aveva_rows(n % 28 + 1, 100).as_bytes())?;
-                    n += 1;
-                    let r = rx.stats.snapshot();
-                    println!("  records {:>9}  blocks {:>7}  FEC-repaired symbols {:>6}  lost blocks {}", r.records, r.blocks_ok, r.fec_repaired, r.blocks_lost);
-                }
+/// Keep feeding a small file every two seconds until Ctrl-C.
+async fn feed_live(aveva: &Path, rx: &weir_rx::RxHandle) -> anyhow::Result<()> {
+    println!("\nFeeding a small file every 2 s; Ctrl-C to stop.");
+    let mut n = 2u32;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {
+                drop_file(aveva, &format!("live_{n:05}.csv"), aveva_rows(n % 28 + 1, 100).as_bytes())?;
+                n += 1;
+                let r = rx.stats.snapshot();
+                println!("  records {:>9}  blocks {:>7}  FEC-repaired symbols {:>6}  lost blocks {}",
+                    r.records, r.blocks_ok, r.fec_repaired, r.blocks_lost);
             }
         }
-    }
-    tx.shutdown().await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    rx.shutdown().await?;
-    drop(link);
-    if ok {
-        Ok(())
-    } else {
-        anyhow::bail!("records were lost")
     }
 }
