@@ -8,7 +8,6 @@
 //! Ctrl-C (or at once with `--once`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -167,7 +166,6 @@ fn report(
     link: &LossyLink,
     expected: u64,
 ) -> bool {
-    let elapsed = started.elapsed();
     let t = tx.telemetry.counters();
     let r = rx.stats.snapshot();
     println!("What crossed in {:.2} s:", elapsed.as_secs_f64());
