@@ -223,6 +223,28 @@ pub enum OnDone {
     Delete,
 }
 
+/// What a spool's files are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolKind {
+    /// Historian exports, parsed into points; `format` names the dialect.
+    #[default]
+    Historian,
+    /// Opaque files, sent byte for byte in chunks of `chunk_bytes`.
+    Files,
+}
+
+/// Chunk size of a files spool unless `chunk_bytes` says otherwise.
+pub const DEFAULT_CHUNK_BYTES: u32 = 64 * 1024;
+
+/// Room a file chunk's other fields (name of at most
+/// [`MAX_FILE_NAME_BYTES`], size, offsets, SHA-256) take in a batch
+/// beside its data: a chunk must fit a bulk batch with this to spare.
+pub const FILE_CHUNK_OVERHEAD: u32 = 1024;
+
+/// Longest file name (UTF-8 bytes) a file chunk carries.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
 /// One `[[spool]]` directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,9 +253,21 @@ pub struct SpoolConfig {
     pub name: String,
     /// Base directory; `incoming/`, `working/`, `done/`, `quarantine/` live in it.
     pub dir: PathBuf,
-    /// Export format (`pi-webapi-json`, `aveva-csv`, `ignition-csv`,
-    /// `proficy-csv`, `influx-lp`, `opcua-jsonl`, `piarc-csv`, `generic-csv`).
-    pub format: crate::formats::Format,
+    /// `historian` (default: exports parsed into points) or `files`
+    /// (opaque files sent in chunks).
+    #[serde(default)]
+    pub kind: SpoolKind,
+    /// Export format of a historian spool (`pi-webapi-json`, `aveva-csv`,
+    /// `ignition-csv`, `proficy-csv`, `influx-lp`, `opcua-jsonl`,
+    /// `piarc-csv`, `generic-csv`); required by, and only allowed with,
+    /// `kind = "historian"`.
+    #[serde(default)]
+    pub format: Option<crate::formats::Format>,
+    /// Chunk size of a files spool, bytes (default 64 KiB); at least
+    /// [`FILE_CHUNK_OVERHEAD`] below `lanes.bulk.max_batch_bytes`. Only
+    /// allowed with `kind = "files"`.
+    #[serde(default)]
+    pub chunk_bytes: Option<u32>,
     /// IANA time zone of local timestamps in the files.
     pub tz: Option<String>,
     /// Tag for formats whose files carry no tag name (PI Web API recorded
@@ -431,7 +465,34 @@ fn valid_alert_sources(
     Ok(())
 }
 
-fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
+impl SpoolConfig {
+    /// Chunk size of a files spool: `chunk_bytes`, or the default.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES)
+    }
+}
+
+/// Check a file chunk size against the bulk lane it travels on: a chunk
+/// and its other fields must fit one batch, or the batcher refuses it.
+/// `key` names where the size came from (`spool.chunk_bytes`).
+pub fn valid_chunk_bytes(
+    chunk_bytes: u32,
+    bulk_max_batch_bytes: u32,
+    key: &'static str,
+) -> Result<(), ConfigError> {
+    if chunk_bytes == 0 {
+        return Err(bad(key, "must be positive"));
+    }
+    if chunk_bytes.saturating_add(FILE_CHUNK_OVERHEAD) > bulk_max_batch_bytes {
+        return Err(bad(
+            key,
+            "must be at least 1 KiB below lanes.bulk.max_batch_bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn valid_spools(spools: &[SpoolConfig], bulk_max_batch_bytes: u32) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for s in spools {
         if s.name.is_empty()
@@ -451,31 +512,73 @@ fn valid_spools(spools: &[SpoolConfig]) -> Result<(), ConfigError> {
         if s.scan_interval < Duration::from_millis(10) {
             return Err(bad("spool.scan_interval", "must be at least 10 ms"));
         }
-        match &s.tz {
-            Some(tz) if tz.parse::<chrono_tz::Tz>().is_err() => {
-                return Err(bad(
-                    "spool.tz",
-                    "is not an IANA time zone name (e.g. America/Chicago)",
-                ));
-            }
-            None if s.format.local_time() => {
-                return Err(bad(
-                    "spool.tz",
-                    "is required: this format writes local wall-clock time",
-                ));
-            }
-            _ => {}
+        match s.kind {
+            SpoolKind::Historian => valid_historian_spool(s)?,
+            SpoolKind::Files => valid_files_spool(s, bulk_max_batch_bytes)?,
         }
-        valid_format_extras(s)?;
     }
     Ok(())
 }
 
+/// A files spool sends bytes, not points: every parsing key is refused.
+fn valid_files_spool(s: &SpoolConfig, bulk_max_batch_bytes: u32) -> Result<(), ConfigError> {
+    const HISTORIAN_ONLY: &str = "is only used by historian spools, not kind = \"files\"";
+    if s.format.is_some() {
+        return Err(bad("spool.format", HISTORIAN_ONLY));
+    }
+    if s.tz.is_some() {
+        return Err(bad("spool.tz", HISTORIAN_ONLY));
+    }
+    if s.tag.is_some() {
+        return Err(bad("spool.tag", HISTORIAN_ONLY));
+    }
+    if !s.discrete_tags.is_empty() {
+        return Err(bad("spool.discrete_tags", HISTORIAN_ONLY));
+    }
+    if s.tag_table.is_some() {
+        return Err(bad("spool.tag_table", HISTORIAN_ONLY));
+    }
+    if s.csv.is_some() {
+        return Err(bad("spool.csv", HISTORIAN_ONLY));
+    }
+    valid_chunk_bytes(s.chunk_size(), bulk_max_batch_bytes, "spool.chunk_bytes")
+}
+
+/// A historian spool needs a format, and the zone its format asks for.
+fn valid_historian_spool(s: &SpoolConfig) -> Result<(), ConfigError> {
+    let format = s.format.ok_or(bad(
+        "spool.format",
+        "is required for historian spools (or set kind = \"files\")",
+    ))?;
+    if s.chunk_bytes.is_some() {
+        return Err(bad(
+            "spool.chunk_bytes",
+            "is only used by kind = \"files\" spools",
+        ));
+    }
+    match &s.tz {
+        Some(tz) if tz.parse::<chrono_tz::Tz>().is_err() => {
+            return Err(bad(
+                "spool.tz",
+                "is not an IANA time zone name (e.g. America/Chicago)",
+            ));
+        }
+        None if format.local_time() => {
+            return Err(bad(
+                "spool.tz",
+                "is required: this format writes local wall-clock time",
+            ));
+        }
+        _ => {}
+    }
+    valid_format_extras(s, format)
+}
+
 /// Check the per-format keys of one spool: Ignition's tag table and the
 /// generic CSV mapping (whose local-time pattern also needs `spool.tz`).
-fn valid_format_extras(s: &SpoolConfig) -> Result<(), ConfigError> {
+fn valid_format_extras(s: &SpoolConfig, format: crate::formats::Format) -> Result<(), ConfigError> {
     use crate::formats::Format;
-    match (s.format, &s.tag_table) {
+    match (format, &s.tag_table) {
         (Format::Ignition, None) => {
             return Err(bad(
                 "spool.tag_table",
@@ -485,7 +588,7 @@ fn valid_format_extras(s: &SpoolConfig) -> Result<(), ConfigError> {
         (Format::Ignition, Some(_)) | (_, None) => {}
         (_, Some(_)) => return Err(bad("spool.tag_table", "is only used by ignition-csv")),
     }
-    match (s.format, &s.csv) {
+    match (format, &s.csv) {
         (Format::GenericCsv, None) => Err(bad(
             "spool.csv",
             "is required for generic-csv: the column mapping",
@@ -555,7 +658,7 @@ impl TxConfig {
                 "too many symbols per block for this MTU",
             ));
         }
-        valid_spools(&self.spools)?;
+        valid_spools(&self.spools, lanes[Lane::Bulk.index()].max_batch_bytes)?;
         valid_alert_sources(&self.syslogs, &self.follows)?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
         // reason: rate_mbps was checked to be finite and in 0.01..=100000, so
@@ -890,7 +993,9 @@ mod tests {
         SpoolConfig {
             name: "s".into(),
             dir: "d".into(),
-            format,
+            kind: SpoolKind::Historian,
+            format: Some(format),
+            chunk_bytes: None,
             tz: None,
             tag: None,
             discrete_tags: vec![],
@@ -949,6 +1054,74 @@ mod tests {
             delimiter: b',',
         });
         assert_eq!(spool_error(s), Err("spool.csv.tag"));
+    }
+
+    #[test]
+    fn files_spool_keys_are_checked() {
+        use crate::formats::Format;
+        let files = || SpoolConfig {
+            kind: SpoolKind::Files,
+            format: None,
+            ..spool(Format::Aveva)
+        };
+        assert_eq!(spool_error(files()), Ok(()));
+        let mut s = spool(Format::Aveva);
+        s.tz = Some("UTC".into());
+        s.format = None;
+        assert_eq!(spool_error(s.clone()), Err("spool.format"));
+        s.format = Some(Format::Aveva);
+        s.chunk_bytes = Some(1024);
+        assert_eq!(spool_error(s), Err("spool.chunk_bytes"));
+        let mut s = files();
+        s.format = Some(Format::Aveva);
+        assert_eq!(spool_error(s), Err("spool.format"));
+        let mut s = files();
+        s.tz = Some("UTC".into());
+        assert_eq!(spool_error(s), Err("spool.tz"));
+        let mut s = files();
+        s.discrete_tags = vec!["x".into()];
+        assert_eq!(spool_error(s), Err("spool.discrete_tags"));
+        // The default bulk batch is 256 KiB: a chunk must leave 1 KiB spare.
+        let bulk = LaneConfig::bulk_default().max_batch_bytes;
+        for (chunk, ok) in [
+            (0, false),
+            (1, true),
+            (bulk - FILE_CHUNK_OVERHEAD, true),
+            (bulk - FILE_CHUNK_OVERHEAD + 1, false),
+            (u32::MAX, false),
+        ] {
+            let mut s = files();
+            s.chunk_bytes = Some(chunk);
+            let want = if ok { Ok(()) } else { Err("spool.chunk_bytes") };
+            assert_eq!(spool_error(s), want, "{chunk}");
+        }
+        // The default chunk does not fit a small bulk lane.
+        let mut c = tx();
+        c.lanes.bulk.max_batch_bytes = 32 * 1024;
+        c.spools = vec![files()];
+        assert_eq!(
+            c.validate().map(|_| ()).map_err(|e| e.key),
+            Err("spool.chunk_bytes")
+        );
+    }
+
+    #[test]
+    fn spool_kind_defaults_to_historian_and_format_is_optional() {
+        let historian: SpoolConfig =
+            serde_json::from_str(r#"{"name": "a", "dir": "/s", "format": "aveva-csv"}"#)
+                .expect("historian");
+        assert_eq!(historian.kind, SpoolKind::Historian);
+        assert_eq!(historian.format, Some(crate::formats::Format::Aveva));
+        let files: SpoolConfig = serde_json::from_str(
+            r#"{"name": "f", "dir": "/s", "kind": "files", "chunk_bytes": 4096}"#,
+        )
+        .expect("files");
+        assert_eq!(files.kind, SpoolKind::Files);
+        assert_eq!((files.format, files.chunk_size()), (None, 4096));
+        assert!(
+            serde_json::from_str::<SpoolConfig>(r#"{"name": "f", "dir": "/s", "kind": "blobs"}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod keys;
 pub mod pipeline;
+pub mod push;
 pub mod telemetry;
 
-pub use pipeline::{TxHandle, run};
+pub use pipeline::{TxHandle, run, run_pushed};

@@ -1,10 +1,12 @@
-//! `weir-tx` command line: run the sender, check a config, make a key.
+//! `weir-tx` command line: run the sender, send files now, check a config,
+//! make a key.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weir_shared::config::{TxConfig, ValidTx};
+use weir_shared::config::{DEFAULT_CHUNK_BYTES, TxConfig, ValidTx};
+use weir_shared::formats::Format;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,33 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, env = "WEIR_TX_CONFIG")]
         config: PathBuf,
+    },
+    /// Send files across now, with a progress bar, and exit once every
+    /// block was sent. The files are left where they are. Uses the
+    /// config's link, keys and lanes; its spools and listeners stay idle.
+    Send {
+        /// Configuration file.
+        #[arg(long, short, env = "WEIR_TX_CONFIG")]
+        config: PathBuf,
+        /// Parse the files as historian exports of this format
+        /// (pi-webapi-json, aveva-csv, proficy-csv, influx-lp, opcua-jsonl,
+        /// piarc-csv); without it they cross as opaque files.
+        #[arg(long)]
+        format: Option<Format>,
+        /// IANA time zone of local timestamps (aveva-csv, proficy-csv,
+        /// piarc-csv need it).
+        #[arg(long)]
+        tz: Option<chrono_tz::Tz>,
+        /// Chunk size of opaque files, bytes; at least 1 KiB below the
+        /// bulk lane's max_batch_bytes.
+        #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
+        chunk_bytes: u32,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// The files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Validate a configuration file (and its key files) and exit.
     CheckConfig {
@@ -59,9 +88,15 @@ fn load(path: &Path) -> anyhow::Result<(ValidTx, [u8; 8])> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `send` draws a progress bar: only warnings may interrupt it.
+    let default_filter = match cli.command {
+        Command::Send { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -88,6 +123,40 @@ fn main() -> anyhow::Result<()> {
                 cfg.datagram_bytes,
                 cfg.raw.spools.len()
             );
+            Ok(())
+        }
+        Command::Send {
+            config,
+            format,
+            tz,
+            chunk_bytes,
+            quiet,
+            paths,
+        } => {
+            let (cfg, fingerprint) = load(&config)?;
+            let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+            let opts = weir_tx::push::PushOptions {
+                paths,
+                format,
+                tz,
+                chunk_bytes,
+                progress: !quiet,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let summary = rt.block_on(async move {
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let on_signal = cancel.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::warn!("Interrupted: sending what was taken, then stopping.");
+                    on_signal.cancel();
+                });
+                weir_tx::push::push(cfg, keys, fingerprint, opts, cancel).await
+            })?;
+            println!("{summary}");
+            anyhow::ensure!(summary.complete(), "not every file was sent");
             Ok(())
         }
         Command::Run { config } => {

@@ -10,6 +10,8 @@ use weir_shared::lane::{LANES, Lane};
 pub struct Telemetry {
     /// Records sent.
     pub records: AtomicU64,
+    /// Records handed to the batcher (sent, queued or refused).
+    pub records_taken: AtomicU64,
     /// Blocks sent.
     pub blocks: AtomicU64,
     /// Datagrams sent.
@@ -20,8 +22,10 @@ pub struct Telemetry {
     pub repair_symbols: AtomicU64,
     /// Spool files fully sent.
     pub files_done: AtomicU64,
-    /// Spool files quarantined.
+    /// Spool files quarantined (or, for `weir-tx send`, refused).
     pub files_quarantined: AtomicU64,
+    /// Opaque file transfers started; also the next transfer's file id.
+    pub file_transfers: AtomicU64,
     /// Lines or items quarantined.
     pub lines_rejected: AtomicU64,
     /// Files waiting in spools.
@@ -44,12 +48,14 @@ impl Default for Telemetry {
     fn default() -> Self {
         Self {
             records: AtomicU64::new(0),
+            records_taken: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
             datagrams: AtomicU64::new(0),
             wire_bytes: AtomicU64::new(0),
             repair_symbols: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
             files_quarantined: AtomicU64::new(0),
+            file_transfers: AtomicU64::new(0),
             lines_rejected: AtomicU64::new(0),
             spool_depth: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),

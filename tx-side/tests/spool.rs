@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weir_shared::config::{OnDone, SpoolConfig};
+use weir_shared::config::{OnDone, SpoolConfig, SpoolKind};
 use weir_shared::formats::Format;
 use weir_shared::record::Record;
 use weir_tx::pipeline::SourceItem;
@@ -19,7 +19,9 @@ fn spool(dir: &std::path::Path) -> SpoolConfig {
     SpoolConfig {
         name: "aveva".into(),
         dir: dir.to_owned(),
-        format: Format::Aveva,
+        kind: SpoolKind::Historian,
+        format: Some(Format::Aveva),
+        chunk_bytes: None,
         tz: Some("UTC".into()),
         tag: None,
         discrete_tags: vec![],

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::config::ValidLane;
 use weir_shared::lane::{LANES, Lane};
-use weir_shared::record::BatchBuilder;
+use weir_shared::record::{BatchBuilder, Record};
 
 use super::{FileDone, Frame, SourceItem, StageError, now};
 use crate::telemetry::{Telemetry, add};
@@ -120,40 +120,38 @@ pub async fn run(
             None => inputs.next().await,
         };
         let Some(item) = item else { break };
-        let (lane, full) = match item {
-            SourceItem::Record(lane, mut record) => {
-                record.set_seq(next_seq);
-                next_seq += 1;
-                let b = &mut state[lane.index()];
-                let size = b.builder.push(&record)?;
-                if size > b.cfg.max_batch_bytes as usize {
-                    // One record larger than a whole batch would make a
-                    // block the receiver refuses: refuse it here, loudly.
-                    b.builder.pop_last(size);
-                    add(&telemetry.records_refused, 1);
-                    tracing::error!(
-                        lane = lane.as_str(),
-                        seq = next_seq - 1,
-                        size,
-                        "Record larger than the lane's max_batch_bytes refused."
-                    );
-                    continue;
-                }
-                b.oldest.get_or_insert_with(now);
-                (
-                    lane,
-                    b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize,
-                )
-            }
+        let (lane, mut record) = match item {
+            SourceItem::Record(lane, record) => (lane, record),
+            // The chunk's budget permit is given back here: from now on its
+            // bytes count against the batch, not the source's queue.
+            SourceItem::Chunk(chunk, _budget) => (Lane::Bulk, Record::FileChunk(chunk)),
             SourceItem::FileDone(lane, done) => {
                 let b = &mut state[lane.index()];
                 b.markers.push(done);
                 b.oldest.get_or_insert_with(now);
-                (lane, false)
+                continue;
             }
         };
-        if full {
-            let frame = state[lane.index()].flush(lane)?;
+        record.set_seq(next_seq);
+        next_seq += 1;
+        let b = &mut state[lane.index()];
+        let size = b.builder.push(&record)?;
+        if size > b.cfg.max_batch_bytes as usize {
+            // One record larger than a whole batch would make a block the
+            // receiver refuses: refuse it here, loudly.
+            b.builder.pop_last(size);
+            add(&telemetry.records_refused, 1);
+            tracing::error!(
+                lane = lane.as_str(),
+                seq = next_seq - 1,
+                size,
+                "Record larger than the lane's max_batch_bytes refused."
+            );
+            continue;
+        }
+        b.oldest.get_or_insert_with(now);
+        if b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize {
+            let frame = b.flush(lane)?;
             send(&to_seal, frame).await?;
         }
     }

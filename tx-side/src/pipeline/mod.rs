@@ -6,6 +6,10 @@
 //!  heartbeat ───────────────────────────────────────────> socket
 //! ```
 //!
+//! [`run`] feeds the pipeline from the configured sources (spools, syslog,
+//! followed files); [`run_pushed`] starts the same pipeline without them
+//! and hands the caller the bulk lane's input instead (`weir-tx send`).
+//!
 //! Heartbeats bypass the pacer (a hundred bytes a second) so that they keep
 //! flowing while bulk data is queued, and a last one goes out after the
 //! pipeline has drained, telling the receiver how far every lane got.
@@ -29,12 +33,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidTx;
 use weir_shared::heartbeat::{Heartbeat, seal_heartbeat};
 use weir_shared::lane::{LANES, Lane};
-use weir_shared::record::Record;
+use weir_shared::record::{FileChunk, Record};
 use weir_shared::seal::{Keyring, SessionKey};
 use weir_shared::wire::{KeyId, SessionId};
 
@@ -60,21 +64,33 @@ pub enum StageError {
     Record(#[from] weir_shared::record::RecordError),
 }
 
-/// A spool file whose records are all in flight; completed (moved to
-/// `done/` or deleted) once the last block carrying them has been sent.
+/// A file whose records are all in flight; completed (moved to `done/`,
+/// deleted or left alone) once the last block carrying them has been sent.
 #[derive(Debug)]
 pub struct FileDone {
-    /// The file, in `working/`.
+    /// The file, in `working/` (or where an operator named it).
     pub working: PathBuf,
-    /// Where it goes when sent; `None` deletes it.
-    pub done: Option<PathBuf>,
+    /// What happens to it once sent.
+    pub then: AfterSend,
+}
+
+/// What becomes of a file once its last block was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterSend {
+    /// Move it here (a spool's `done/`).
+    Move(PathBuf),
+    /// Delete it.
+    Delete,
+    /// Leave it where it is (`weir-tx send`); only counted.
+    Keep,
 }
 
 impl FileDone {
     fn complete(&self, telemetry: &Telemetry) {
-        let result = match &self.done {
-            Some(to) => std::fs::rename(&self.working, to),
-            None => std::fs::remove_file(&self.working),
+        let result = match &self.then {
+            AfterSend::Move(to) => std::fs::rename(&self.working, to),
+            AfterSend::Delete => std::fs::remove_file(&self.working),
+            AfterSend::Keep => Ok(()),
         };
         match result {
             Ok(()) => crate::telemetry::add(&telemetry.files_done, 1),
@@ -90,6 +106,11 @@ impl FileDone {
 pub enum SourceItem {
     /// One record for a lane.
     Record(Lane, Record),
+    /// A piece of an opaque file, for the bulk lane. The permit is its
+    /// share of the file source's byte budget, given back when the batcher
+    /// takes the chunk: a multi-gigabyte file never waits in the queue
+    /// whole.
+    Chunk(FileChunk, OwnedSemaphorePermit),
     /// Every record of a file has been handed over.
     FileDone(Lane, FileDone),
 }
@@ -191,12 +212,47 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Start the sender pipeline. Must be called inside a tokio runtime.
+/// Where a pipeline's input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sources {
+    /// The configured spools, syslog listeners and followed files.
+    Configured,
+    /// Only the caller, through the bulk sender [`start`] returns.
+    Pushed,
+}
+
+/// Start the sender pipeline fed by its configured sources. Must be called
+/// inside a tokio runtime.
 pub async fn run(
     cfg: ValidTx,
     keyring: Keyring,
     config_fingerprint: [u8; 8],
 ) -> anyhow::Result<TxHandle> {
+    let (handle, _) = start(cfg, keyring, config_fingerprint, Sources::Configured).await?;
+    Ok(handle)
+}
+
+/// Start the sender pipeline with no configured source (no spool, syslog
+/// or followed file): the caller pushes bulk items ([`source::take`]) into
+/// the returned sender and drops it when done. The pipeline then drains,
+/// sends its last heartbeats and ends ([`TxHandle::join`]). Must be called
+/// inside a tokio runtime.
+pub async fn run_pushed(
+    cfg: ValidTx,
+    keyring: Keyring,
+    config_fingerprint: [u8; 8],
+) -> anyhow::Result<(TxHandle, mpsc::Sender<SourceItem>)> {
+    let (handle, bulk) = start(cfg, keyring, config_fingerprint, Sources::Pushed).await?;
+    let bulk = bulk.context("pushed pipeline without a bulk input")?;
+    Ok((handle, bulk))
+}
+
+async fn start(
+    cfg: ValidTx,
+    keyring: Keyring,
+    config_fingerprint: [u8; 8],
+    sources: Sources,
+) -> anyhow::Result<(TxHandle, Option<mpsc::Sender<SourceItem>>)> {
     let key_id = KeyId(cfg.raw.keys.active_key_id);
     let psk = keyring.get(key_id).with_context(|| {
         format!(
@@ -226,16 +282,14 @@ pub async fn run(
     let (burst_tx, burst_rx) = mpsc::channel(8);
 
     let mut tasks = tokio::task::JoinSet::new();
-    for spool in cfg.raw.spools.clone() {
-        tasks.spawn(source::run(
-            spool,
-            telemetry.clone(),
-            cancel.clone(),
-            bulk_tx.clone(),
-        ));
-    }
-    alerts::spawn(&cfg.raw, &telemetry, &cancel, &alert_tx, &mut tasks)?;
-    drop((alert_tx, bulk_tx));
+    let pushed = spawn_sources(
+        sources,
+        &cfg,
+        &telemetry,
+        &cancel,
+        [alert_tx, bulk_tx],
+        &mut tasks,
+    )?;
     tasks.spawn(batch::run(
         cfg.lanes,
         telemetry.clone(),
@@ -293,12 +347,41 @@ pub async fn run(
         cfg.raw.link.destination,
         drained_rx,
     ));
-    Ok(TxHandle {
+    let handle = TxHandle {
         telemetry,
         session,
         cancel,
         tasks,
-    })
+    };
+    Ok((handle, pushed))
+}
+
+/// Spawn the configured sources onto the lanes' inputs (alert, bulk), or
+/// hand the bulk input back for the caller to push into. The inputs are
+/// taken by value: once every holder dropped its sender, the batcher drains.
+fn spawn_sources(
+    sources: Sources,
+    cfg: &ValidTx,
+    telemetry: &Arc<Telemetry>,
+    cancel: &CancellationToken,
+    [alert_tx, bulk_tx]: [mpsc::Sender<SourceItem>; LANES],
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+) -> anyhow::Result<Option<mpsc::Sender<SourceItem>>> {
+    match sources {
+        Sources::Configured => {
+            for spool in cfg.raw.spools.clone() {
+                tasks.spawn(source::run(
+                    spool,
+                    telemetry.clone(),
+                    cancel.clone(),
+                    bulk_tx.clone(),
+                ));
+            }
+            alerts::spawn(&cfg.raw, telemetry, cancel, &alert_tx, tasks)?;
+            Ok(None)
+        }
+        Sources::Pushed => Ok(Some(bulk_tx)),
+    }
 }
 
 /// What a heartbeat is made from.

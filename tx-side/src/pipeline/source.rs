@@ -1,8 +1,10 @@
-//! Stage 1, `source`: historian export files from a spool directory.
+//! Stage 1, `source`: files from a spool directory, either historian
+//! exports parsed into points or opaque files sent byte for byte.
 //!
 //! ```text
-//!  incoming/ ──(complete?)──> working/ ──parse──> records ──> batch
-//!                                │                      └─ rejected lines ─> quarantine/NAME.rejects
+//!  incoming/ ──(complete?)──> working/ ──historian: parse──> points ──> batch
+//!                                │   │                 └─ rejected lines ─> quarantine/NAME.rejects
+//!                                │   └──files: SHA-256 pass, then chunks──> FileChunks ──> batch
 //!                                └─ unreadable ─> quarantine/NAME + NAME.reason
 //!  working/ ──(every block sent)──> done/   (or deleted)
 //! ```
@@ -14,24 +16,43 @@
 //! `working/` at start-up were interrupted by a crash and are sent again:
 //! at-least-once, never silently dropped.
 //!
+//! An opaque file is read twice and never held whole: a first pass hashes
+//! it (SHA-256, carried in every chunk so the receiver can check the
+//! reassembled file), a second one reads it chunk by chunk and sends. The
+//! second pass hashes again and withholds the last chunk if the bytes
+//! changed in between, so a receiver never completes a file that does not
+//! match its hash. [`take`] is also what `weir-tx send` pushes files with.
+//!
 //! Full-queue policy: `send().await` on the batch channel, so a slow link
-//! leaves files waiting in `incoming/`.
+//! leaves files waiting in `incoming/`; file chunks additionally wait for
+//! room in a byte budget, so the queue holds megabytes, not gigabytes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use ring::digest::{Context as Sha256, SHA256};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
-use weir_shared::config::{OnDone, SpoolConfig};
-use weir_shared::formats::{ParseContext, ParseOutput};
+use weir_shared::config::{MAX_FILE_NAME_BYTES, OnDone, SpoolConfig, SpoolKind};
+use weir_shared::formats::{Format, ParseContext, ParseOutput, Reject};
 use weir_shared::lane::Lane;
-use weir_shared::record::Record;
+use weir_shared::record::{FileChunk, Record};
 
-use super::{FileDone, SourceItem, StageError};
+use super::{AfterSend, FileDone, SourceItem, StageError};
 use crate::telemetry::{Telemetry, add};
+
+/// Bytes of file chunks one source keeps queued toward the batcher, at
+/// least (two chunks when chunks are larger).
+const CHUNK_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+/// Read size of the hashing pass.
+const HASH_READ_BYTES: usize = 1024 * 1024;
 
 /// The four directories of a spool.
 #[derive(Debug, Clone)]
@@ -100,20 +121,24 @@ pub async fn run(
     to_batch: Sender<SourceItem>,
 ) -> Result<(), StageError> {
     let dirs = SpoolDirs::create(&spool.dir)?;
-    let base = base_context(&spool)?;
+    let intake = Intake::for_spool(&spool)?;
+    let taking = |name: &str| Taking {
+        name: name.to_owned(),
+        path: dirs.working.join(name),
+        max_bytes: spool.max_file_bytes,
+        disposal: Disposal::Spool {
+            spool: &spool.name,
+            dirs: &dirs,
+            on_done: spool.on_done,
+        },
+    };
     // Crash recovery: whatever is in working/ was never completed.
     for (name, ..) in list(&dirs.working)? {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
         tracing::warn!(spool = %spool.name, file = %name, "Resending a file interrupted by a restart.");
-        take(
-            &spool,
-            &dirs,
-            &base,
-            &name,
-            &dirs.working.join(&name),
-            &telemetry,
-            &to_batch,
-        )
-        .await?;
+        take(&intake, &taking(&name), &telemetry, &cancel, &to_batch).await?;
     }
     let mut seen: HashMap<String, (u64, SystemTime)> = HashMap::new();
     let mut last_depth = 0u64;
@@ -150,14 +175,52 @@ pub async fn run(
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let working = dirs.working.join(&name);
-            if let Err(e) = std::fs::rename(dirs.incoming.join(&name), &working) {
+            let file = taking(&name);
+            if let Err(e) = std::fs::rename(dirs.incoming.join(&name), &file.path) {
                 tracing::error!(spool = %spool.name, file = %name, error = %e, "Could not move file to working/.");
                 continue;
             }
-            take(&spool, &dirs, &base, &name, &working, &telemetry, &to_batch).await?;
+            take(&intake, &file, &telemetry, &cancel, &to_batch).await?;
         }
         seen = next_seen;
+    }
+}
+
+/// How a spool's files become records.
+#[derive(Debug)]
+pub enum Intake {
+    /// Historian exports, parsed with this format and context.
+    Historian(Format, Box<ParseContext>),
+    /// Opaque files, sent byte for byte.
+    Files(Chunker),
+}
+
+impl Intake {
+    /// What a spool's config asks for (reads Ignition's tag table once).
+    pub fn for_spool(spool: &SpoolConfig) -> Result<Self, StageError> {
+        match (spool.kind, spool.format) {
+            (SpoolKind::Files, _) => Ok(Self::Files(Chunker::new(spool.chunk_size() as usize))),
+            (SpoolKind::Historian, Some(format)) => {
+                Ok(Self::Historian(format, Box::new(base_context(spool)?)))
+            }
+            (SpoolKind::Historian, None) => Err(std::io::Error::other(format!(
+                "spool `{}`: a historian spool needs a format",
+                spool.name
+            ))
+            .into()),
+        }
+    }
+
+    /// Historian exports of `format`, local times read in `tz` (what
+    /// `weir-tx send --format` asks for: no tag, tag table or mapping).
+    pub fn historian(format: Format, tz: Option<chrono_tz::Tz>) -> Self {
+        Self::Historian(
+            format,
+            Box::new(ParseContext {
+                tz,
+                ..ParseContext::default()
+            }),
+        )
     }
 }
 
@@ -192,73 +255,335 @@ fn base_context(spool: &SpoolConfig) -> Result<ParseContext, StageError> {
     })
 }
 
-/// Parse one file in `working/` and hand its records to the batcher.
-#[allow(clippy::too_many_arguments)]
-async fn take(
-    spool: &SpoolConfig,
-    dirs: &SpoolDirs,
+/// One file to take, and what becomes of it.
+#[derive(Debug)]
+pub struct Taking<'a> {
+    /// Its bare name, as records carry it.
+    pub name: String,
+    /// Where it is now (`working/`, or where an operator named it).
+    pub path: PathBuf,
+    /// A larger file is refused whole.
+    pub max_bytes: u64,
+    /// Where it goes once sent, and where refusals are written.
+    pub disposal: Disposal<'a>,
+}
+
+/// Where a taken file goes, and where what cannot be sent is reported.
+#[derive(Debug, Clone, Copy)]
+pub enum Disposal<'a> {
+    /// A spool file: moved to `done/` or deleted once sent; an unreadable
+    /// file is quarantined, rejected lines are written beside it.
+    Spool {
+        /// Spool name, for logs.
+        spool: &'a str,
+        /// The spool's directories.
+        dirs: &'a SpoolDirs,
+        /// Move or delete once sent.
+        on_done: OnDone,
+    },
+    /// An operator's file (`weir-tx send`): left where it is; refusals and
+    /// rejected lines are logged.
+    Keep,
+}
+
+/// What became of a taken file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Every record is with the batcher, and the done marker behind them.
+    Handed,
+    /// Not sent (or not completely): why. Already quarantined or logged.
+    Refused(String),
+    /// Cancelled half-way; a spool file stays in `working/` and is sent
+    /// again whole after a restart.
+    Interrupted,
+}
+
+/// Read one file and hand its records to the batcher, followed by the
+/// marker that completes the file once they were sent.
+pub async fn take(
+    intake: &Intake,
+    file: &Taking<'_>,
+    telemetry: &Telemetry,
+    cancel: &CancellationToken,
+    to_batch: &Sender<SourceItem>,
+) -> Result<Taken, StageError> {
+    let taken = match intake {
+        Intake::Historian(format, base) => {
+            take_export(*format, base, file, telemetry, to_batch).await?
+        }
+        Intake::Files(chunker) => chunker.take(file, telemetry, cancel, to_batch).await?,
+    };
+    match (&taken, file.disposal) {
+        (Taken::Handed, disposal) => {
+            let then = match disposal {
+                Disposal::Spool {
+                    on_done: OnDone::Move,
+                    dirs,
+                    ..
+                } => AfterSend::Move(dirs.done.join(&file.name)),
+                Disposal::Spool {
+                    on_done: OnDone::Delete,
+                    ..
+                } => AfterSend::Delete,
+                Disposal::Keep => AfterSend::Keep,
+            };
+            let done = FileDone {
+                working: file.path.clone(),
+                then,
+            };
+            to_batch
+                .send(SourceItem::FileDone(Lane::Bulk, done))
+                .await
+                .map_err(|_| StageError::Closed("source"))?;
+        }
+        (Taken::Refused(reason), Disposal::Spool { spool, dirs, .. }) => {
+            quarantine_file(dirs, &file.name, &file.path, reason);
+            add(&telemetry.files_quarantined, 1);
+            tracing::warn!(spool, file = %file.name, %reason, "File quarantined.");
+        }
+        (Taken::Refused(reason), Disposal::Keep) => {
+            add(&telemetry.files_quarantined, 1);
+            tracing::error!(file = %file.path.display(), %reason, "File not sent.");
+        }
+        (Taken::Interrupted, _) => {}
+    }
+    Ok(taken)
+}
+
+/// Parse a historian export and hand its points over.
+async fn take_export(
+    format: Format,
     base: &ParseContext,
-    name: &str,
-    working: &Path,
+    file: &Taking<'_>,
     telemetry: &Telemetry,
     to_batch: &Sender<SourceItem>,
-) -> Result<(), StageError> {
-    let bytes = match std::fs::metadata(working) {
-        Ok(m) if m.len() > spool.max_file_bytes => Err(format!(
+) -> Result<Taken, StageError> {
+    let bytes = match std::fs::metadata(&file.path) {
+        Ok(m) if m.len() > file.max_bytes => Err(format!(
             "file is {} bytes, above spool.max_file_bytes ({})",
             m.len(),
-            spool.max_file_bytes
+            file.max_bytes
         )),
-        Ok(_) => std::fs::read(working).map_err(|e| format!("unreadable: {e}")),
+        Ok(_) => std::fs::read(&file.path).map_err(|e| format!("unreadable: {e}")),
         Err(e) => Err(format!("unreadable: {e}")),
     };
     let ctx = ParseContext {
-        file: Some(name.to_owned()),
+        file: Some(file.name.clone()),
         ..base.clone()
     };
-    let parsed = bytes.and_then(|b| spool.format.parse(&b, &ctx).map_err(|e| e.to_string()));
+    let parsed = bytes.and_then(|b| format.parse(&b, &ctx).map_err(|e| e.to_string()));
     let ParseOutput { points, rejects } = match parsed {
         Ok(out) => out,
-        Err(reason) => {
-            quarantine_file(dirs, name, working, &reason);
-            add(&telemetry.files_quarantined, 1);
-            tracing::warn!(spool = %spool.name, file = %name, %reason, "File quarantined.");
-            return Ok(());
-        }
+        Err(reason) => return Ok(Taken::Refused(reason)),
     };
     if !rejects.is_empty() {
         add(&telemetry.lines_rejected, rejects.len() as u64);
-        let text = rejects.iter().fold(String::new(), |mut text, r| {
-            // Writing to a String cannot fail.
-            let _ = writeln!(
-                text,
-                "{name}:{}: {} ({})",
-                r.line,
-                r.reason,
-                r.reason.code()
-            );
-            text
-        });
-        let path = dirs.quarantine.join(format!("{name}.rejects"));
-        if let Err(e) = std::fs::write(&path, text) {
-            tracing::error!(file = %path.display(), error = %e, "Could not write rejected lines.");
-        }
-        tracing::warn!(spool = %spool.name, file = %name, rejected = rejects.len(), "Lines quarantined.");
+        report_rejects(file, &rejects);
     }
+    add(&telemetry.records_taken, points.len() as u64);
     for p in points {
         to_batch
             .send(SourceItem::Record(Lane::Bulk, Record::Point(p)))
             .await
             .map_err(|_| StageError::Closed("source"))?;
     }
-    let done = FileDone {
-        working: working.to_owned(),
-        done: (spool.on_done == OnDone::Move).then(|| dirs.done.join(name)),
-    };
-    to_batch
-        .send(SourceItem::FileDone(Lane::Bulk, done))
-        .await
-        .map_err(|_| StageError::Closed("source"))
+    Ok(Taken::Handed)
+}
+
+/// Write rejected lines beside the quarantine (spool) or log them.
+fn report_rejects(file: &Taking<'_>, rejects: &[Reject]) {
+    let name = &file.name;
+    let text = rejects.iter().fold(String::new(), |mut text, r| {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            text,
+            "{name}:{}: {} ({})",
+            r.line,
+            r.reason,
+            r.reason.code()
+        );
+        text
+    });
+    match file.disposal {
+        Disposal::Spool { spool, dirs, .. } => {
+            let path = dirs.quarantine.join(format!("{name}.rejects"));
+            if let Err(e) = std::fs::write(&path, text) {
+                tracing::error!(file = %path.display(), error = %e, "Could not write rejected lines.");
+            }
+            tracing::warn!(spool, file = %name, rejected = rejects.len(), "Lines quarantined.");
+        }
+        Disposal::Keep => {
+            tracing::warn!(file = %file.path.display(), rejected = rejects.len(), lines = %text.trim_end(), "Lines rejected.");
+        }
+    }
+}
+
+/// Cuts opaque files into [`FileChunk`]s, keeping at most a byte budget of
+/// them queued toward the batcher.
+#[derive(Debug)]
+pub struct Chunker {
+    chunk_bytes: usize,
+    budget: Arc<Semaphore>,
+}
+
+/// What the hashing pass learned about a file.
+struct Hashed {
+    size: u64,
+    mtime_ns: i64,
+    sha256: [u8; 32],
+}
+
+impl Chunker {
+    /// Chunks of `chunk_bytes` (validated against the bulk lane already).
+    pub fn new(chunk_bytes: usize) -> Self {
+        let chunk_bytes = chunk_bytes.max(1);
+        let budget = CHUNK_BUDGET_BYTES.max(2 * chunk_bytes);
+        Self {
+            chunk_bytes,
+            budget: Arc::new(Semaphore::new(budget)),
+        }
+    }
+
+    /// How many chunks a file of `size` bytes makes (an empty file makes
+    /// one empty chunk, so it still arrives).
+    pub fn chunks_for(&self, size: u64) -> u64 {
+        size.div_ceil(self.chunk_bytes as u64).max(1)
+    }
+
+    async fn take(
+        &self,
+        file: &Taking<'_>,
+        telemetry: &Telemetry,
+        cancel: &CancellationToken,
+        to_batch: &Sender<SourceItem>,
+    ) -> Result<Taken, StageError> {
+        if file.name.len() > MAX_FILE_NAME_BYTES {
+            return Ok(Taken::Refused(format!(
+                "file name longer than {MAX_FILE_NAME_BYTES} bytes"
+            )));
+        }
+        // Pass 1: size, mtime and SHA-256, read on a blocking thread.
+        let (path, max, stop) = (file.path.clone(), file.max_bytes, cancel.clone());
+        let hashed = tokio::task::spawn_blocking(move || hash_file(&path, max, &stop))
+            .await
+            .map_err(|e| std::io::Error::other(format!("hashing task: {e}")))?;
+        let hashed = match hashed {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(Taken::Interrupted),
+            Err(reason) => return Ok(Taken::Refused(reason)),
+        };
+        let Ok(chunks) = u32::try_from(self.chunks_for(hashed.size)) else {
+            return Ok(Taken::Refused(format!(
+                "file of {} bytes makes more than 2^32 chunks of {} bytes",
+                hashed.size, self.chunk_bytes
+            )));
+        };
+        // Pass 2: the chunks, hashed again on the way.
+        let mut reader = match tokio::fs::File::open(&file.path).await {
+            Ok(f) => f,
+            Err(e) => return Ok(Taken::Refused(format!("unreadable: {e}"))),
+        };
+        let file_id = telemetry.file_transfers.fetch_add(1, Ordering::Relaxed);
+        add(&telemetry.records_taken, u64::from(chunks));
+        let mut again = Sha256::new(&SHA256);
+        for index in 0..chunks {
+            if cancel.is_cancelled() {
+                return Ok(Taken::Interrupted);
+            }
+            let offset = u64::from(index) * self.chunk_bytes as u64;
+            // Below chunk_bytes, so it fits a usize.
+            let len = (hashed.size - offset).min(self.chunk_bytes as u64) as usize;
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(u32::try_from(len.max(1)).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| StageError::Closed("source"))?;
+            let mut data = vec![0; len];
+            if let Err(e) = reader.read_exact(&mut data).await {
+                return Ok(Taken::Refused(format!(
+                    "read failed at offset {offset} (sent {index} of {chunks} chunks): {e}"
+                )));
+            }
+            again.update(&data);
+            if index + 1 == chunks && again.clone().finish().as_ref() != hashed.sha256 {
+                return Ok(Taken::Refused(format!(
+                    "file changed while being sent (last of {chunks} chunks withheld)"
+                )));
+            }
+            let chunk = FileChunk {
+                seq: 0,
+                file_id,
+                name: file.name.clone(),
+                size: hashed.size,
+                mtime_ns: hashed.mtime_ns,
+                sha256: hashed.sha256,
+                offset,
+                index,
+                chunks,
+                data,
+            };
+            to_batch
+                .send(SourceItem::Chunk(chunk, permit))
+                .await
+                .map_err(|_| StageError::Closed("source"))?;
+        }
+        Ok(Taken::Handed)
+    }
+}
+
+/// The hashing pass: `Ok(None)` when cancelled, `Err` with a reason when
+/// the file cannot be sent.
+fn hash_file(
+    path: &Path,
+    max_bytes: u64,
+    cancel: &CancellationToken,
+) -> Result<Option<Hashed>, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("unreadable: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    if meta.len() > max_bytes {
+        return Err(format!(
+            "file is {} bytes, above spool.max_file_bytes ({max_bytes})",
+            meta.len()
+        ));
+    }
+    let mtime_ns = meta.modified().map_or(0, unix_ns);
+    let mut ctx = Sha256::new(&SHA256);
+    let mut buf = vec![0; HASH_READ_BYTES];
+    let mut size = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read failed at offset {size}: {e}")),
+        };
+        ctx.update(&buf[..n]);
+        size += n as u64;
+        if size > max_bytes {
+            return Err(format!(
+                "file grew above spool.max_file_bytes ({max_bytes}) while being read"
+            ));
+        }
+    }
+    let mut sha256 = [0; 32];
+    sha256.copy_from_slice(ctx.finish().as_ref());
+    Ok(Some(Hashed {
+        size,
+        mtime_ns,
+        sha256,
+    }))
+}
+
+/// Nanoseconds since the Unix epoch (negative before it, saturating).
+fn unix_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
 }
 
 fn quarantine_file(dirs: &SpoolDirs, name: &str, working: &Path, reason: &str) {
