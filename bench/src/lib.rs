@@ -1,1 +1,20 @@
-//! placeholder
+//! `weir-bench`: how fast Weir moves plant data, and where the time goes.
+//!
+//! Two instruments share this crate:
+//!
+//! - `benches/stages.rs` (criterion) times each sans-IO stage of
+//!   `weir-shared` on realistic sizes, one stage at a time, so a regression
+//!   points at its stage;
+//! - the `weir-bench e2e` binary runs the real sender and receiver
+//!   in-process over loopback into a throwaway Mosquitto and reports what
+//!   an operator cares about: points per second end to end, Mbit/s on the
+//!   wire, and CPU per component.
+//!
+//! Both draw their inputs from [`synth`], which writes historian exports
+//! shaped like `tests/fixtures/` in any size.
+
+pub mod broker;
+pub mod cpu;
+pub mod e2e;
+pub mod lossy;
+pub mod synth;

@@ -467,6 +467,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// Retained flag.
     pub retain: bool,
+    /// When the subscriber received it.
+    pub at: Instant,
 }
 
 /// An MQTT subscriber collecting everything under some filters.
@@ -507,6 +509,7 @@ impl Subscriber {
                                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                                     payload: p.payload.to_vec(),
                                     retain: p.retain,
+                                    at: Instant::now(),
                                 });
                             }
                         }

@@ -10,15 +10,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
+use weir_shared::lane::LANES;
 use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
 use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::open::{Gate, OpenError};
 use super::publish::Topics;
-use super::{LinkState, Message, OpenedBlock, StageError, Verified, now};
+use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_gap};
 use crate::stats::{RxStats, add};
 
 /// How often pending blocks are expired and lost blocks reported.
@@ -77,7 +79,7 @@ pub async fn run(
     link: Arc<Mutex<LinkState>>,
     topics: Topics,
     mut from_verify: Receiver<Verified>,
-    to_validate: Sender<OpenedBlock>,
+    to_validate: [Sender<OpenedBlock>; LANES],
     to_publish: Sender<Vec<Message>>,
 ) -> Result<(), StageError> {
     let mut tick = tokio::time::interval(TICK);
@@ -121,8 +123,18 @@ pub async fn run(
                                         seq: key.seq,
                                         frame: block.sealed,
                                     };
-                                    if to_validate.send(opened).await.is_err() {
-                                        return Err(StageError::Closed("decode"));
+                                    // Never wait on a lane's validate: a bulk
+                                    // backlog must not hold up the next alert
+                                    // symbol. A full lane sheds the block,
+                                    // counted and reported as a gap.
+                                    match to_validate[key.lane.index()].try_send(opened) {
+                                        Ok(()) => {}
+                                        Err(TrySendError::Full(b)) => {
+                                            shed(&stats, &topics, &to_publish, &b);
+                                        }
+                                        Err(TrySendError::Closed(_)) => {
+                                            return Err(StageError::Closed("decode"));
+                                        }
                                     }
                                 }
                                 Err(e) => {
@@ -176,6 +188,23 @@ fn heartbeat(
     }
 }
 
+fn shed(stats: &RxStats, topics: &Topics, to_publish: &Sender<Vec<Message>>, b: &OpenedBlock) {
+    add(&stats.blocks_shed, 1);
+    tracing::error!(
+        seq = b.seq,
+        lane = b.lane.as_str(),
+        "Receiver overloaded: block shed and reported as a gap."
+    );
+    let body = serde_json::json!({"type": "block_shed", "session": b.session.short_hex(),
+        "lane": b.lane.as_str(), "first_block": b.seq, "last_block": b.seq});
+    let gap = Message {
+        topic: topics.gaps.clone(),
+        payload: body.to_string().into_bytes(),
+        retain: false,
+    };
+    send_gap(to_publish, gap);
+}
+
 fn report_lost(
     core: &mut Core,
     stats: &RxStats,
@@ -205,12 +234,6 @@ fn report_lost(
             payload: body.to_string().into_bytes(),
             retain: false,
         };
-        // A gap report must not be lost to a full queue; it is tiny, so
-        // wait-free `try_send` falling back to a spawned send is enough.
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(m)) = to_publish.try_send(vec![msg])
-        {
-            let tx = to_publish.clone();
-            tokio::spawn(async move { tx.send(m).await });
-        }
+        send_gap(to_publish, msg);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──OpenedBlock──> validate
-//!    ──Vec<Message>──> publish ──> MQTT            decode ──Event──> publish (gaps)
+//!    ──Vec<Message> (alert lane: own queue, served first; bulk)──> publish ──> MQTT
+//!                                                  decode ──gap events──> publish
 //!                                                   status ticker ──> publish (retained status)
 //! ```
 //!
@@ -26,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidRx;
 use weir_shared::heartbeat::Heartbeat;
@@ -124,6 +127,15 @@ impl RxHandle {
     }
 }
 
+/// Queue a gap report without waiting; if the queue is full, a spawned
+/// task waits for room, so the report is never lost.
+pub(crate) fn send_gap(to_publish: &Sender<Vec<Message>>, msg: Message) {
+    if let Err(TrySendError::Full(m)) = to_publish.try_send(vec![msg]) {
+        let tx = to_publish.clone();
+        tokio::spawn(async move { tx.send(m).await });
+    }
+}
+
 /// `now` for the sans-IO cores.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -138,8 +150,12 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let cancel = CancellationToken::new();
     let (recv_tx, recv_rx) = mpsc::channel(64);
     let (ver_tx, ver_rx) = mpsc::channel(64);
+    // One validate task per lane: an alert block never waits behind bulk
+    // blocks being turned into JSON.
+    let (alert_open_tx, alert_open_rx) = mpsc::channel(64);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (pub_tx, pub_rx) = mpsc::channel(1024);
+    let (alert_pub_tx, alert_pub_rx) = mpsc::channel(1024);
     let topics = publish::Topics::new(&cfg.raw.mqtt);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -151,16 +167,20 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         link.clone(),
         topics.clone(),
         ver_rx,
-        open_tx,
+        [alert_open_tx, open_tx],
         pub_tx.clone(),
     ));
-    tasks.spawn(validate::run(
-        cfg.decode,
-        topics.clone(),
-        stats.clone(),
-        open_rx,
-        pub_tx.clone(),
-    ));
+    for from_decode in [alert_open_rx, open_rx] {
+        tasks.spawn(validate::run(
+            cfg.decode,
+            topics.clone(),
+            stats.clone(),
+            from_decode,
+            alert_pub_tx.clone(),
+            pub_tx.clone(),
+        ));
+    }
+    drop(alert_pub_tx);
     tasks.spawn(publish::status(
         topics.clone(),
         cfg.raw.link.link_timeout,
@@ -173,6 +193,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         cfg.raw.mqtt.clone(),
         topics,
         stats.clone(),
+        alert_pub_rx,
         pub_rx,
     ));
     tracing::info!(listen = %local_addr, broker = %format!("{}:{}", cfg.raw.mqtt.host, cfg.raw.mqtt.port),

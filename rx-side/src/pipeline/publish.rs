@@ -137,6 +137,7 @@ pub async fn run(
     cfg: MqttConfig,
     topics: Topics,
     stats: Arc<RxStats>,
+    mut from_alert_lane: Receiver<Vec<Message>>,
     mut from_validate: Receiver<Vec<Message>>,
 ) -> Result<(), StageError> {
     let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
@@ -149,14 +150,25 @@ pub async fn run(
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Message>();
     let acker = spawn_acker(notice_rx, retry_tx, stats.clone());
 
+    // Alert-lane messages overtake the bulk backlog: an alarm must not wait
+    // behind thousands of historian points on their way to the broker.
+    let mut urgent: VecDeque<Message> = VecDeque::new();
     let mut queue: VecDeque<Message> = VecDeque::new();
     let mut input_open = true;
+    let mut alerts_open = true;
     let mut closed_at = None;
     loop {
-        if queue.is_empty() {
+        while alerts_open {
+            match from_alert_lane.try_recv() {
+                Ok(b) => urgent.extend(b),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => alerts_open = false,
+            }
+        }
+        if queue.is_empty() && urgent.is_empty() {
             let published = stats.published.load(std::sync::atomic::Ordering::Relaxed);
             let done = stats.acked.load(std::sync::atomic::Ordering::Relaxed);
-            if !input_open && done >= published {
+            if !input_open && !alerts_open && done >= published {
                 break;
             }
             if closed_at.is_some_and(|t: std::time::Instant| t.elapsed() > DRAIN_LIMIT) {
@@ -169,6 +181,11 @@ pub async fn run(
             tokio::select! {
                 biased;
                 m = retry_rx.recv() => if let Some(m) = m { queue.push_back(m) },
+                batch = from_alert_lane.recv(), if alerts_open => if let Some(b) = batch {
+                    urgent.extend(b);
+                } else {
+                    alerts_open = false;
+                },
                 batch = from_validate.recv(), if input_open => if let Some(b) = batch {
                     queue.extend(b);
                 } else {
@@ -182,7 +199,7 @@ pub async fn run(
         while let Ok(m) = retry_rx.try_recv() {
             queue.push_front(m);
         }
-        let Some(msg) = queue.pop_front() else {
+        let Some(msg) = urgent.pop_front().or_else(|| queue.pop_front()) else {
             continue;
         };
         let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);

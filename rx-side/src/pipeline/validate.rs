@@ -14,10 +14,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::{alert_payload, point_payload, point_topic};
+use weir_shared::lane::Lane;
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
 use super::publish::Topics;
-use super::{Message, OpenedBlock, StageError};
+use super::{Message, OpenedBlock, StageError, send_gap};
 use crate::stats::{RxStats, add};
 
 /// Run until the decode channel closes.
@@ -26,6 +27,7 @@ pub async fn run(
     topics: Topics,
     stats: Arc<RxStats>,
     mut from_decode: Receiver<OpenedBlock>,
+    to_alert_lane: Sender<Vec<Message>>,
     to_publish: Sender<Vec<Message>>,
 ) -> Result<(), StageError> {
     while let Some(block) = from_decode.recv().await {
@@ -60,7 +62,13 @@ pub async fn run(
             })
             .collect();
         let n = messages.len();
-        match to_publish.try_send(messages) {
+        // Alert-lane blocks have their own queue, which publish serves first.
+        let out = if block.lane == Lane::Alert {
+            &to_alert_lane
+        } else {
+            &to_publish
+        };
+        match out.try_send(messages) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 add(&stats.blocks_shed, 1);
@@ -77,10 +85,7 @@ pub async fn run(
                     payload: body.to_string().into_bytes(),
                     retain: false,
                 };
-                to_publish
-                    .send(vec![gap])
-                    .await
-                    .map_err(|_| StageError::Closed("validate"))?;
+                send_gap(&to_publish, gap);
             }
             Err(TrySendError::Closed(_)) => return Err(StageError::Closed("validate")),
         }

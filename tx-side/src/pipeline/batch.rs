@@ -1,9 +1,8 @@
 //! Stage 2, `batch`: records → batch frames, per lane, by size or age.
 //!
 //! ```text
-//!  alert items ──> [alert builder] ──(size | age)──> Frame ──> seal
-//!  bulk items  ──> [bulk builder ] ──(size | age)──┘
-//!  (alert input is always read first)
+//!  lane items ──> [builder] ──(size | age)──> Frame ──> seal (of the same lane)
+//!  (one batcher per lane)
 //! ```
 //!
 //! Every record gets the next per-session sequence number here. A
@@ -11,11 +10,13 @@
 //! so the file is completed only after that block was sent. Full-queue
 //! policy: await the seal stage.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::config::ValidLane;
-use weir_shared::lane::{LANES, Lane};
+use weir_shared::lane::Lane;
 use weir_shared::record::{BatchBuilder, Record};
 
 use super::{FileDone, Frame, SourceItem, StageError, now};
@@ -51,90 +52,51 @@ impl LaneBatch {
     }
 }
 
-/// The lanes' source channels, alert first; closed ones are skipped.
-pub struct Inputs {
-    rx: [Receiver<SourceItem>; LANES],
-    open: [bool; LANES],
-}
-
-impl Inputs {
-    /// Inputs from one channel per lane, indexed by [`Lane::index`].
-    pub fn new(rx: [Receiver<SourceItem>; LANES]) -> Self {
-        Self {
-            rx,
-            open: [true; LANES],
-        }
-    }
-
-    /// The next item, alert lane first; `None` once every lane closed.
-    async fn next(&mut self) -> Option<SourceItem> {
-        loop {
-            let [alert, bulk] = &mut self.rx;
-            tokio::select! {
-                biased;
-                x = alert.recv(), if self.open[0] => match x {
-                    Some(item) => return Some(item),
-                    None => self.open[0] = false,
-                },
-                x = bulk.recv(), if self.open[1] => match x {
-                    Some(item) => return Some(item),
-                    None => self.open[1] = false,
-                },
-                else => return None,
-            }
-        }
-    }
-}
-
-/// Run until every source channel closes, then flush what is left.
+/// Run one lane's batcher until its source channel closes, then flush
+/// what is left. Each lane has its own batcher (and seal and encode tasks),
+/// so a bulk backlog waiting on the link never holds an alert up.
 pub async fn run(
-    lanes: [ValidLane; LANES],
-    telemetry: std::sync::Arc<Telemetry>,
-    mut inputs: Inputs,
+    lane: Lane,
+    cfg: ValidLane,
+    telemetry: Arc<Telemetry>,
+    record_seq: Arc<AtomicU64>,
+    mut from_source: Receiver<SourceItem>,
     to_seal: Sender<Frame>,
 ) -> Result<(), StageError> {
-    let mut state = lanes.map(|cfg| LaneBatch {
+    let mut b = LaneBatch {
         cfg,
         builder: BatchBuilder::default(),
         markers: Vec::new(),
         oldest: None,
-    });
-    let mut next_seq = 0u64;
+    };
     loop {
-        let deadline = state.iter().filter_map(LaneBatch::deadline).min();
-        let item = match deadline {
+        let item = match b.deadline() {
             Some(at) => tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(at.into()) => {
-                    let t = now();
-                    for lane in Lane::ALL {
-                        let b = &mut state[lane.index()];
-                        if b.has_work() && b.deadline().is_some_and(|d| d <= t) {
-                            send(&to_seal, b.flush(lane)?).await?;
-                        }
+                    if b.has_work() {
+                        send(&to_seal, b.flush(lane)?).await?;
                     }
                     continue;
                 }
-                item = inputs.next() => item,
+                item = from_source.recv() => item,
             },
-            None => inputs.next().await,
+            None => from_source.recv().await,
         };
         let Some(item) = item else { break };
-        let (lane, mut record) = match item {
-            SourceItem::Record(lane, record) => (lane, record),
+        let mut record = match item {
+            SourceItem::Record(_, record) => record,
             // The chunk's budget permit is given back here: from now on its
             // bytes count against the batch, not the source's queue.
-            SourceItem::Chunk(chunk, _budget) => (Lane::Bulk, Record::FileChunk(chunk)),
-            SourceItem::FileDone(lane, done) => {
-                let b = &mut state[lane.index()];
+            SourceItem::Chunk(chunk, _budget) => Record::FileChunk(chunk),
+            SourceItem::FileDone(_, done) => {
                 b.markers.push(done);
                 b.oldest.get_or_insert_with(now);
                 continue;
             }
         };
-        record.set_seq(next_seq);
-        next_seq += 1;
-        let b = &mut state[lane.index()];
+        let seq = record_seq.fetch_add(1, Ordering::Relaxed);
+        record.set_seq(seq);
         let size = b.builder.push(&record)?;
         if size > b.cfg.max_batch_bytes as usize {
             // One record larger than a whole batch would make a block the
@@ -143,23 +105,20 @@ pub async fn run(
             add(&telemetry.records_refused, 1);
             tracing::error!(
                 lane = lane.as_str(),
-                seq = next_seq - 1,
+                seq,
                 size,
                 "Record larger than the lane's max_batch_bytes refused."
             );
             continue;
         }
         b.oldest.get_or_insert_with(now);
-        if b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize {
-            let frame = b.flush(lane)?;
-            send(&to_seal, frame).await?;
+        let full = b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize;
+        if full {
+            send(&to_seal, b.flush(lane)?).await?;
         }
     }
-    for lane in Lane::ALL {
-        if state[lane.index()].has_work() {
-            let frame = state[lane.index()].flush(lane)?;
-            send(&to_seal, frame).await?;
-        }
+    if b.has_work() {
+        send(&to_seal, b.flush(lane)?).await?;
     }
     Ok(())
 }

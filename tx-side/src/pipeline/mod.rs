@@ -1,7 +1,7 @@
 //! The sender pipeline: stages, the messages between them, and `run`.
 //!
 //! ```text
-//!  source ──SourceItem──> batch ──Frame──> seal ──SealedBlock──> encode
+//!  source ──SourceItem──> batch ──Frame──> seal ──SealedBlock──> encode   (one chain per lane)
 //!    ──EncodedBlock (per lane)──> pace ──Burst──> send ──> socket
 //!  heartbeat ───────────────────────────────────────────> socket
 //! ```
@@ -275,8 +275,6 @@ async fn start(
     // records (the batch stage reads the alert channel first).
     let (alert_tx, alert_rx) = mpsc::channel(4096);
     let (bulk_tx, bulk_rx) = mpsc::channel(4096);
-    let (frame_tx, frame_rx) = mpsc::channel(4);
-    let (sealed_tx, sealed_rx) = mpsc::channel(4);
     let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::channel(4)).unzip();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let (burst_tx, burst_rx) = mpsc::channel(8);
@@ -290,33 +288,23 @@ async fn start(
         [alert_tx, bulk_tx],
         &mut tasks,
     )?;
-    tasks.spawn(batch::run(
-        cfg.lanes,
-        telemetry.clone(),
-        batch::Inputs::new([alert_rx, bulk_rx]),
-        frame_tx,
-    ));
-    tasks.spawn(seal::run(
-        key.clone(),
-        key_id,
-        session,
-        cfg.symbol_size,
-        frame_rx,
-        sealed_tx,
-    ));
     let lane_txs: [mpsc::Sender<EncodedBlock>; LANES] = lane_txs
         .try_into()
         .map_err(|_| anyhow::anyhow!("lane channels"))?;
     let lane_rxs: [mpsc::Receiver<EncodedBlock>; LANES] = lane_rxs
         .try_into()
         .map_err(|_| anyhow::anyhow!("lane channels"))?;
-    tasks.spawn(encode::run(
-        cfg.symbol_size,
-        cfg.max_block_bytes,
-        cfg.lanes,
-        sealed_rx,
-        lane_txs,
-    ));
+    spawn_lanes(
+        &cfg,
+        &telemetry,
+        &key,
+        key_id,
+        session,
+        [alert_rx, bulk_rx],
+        &lane_txs,
+        &mut tasks,
+    );
+    drop(lane_txs);
     let pacer = weir_shared::pace::Pacer::new(now(), cfg.rate_bytes_per_sec, cfg.burst_bytes);
     tasks.spawn(pace::run(
         pacer,
@@ -450,4 +438,49 @@ async fn heartbeat(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Each lane runs its own batch → seal → encode tasks up to the pacer,
+/// which merges them with strict priority: nothing of the bulk lane can
+/// stand in front of an alert.
+#[allow(clippy::too_many_arguments)]
+fn spawn_lanes(
+    cfg: &ValidTx,
+    telemetry: &Arc<Telemetry>,
+    key: &Arc<SessionKey>,
+    key_id: KeyId,
+    session: SessionId,
+    from_sources: [mpsc::Receiver<SourceItem>; LANES],
+    lane_txs: &[mpsc::Sender<EncodedBlock>; LANES],
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+) {
+    let record_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for (lane, from_source) in Lane::ALL.into_iter().zip(from_sources) {
+        let (frame_tx, frame_rx) = mpsc::channel(4);
+        let (sealed_tx, sealed_rx) = mpsc::channel(4);
+        let lane_cfg = cfg.lanes[lane.index()];
+        tasks.spawn(batch::run(
+            lane,
+            lane_cfg,
+            telemetry.clone(),
+            record_seq.clone(),
+            from_source,
+            frame_tx,
+        ));
+        tasks.spawn(seal::run(
+            key.clone(),
+            key_id,
+            session,
+            cfg.symbol_size,
+            frame_rx,
+            sealed_tx,
+        ));
+        tasks.spawn(encode::run(
+            cfg.symbol_size,
+            cfg.max_block_bytes,
+            cfg.lanes,
+            sealed_rx,
+            lane_txs.clone(),
+        ));
+    }
 }
