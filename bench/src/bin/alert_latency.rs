@@ -13,7 +13,11 @@
 //! message to its arrival at an MQTT subscriber. Prints p50 / p99 / max and
 //! whether the bulk lane stayed saturated.
 // A linear measurement script with small numeric conversions.
-#![allow(clippy::too_many_lines, clippy::many_single_char_names, clippy::cast_sign_loss)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    clippy::cast_sign_loss
+)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
