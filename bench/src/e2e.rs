@@ -21,10 +21,11 @@
 //!   to within a handful of messages, i.e. microseconds.
 //!
 //! Every wait is bounded. Lost or shed blocks leave `records` short
-//! forever: the run ends as `Lost` once every block is delivered or
-//! declared lost, as `Stalled` when no counter moved for `--stall-secs`,
+//! forever: the run ends as `Incomplete` once every block is delivered,
+//! shed or declared lost, as `Stalled` when no counter moved for `--stall-secs`,
 //! and as `TimedOut` after `--timeout-secs`; the report is printed either
-//! way. Ctrl-C ends it through the same orderly shutdown.
+//! way. Ctrl-C or SIGTERM ends it through the same orderly shutdown (a
+//! SIGKILL leaves the broker process behind).
 //!
 //! Sender and receiver share the machine here, unlike in production: on a
 //! two-core host they compete with each other and with the broker, so the
@@ -116,9 +117,10 @@ impl Options {
 pub enum Outcome {
     /// Every point decoded, published and acknowledged.
     Complete,
-    /// Every block was delivered or declared lost (FEC could not recover
-    /// it), and every delivered record acknowledged.
-    Lost,
+    /// Every block was accounted for, but some were declared lost (FEC
+    /// could not recover them) or shed by an overloaded receiver; every
+    /// record that got through was acknowledged.
+    Incomplete,
     /// No counter moved for the stall timeout.
     Stalled,
     /// Interrupted (Ctrl-C).
@@ -181,15 +183,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     let rx_rt = runtime(RX_THREADS, opts.workers)?;
     let tx_rt = runtime(TX_THREADS, opts.workers)?;
-    // Ctrl-C ends the run through the normal shutdown, so the broker is
-    // stopped and the temporary directory removed.
+    // Ctrl-C or SIGTERM ends the run through the normal shutdown, so the
+    // broker is stopped and the temporary directory removed.
     let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    rx_rt.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
+    rx_rt.spawn(interrupt_flag(interrupted.clone()));
     let dir = tempfile::Builder::new()
         .prefix("weir-bench-")
         .tempdir()
@@ -261,6 +258,29 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Set `flag` on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupt_flag(flag: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    flag.store(true, Ordering::Relaxed);
+}
+
 /// Poll both sides' counters until everything was delivered or accounted
 /// as lost, nothing moved for `opts.stall`, `opts.timeout` passed, or the
 /// user interrupted. Returns how it ended, the instants seen and the wire
@@ -275,6 +295,8 @@ fn watch(
     let mut marks = Marks::default();
     let mut wire_at_done = 0;
     let mut last_progress = (t0, 0u64);
+    // When the receiver's output (records decoded, records acked) last moved.
+    let mut last_output = (t0, (0u64, 0u64));
     let mut last_print = t0;
     let outcome = loop {
         std::thread::sleep(POLL);
@@ -297,18 +319,25 @@ fn watch(
             marks.delivered = Some(at);
             break Outcome::Complete;
         }
+        // Acks beyond `records` are the periodic status message: not
+        // progress. Nor are datagram counts, which heartbeats keep moving.
+        let output = (r.records, r.acked.min(r.records));
+        if output != last_output.1 {
+            last_output = (now, output);
+        }
+        // Shed blocks were authenticated first, so they are in `blocks_ok`.
         if marks.tx_done.is_some()
-            && r.blocks_lost > 0
+            && r.blocks_lost + r.blocks_shed > 0
             && r.blocks_ok + r.blocks_lost >= t.blocks
             && all_acked
+            && now.duration_since(last_output.0) >= Duration::from_secs(2)
         {
-            break Outcome::Lost;
+            break Outcome::Incomplete;
         }
         if interrupted.load(Ordering::Relaxed) {
             break Outcome::Interrupted;
         }
-        // Acks beyond `records` are the periodic status message: not progress.
-        let progress = t.datagrams + r.datagrams + r.records + r.acked.min(r.records);
+        let progress = t.records + t.blocks + r.blocks_ok + r.blocks_lost + output.0 + output.1;
         if progress != last_progress.1 {
             last_progress = (now, progress);
         } else if now.duration_since(last_progress.0) > opts.stall {
