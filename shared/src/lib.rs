@@ -23,3 +23,6 @@ pub mod reassembly;
 pub mod record;
 pub mod seal;
 pub mod wire;
+
+#[cfg(test)]
+mod testutil;

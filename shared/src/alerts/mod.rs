@@ -440,6 +440,7 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::ns;
 
     #[test]
     fn syslog_severity_table() {
@@ -501,10 +502,6 @@ mod tests {
         assert!(WallClock::parse(b"Foo 10 03:00:07").is_none());
         assert!(WallClock::parse(b"Mar 10 3:00:07").is_none());
         assert!(WallClock::parse(b"Mar").is_none());
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        rfc3339_ns(rfc3339).expect("test timestamp")
     }
 
     #[test]

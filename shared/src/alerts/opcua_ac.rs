@@ -227,6 +227,7 @@ fn quality(obj: &mut Object) -> Result<u32, AlertError> {
 mod tests {
     use super::*;
     use crate::formats::status;
+    use crate::testutil::ns;
 
     const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/opcua_alarms.jsonl");
 
@@ -235,10 +236,6 @@ mod tests {
             .split(|&b| b == b'\n')
             .nth(n - 1)
             .expect("fixture line")
-    }
-
-    fn ns(text: &str) -> i64 {
-        rfc3339_ns(text).expect("test timestamp")
     }
 
     fn ctx() -> AlertContext {

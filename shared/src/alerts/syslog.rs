@@ -358,8 +358,8 @@ fn split_tag(word: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::rfc3339_ns;
     use crate::record::{NetInfo, Signature};
+    use crate::testutil::ns;
 
     const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/syslog_mixed.log");
 
@@ -368,10 +368,6 @@ mod tests {
             .split(|&b| b == b'\n')
             .nth(n - 1)
             .expect("fixture line")
-    }
-
-    fn ns(text: &str) -> i64 {
-        rfc3339_ns(text).expect("test timestamp")
     }
 
     /// The sender read these at 08:00:30Z; `tz` is the source's zone.

@@ -297,7 +297,7 @@ fn quality_status(quality: i16) -> u32 {
 mod tests {
     use super::*;
     use crate::record::TsResolution;
-    use chrono::DateTime;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/aveva_history.csv");
@@ -309,13 +309,6 @@ mod tests {
             tz: Some(chrono_tz::America::Chicago),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     fn aveva(quality: i16, detail: i32, opc: Option<u16>) -> NativeQuality {

@@ -373,6 +373,7 @@ fn timestamp(
 mod tests {
     use super::*;
     use crate::formats::Format;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     fn mapping(ts_format: TsFormat) -> CsvMapping {
@@ -394,13 +395,6 @@ mod tests {
             csv_map: Some(mapping(ts_format)),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     /// A European export: `;`, day-first local time, extra column.

@@ -342,6 +342,7 @@ fn integer_text(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::formats::Format;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/opcua_historyread.jsonl");
@@ -351,13 +352,6 @@ mod tests {
             file: Some("opcua_historyread.jsonl".into()),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     fn line(dv: &str) -> Result<Point, RejectReason> {

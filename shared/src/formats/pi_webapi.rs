@@ -538,6 +538,7 @@ pub(super) mod scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/pi_webapi_recorded.json");
@@ -548,13 +549,6 @@ mod tests {
             tag: tag.map(str::to_owned),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     /// `[Good, Questionable, Substituted, Annotated]`.

@@ -265,7 +265,7 @@ fn parse_time(text: &str) -> Option<NaiveDateTime> {
 mod tests {
     use super::*;
     use crate::formats::Format;
-    use chrono::DateTime;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     /// A piconfig PIARC listing (`@ostr tag,type,value,time,timenum,status,
@@ -288,13 +288,6 @@ FT300.TOT,Int32,12034,10-Mar-24 03:10:00.0000,1710058200,0,,
             tz: Some(chrono_tz::America::Chicago),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     fn pi([good, questionable, substituted, annotated]: [bool; 4]) -> NativeQuality {

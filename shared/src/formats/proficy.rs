@@ -225,7 +225,7 @@ mod tests {
     use super::*;
     use crate::formats::{Format, status};
     use crate::record::TsResolution;
-    use chrono::DateTime;
+    use crate::testutil::ns;
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/proficy_filecollector.csv");
@@ -237,13 +237,6 @@ mod tests {
             tz: Some(chrono_tz::America::Chicago),
             ..ParseContext::default()
         }
-    }
-
-    fn ns(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test timestamp")
-            .timestamp_nanos_opt()
-            .expect("in range")
     }
 
     fn text(q: &str) -> NativeQuality {
