@@ -29,11 +29,6 @@ impl Pacer {
         }
     }
 
-    /// Configured rate in bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.bytes_per_sec
-    }
-
     /// `Ok(())` if `len` bytes may leave at `now` (and takes them), else the
     /// instant to retry. A `len` above the burst size is admitted once the
     /// bucket is full, so it can never wait forever.

@@ -394,15 +394,6 @@ pub enum Record {
 }
 
 impl Record {
-    /// The record's per-stream sequence number.
-    pub fn seq(&self) -> u64 {
-        match self {
-            Self::Point(p) => p.seq,
-            Self::Alert(a) => a.seq,
-            Self::FileChunk(c) => c.seq,
-        }
-    }
-
     /// Set the per-stream sequence number.
     pub fn set_seq(&mut self, seq: u64) {
         match self {
