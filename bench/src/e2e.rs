@@ -208,7 +208,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         generate.as_secs_f64()
     );
 
-    let rx_cfg = rx_config(free_udp_port()?, &key, broker.port(), opts.inflight)?;
+    let outbox = dir.path().join("rx-outbox.redb");
+    let rx_cfg = rx_config(free_udp_port()?, &key, &outbox, broker.port(), opts.inflight)?;
     let rx = rx_rt.block_on(weir_rx::run(rx_cfg, keyring.clone()))?;
     let proxy = (opts.loss_pct > 0.0)
         .then(|| LossyLink::start(rx.local_addr, opts.loss_pct, opts.seed))
@@ -441,7 +442,13 @@ fn toml_path(p: &Path) -> anyhow::Result<String> {
     Ok(format!("'{s}'"))
 }
 
-fn rx_config(port: u16, key: &Path, mqtt_port: u16, inflight: u16) -> anyhow::Result<ValidRx> {
+fn rx_config(
+    port: u16,
+    key: &Path,
+    outbox: &Path,
+    mqtt_port: u16,
+    inflight: u16,
+) -> anyhow::Result<ValidRx> {
     let text = format!(
         r#"
 [link]
@@ -456,8 +463,12 @@ port = {mqtt_port}
 client_id = "weir-bench-rx"
 site = "bench"
 inflight = {inflight}
+
+[outbox]
+path = {outbox}
 "#,
         key = toml_path(key)?,
+        outbox = toml_path(outbox)?,
     );
     let raw: RxConfig = toml::from_str(&text).context("receiver config")?;
     Ok(raw.validate()?)

@@ -57,7 +57,7 @@ counters! {
     drop_replay,
     /// Authentic blocks whose frame could not be decoded.
     drop_frame,
-    /// Blocks shed because the publish queue was full.
+    /// Blocks shed because the outbox writer fell behind.
     blocks_shed,
     /// Blocks delivered (authenticated, decoded).
     blocks_ok,
@@ -73,14 +73,34 @@ counters! {
     heartbeats,
     /// Records decoded.
     records,
-    /// File chunks received (file output is not built yet: counted only).
+    /// File chunks received (dropped when no `[files]` output is configured).
     file_chunks,
+    /// File chunks refused (beyond the declared size, conflicting metadata).
+    file_chunks_refused,
+    /// Files written to the output directory.
+    files_done,
+    /// Files received again, identical to one already delivered (replays).
+    files_duplicate,
+    /// Files given up with bytes missing (reported as `file_incomplete`).
+    files_incomplete,
+    /// Files whose SHA-256 did not match (reported as `file_corrupt`).
+    files_corrupt,
+    /// Files refused: bad name, limits, output name taken, I/O error
+    /// (reported as `file_refused`).
+    files_refused,
     /// Messages handed to the MQTT client.
     published,
     /// Messages acknowledged by the broker (QoS 1 PUBACK).
     acked,
-    /// Messages published again after a session reset or disconnect.
-    republished,
+    /// Times the outbox was read again from the start because the broker
+    /// lost its session or a publish failed.
+    rewinds,
+    /// Entries (blocks and events) committed to the outbox.
+    outbox_committed,
+    /// Blocks refused by a full (or failing) outbox: lost, reported as gaps.
+    outbox_refused,
+    /// Block bytes held in the outbox now (a gauge).
+    outbox_bytes,
 }
 
 /// Add `n` to a counter.

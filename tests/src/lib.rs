@@ -606,6 +606,40 @@ impl Site {
     }
 }
 
+impl Site {
+    /// The example receiver config pointed at this site: listening on
+    /// `listen`, keyed with `key`, publishing to the broker on
+    /// `broker_port` as client `client_id`, with its outbox in the site.
+    /// Returned as a table for the caller to adjust, then [`Site::write_toml`].
+    pub fn rx_config(
+        &self,
+        listen: SocketAddr,
+        key: &Path,
+        broker_port: u16,
+        client_id: &str,
+    ) -> toml::Table {
+        let example = include_str!("../../systemd/weir-rx.toml");
+        let mut cfg: toml::Table = toml::from_str(example).expect("example rx config parses");
+        cfg["link"]["listen"] = toml::Value::String(listen.to_string());
+        cfg["keys"]["files"] =
+            toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
+        cfg["mqtt"]["port"] = toml::Value::Integer(i64::from(broker_port));
+        cfg["mqtt"]["client_id"] = toml::Value::String(client_id.to_owned());
+        cfg["limits"]["gap_timeout"] = toml::Value::String("5s".into());
+        cfg["outbox"]["path"] = toml::Value::String(
+            self.path(&format!("{client_id}.redb"))
+                .display()
+                .to_string(),
+        );
+        cfg
+    }
+
+    /// Write a TOML table inside the site.
+    pub fn write_toml(&self, name: &str, table: &toml::Table) -> PathBuf {
+        self.write(name, &toml::to_string(table).expect("toml"))
+    }
+}
+
 impl Default for Site {
     fn default() -> Self {
         Self::new()

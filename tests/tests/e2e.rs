@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -56,15 +56,9 @@ fn tx_config_with(
     site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
 }
 
-fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> std::path::PathBuf {
-    let example = include_str!("../../systemd/weir-rx.toml");
-    let mut cfg: toml::Table = toml::from_str(example).expect("example rx config parses");
-    cfg["link"]["listen"] = toml::Value::String(listen.to_string());
-    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
-    cfg["mqtt"]["port"] = toml::Value::Integer(i64::from(broker_port));
-    cfg["mqtt"]["client_id"] = toml::Value::String(format!("weir-rx-{}", std::process::id()));
-    cfg["limits"]["gap_timeout"] = toml::Value::String("5s".into());
-    site.write("rx.toml", &toml::to_string(&cfg).expect("rx toml"))
+fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> PathBuf {
+    let id = format!("weir-rx-{}", std::process::id());
+    site.write_toml("rx.toml", &site.rx_config(listen, key, broker_port, &id))
 }
 
 /// An AVEVA export of `rows` rows of three tags, one sample a second.

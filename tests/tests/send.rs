@@ -29,14 +29,8 @@ fn tx_config(site: &Site, destination: SocketAddr, key: &Path) -> PathBuf {
 }
 
 fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> PathBuf {
-    let example = include_str!("../../systemd/weir-rx.toml");
-    let mut cfg: toml::Table = toml::from_str(example).expect("example rx config parses");
-    cfg["link"]["listen"] = toml::Value::String(listen.to_string());
-    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
-    cfg["mqtt"]["port"] = toml::Value::Integer(i64::from(broker_port));
-    cfg["mqtt"]["client_id"] = toml::Value::String(format!("weir-rx-send-{}", std::process::id()));
-    cfg["limits"]["gap_timeout"] = toml::Value::String("5s".into());
-    site.write("rx.toml", &toml::to_string(&cfg).expect("rx toml"))
+    let id = format!("weir-rx-send-{}", std::process::id());
+    site.write_toml("rx.toml", &site.rx_config(listen, key, broker_port, &id))
 }
 
 /// A receiver behind a lossy relay, and the sender's config pointing at it.

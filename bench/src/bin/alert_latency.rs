@@ -102,8 +102,9 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{e}"))?]);
     let (rx_port, syslog_port) = (free_udp_port(), free_udp_port());
     let rx_cfg: RxConfig = toml::from_str(&format!(
-        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\n",
-        broker.port()
+        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\n[outbox]\npath = \"{}\"\n",
+        broker.port(),
+        dir.path().join("rx-outbox.redb").display()
     ))?;
     let rx = weir_rx::run(rx_cfg.validate()?, keyring.clone()).await?;
     let tx_cfg: TxConfig = toml::from_str(&format!(

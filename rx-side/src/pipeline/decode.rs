@@ -1,9 +1,9 @@
 //! Stage 3, `decode`: symbols → rebuilt blocks; heartbeats → link state.
 //!
 //! ```text
-//!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> validate
+//!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> outbox
 //!           └─heartbeats──────────────────────────────> open ──> link state, tail-loss window
-//!  tick ──> expire pending blocks, declare lost blocks ──> gap events ──> publish
+//!  tick ──> expire pending blocks, declare lost blocks ──> gap events ──> outbox
 //! ```
 
 use std::collections::HashMap;
@@ -13,12 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
-use weir_shared::lane::LANES;
 use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
 use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, Kind, SessionId};
 
+use super::files::{FileWork, notify_lost};
 use super::open::{Gate, OpenError};
+use super::outbox::Item;
 use super::publish::Topics;
 use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_gap};
 use crate::stats::{RxStats, add};
@@ -33,6 +34,8 @@ pub struct Core {
     /// Highest heartbeat sequence seen per session (heartbeat replay guard).
     hb_seq: HashMap<SessionId, u64>,
     max_sessions: usize,
+    /// The file output, told of lost blocks (when `[files]` is configured).
+    files: Option<Sender<FileWork>>,
 }
 
 impl Core {
@@ -43,7 +46,15 @@ impl Core {
             gate: Gate::new(keyring),
             hb_seq: HashMap::new(),
             max_sessions: limits.max_sessions,
+            files: None,
         }
+    }
+
+    /// Also tell the file output of lost blocks.
+    #[must_use]
+    pub fn with_files(mut self, to_files: Option<Sender<FileWork>>) -> Self {
+        self.files = to_files;
+        self
     }
 }
 
@@ -79,8 +90,7 @@ pub async fn run(
     link: Arc<Mutex<LinkState>>,
     topics: Topics,
     mut from_verify: Receiver<Verified>,
-    to_validate: [Sender<OpenedBlock>; LANES],
-    to_publish: Sender<Vec<Message>>,
+    to_outbox: Sender<Item>,
 ) -> Result<(), StageError> {
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -88,7 +98,7 @@ pub async fn run(
             b = from_verify.recv() => match b { Some(b) => b, None => break },
             _ = tick.tick() => {
                 core.reassembler.poll_timeouts(now());
-                report_lost(&mut core, &stats, &topics, &to_publish);
+                report_lost(&mut core, &stats, &topics, &to_outbox);
                 continue;
             }
         };
@@ -123,15 +133,15 @@ pub async fn run(
                                         seq: key.seq,
                                         frame: block.sealed,
                                     };
-                                    // Never wait on a lane's validate: a bulk
-                                    // backlog must not hold up the next alert
-                                    // symbol. A full lane sheds the block,
+                                    // Never wait on the outbox writer: a slow
+                                    // disk must not hold up the next alert
+                                    // symbol. A full queue sheds the block,
                                     // counted and reported as a gap.
-                                    match to_validate[key.lane.index()].try_send(opened) {
-                                        Ok(()) => {}
-                                        Err(TrySendError::Full(b)) => {
-                                            shed(&stats, &topics, &to_publish, &b);
+                                    match to_outbox.try_send(Item::Block(opened)) {
+                                        Err(TrySendError::Full(Item::Block(b))) => {
+                                            shed(&stats, &topics, &to_outbox, &b);
                                         }
+                                        Ok(()) | Err(TrySendError::Full(Item::Event(_))) => {}
                                         Err(TrySendError::Closed(_)) => {
                                             return Err(StageError::Closed("decode"));
                                         }
@@ -151,7 +161,7 @@ pub async fn run(
     }
     // Input closed: report whatever is already known lost.
     core.reassembler.poll_timeouts(now());
-    report_lost(&mut core, &stats, &topics, &to_publish);
+    report_lost(&mut core, &stats, &topics, &to_outbox);
     Ok(())
 }
 
@@ -188,7 +198,7 @@ fn heartbeat(
     }
 }
 
-fn shed(stats: &RxStats, topics: &Topics, to_publish: &Sender<Vec<Message>>, b: &OpenedBlock) {
+fn shed(stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>, b: &OpenedBlock) {
     add(&stats.blocks_shed, 1);
     tracing::error!(
         seq = b.seq,
@@ -202,15 +212,10 @@ fn shed(stats: &RxStats, topics: &Topics, to_publish: &Sender<Vec<Message>>, b: 
         payload: body.to_string().into_bytes(),
         retain: false,
     };
-    send_gap(to_publish, gap);
+    send_gap(to_outbox, gap);
 }
 
-fn report_lost(
-    core: &mut Core,
-    stats: &RxStats,
-    topics: &Topics,
-    to_publish: &Sender<Vec<Message>>,
-) {
+fn report_lost(core: &mut Core, stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>) {
     let s = core.reassembler.stats();
     stats
         .blocks_lost
@@ -222,6 +227,7 @@ fn report_lost(
         .sessions_evicted
         .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
     while let Some(lost) = core.reassembler.poll_lost() {
+        notify_lost(core.files.as_ref(), lost);
         tracing::warn!(session = %lost.session.short_hex(), lane = lost.lane.as_str(), first = lost.first,
             last = lost.last, blocks = lost.count(), "Blocks lost: FEC could not recover them.");
         let ts = rfc3339_ns(unix_ms().saturating_mul(1_000_000));
@@ -234,6 +240,6 @@ fn report_lost(
             payload: body.to_string().into_bytes(),
             retain: false,
         };
-        send_gap(to_publish, msg);
+        send_gap(to_outbox, msg);
     }
 }

@@ -1,10 +1,11 @@
 //! The receiver pipeline: stages, the messages between them, and `run`.
 //!
 //! ```text
-//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──OpenedBlock──> validate
-//!    ──Vec<Message> (alert lane: own queue, served first; bulk)──> publish ──> MQTT
-//!                                                  decode ──gap events──> publish
-//!                                                   status ticker ──> publish (retained status)
+//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> outbox (redb)
+//!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
+//!    publish ──acked entries, rewinds──> outbox
+//!    status ticker ──> publish (retained status, outside the outbox)
+//!    validate ──file chunks──> files ──> staging ──> output dir  (decode ──lost blocks──> files)
 //! ```
 //!
 //! `decode` and `open` share one task: the replay window may only move on
@@ -12,12 +13,15 @@
 //! verdict before it handles the next symbol. `open` stays its own module.
 //!
 //! Full-queue policy: `recv`, `verify` and `decode` await their successor
-//! (all are CPU-bound and fast); `validate` never waits on `publish`: when
-//! the publish queue is full it sheds the whole block, counts it and
-//! reports it as a gap.
+//! (all are CPU-bound and fast), except that decode never waits on the
+//! outbox writer: if the disk falls behind, a block is shed, counted and
+//! reported as a gap. Everything after the outbox waits: the backlog is on
+//! disk, bounded by `outbox.max_bytes`.
 
 pub mod decode;
+pub mod files;
 pub mod open;
+pub mod outbox;
 pub mod publish;
 pub mod recv;
 pub mod validate;
@@ -26,9 +30,10 @@ pub mod verify;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use anyhow::Context;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidRx;
 use weir_shared::heartbeat::Heartbeat;
@@ -47,6 +52,9 @@ pub enum StageError {
     /// Socket error.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The outbox failed.
+    #[error("{0}")]
+    Outbox(String),
 }
 
 /// Datagrams from one receive call, back to back in `buf`.
@@ -72,6 +80,18 @@ pub struct OpenedBlock {
     lane: Lane,
     seq: u64,
     frame: Vec<u8>,
+}
+
+/// The messages made from one outbox entry; the entry is done when the
+/// broker acknowledged all of them.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The entry.
+    pub at: outbox::EntryRef,
+    /// Its messages (may be empty).
+    pub messages: Vec<Message>,
+    /// Its place in the outbox reader's window.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One MQTT message to publish.
@@ -127,11 +147,11 @@ impl RxHandle {
     }
 }
 
-/// Queue a gap report without waiting; if the queue is full, a spawned
-/// task waits for room, so the report is never lost.
-pub(crate) fn send_gap(to_publish: &Sender<Vec<Message>>, msg: Message) {
-    if let Err(TrySendError::Full(m)) = to_publish.try_send(vec![msg]) {
-        let tx = to_publish.clone();
+/// Hand a gap report to the outbox without waiting; if its queue is full,
+/// a spawned task waits for room, so the report is never lost.
+pub(crate) fn send_gap(to_outbox: &Sender<outbox::Item>, msg: Message) {
+    if let Err(TrySendError::Full(m)) = to_outbox.try_send(outbox::Item::Event(msg)) {
+        let tx = to_outbox.clone();
         tokio::spawn(async move { tx.send(m).await });
     }
 }
@@ -143,6 +163,11 @@ pub(crate) fn now() -> Instant {
 
 /// Start the receiver. Must be called inside a tokio runtime.
 pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
+    let store = Arc::new(
+        outbox::Outbox::open(&cfg.raw.outbox.path)
+            .with_context(|| format!("outbox.path {}", cfg.raw.outbox.path.display()))?,
+    );
+    let (files_stage, files_tx) = cfg.files.as_ref().map(files::prepare).transpose()?.unzip();
     let socket = recv::open_socket(&cfg)?;
     let local_addr = socket.local_addr()?;
     let stats = Arc::new(RxStats::default());
@@ -150,54 +175,95 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let cancel = CancellationToken::new();
     let (recv_tx, recv_rx) = mpsc::channel(64);
     let (ver_tx, ver_rx) = mpsc::channel(64);
-    // One validate task per lane: an alert block never waits behind bulk
-    // blocks being turned into JSON.
-    let (alert_open_tx, alert_open_rx) = mpsc::channel(64);
-    let (open_tx, open_rx) = mpsc::channel(64);
-    let (pub_tx, pub_rx) = mpsc::channel(1024);
-    let (alert_pub_tx, alert_pub_rx) = mpsc::channel(1024);
+    let (item_tx, item_rx) = mpsc::channel(1024);
+    let (ephemeral_tx, ephemeral_rx) = mpsc::channel(64);
+    let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+    let (progress_tx, progress_rx) = watch::channel(outbox::Progress::default());
+    let (rewind_tx, rewind_rx) = watch::channel(0u64);
+    let (urgent_tx, urgent_rx) = mpsc::channel(64);
+    let (bulk_tx, bulk_rx) = mpsc::channel(64);
     let topics = publish::Topics::new(&cfg.raw.mqtt);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
     tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
+    if let Some(stage) = files_stage {
+        tasks.spawn(files::run(
+            stage,
+            topics.clone(),
+            stats.clone(),
+            item_tx.downgrade(),
+        ));
+    }
     tasks.spawn(decode::run(
-        decode::Core::new(cfg.reassembly, keyring),
+        decode::Core::new(cfg.reassembly, keyring).with_files(files_tx.clone()),
         stats.clone(),
         link.clone(),
         topics.clone(),
         ver_rx,
-        [alert_open_tx, open_tx],
-        pub_tx.clone(),
+        item_tx,
     ));
-    for from_decode in [alert_open_rx, open_rx] {
+    tasks.spawn(outbox::write(
+        store.clone(),
+        cfg.raw.outbox.clone(),
+        stats.clone(),
+        outbox::WriterIo {
+            items: item_rx,
+            acked: acked_rx,
+            progress: progress_tx,
+            fallback: ephemeral_tx.clone(),
+            gaps_topic: topics.gaps.clone(),
+        },
+    ));
+    // One reader and one validate task per table: an alert block never
+    // waits behind bulk blocks being turned into JSON.
+    for table in outbox::Table::ALL {
+        let (entry_tx, entry_rx) = mpsc::channel(cfg.raw.outbox.window_blocks);
+        tasks.spawn(outbox::read(
+            store.clone(),
+            table,
+            cfg.raw.outbox.window_blocks,
+            progress_rx.clone(),
+            rewind_rx.clone(),
+            entry_tx,
+        ));
+        let out = if table == outbox::Table::Bulk {
+            bulk_tx.clone()
+        } else {
+            urgent_tx.clone()
+        };
         tasks.spawn(validate::run(
             cfg.decode,
             topics.clone(),
             stats.clone(),
-            from_decode,
-            alert_pub_tx.clone(),
-            pub_tx.clone(),
+            entry_rx,
+            out,
+            files_tx.clone(),
         ));
     }
-    drop(alert_pub_tx);
+    drop((urgent_tx, bulk_tx, files_tx));
     tasks.spawn(publish::status(
         topics.clone(),
         cfg.raw.link.link_timeout,
         stats.clone(),
         link.clone(),
         cancel.clone(),
-        pub_tx,
+        ephemeral_tx,
     ));
     tasks.spawn(publish::run(
         cfg.raw.mqtt.clone(),
         topics,
         stats.clone(),
-        alert_pub_rx,
-        pub_rx,
+        publish::PublishIo {
+            urgent: urgent_rx,
+            bulk: bulk_rx,
+            ephemeral: ephemeral_rx,
+            acked: acked_tx,
+            rewind: rewind_tx,
+        },
     ));
     tracing::info!(listen = %local_addr, broker = %format!("{}:{}", cfg.raw.mqtt.host, cfg.raw.mqtt.port),
-        "Receiver started.");
+        outbox = %cfg.raw.outbox.path.display(), "Receiver started.");
     Ok(RxHandle {
         stats,
         link,

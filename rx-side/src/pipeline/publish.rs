@@ -1,17 +1,21 @@
-//! Stage 6, `publish`: MQTT at QoS 1, counted only when the broker acks.
+//! Stage 6, `publish`: MQTT at QoS 1; an outbox entry is done only when the
+//! broker acknowledged every message made from it.
 //!
 //! ```text
-//!  Vec<Message> ──publish_tracked──> broker ──PUBACK──> acked
-//!                      ^                     └─ session reset / disconnect ─┐
-//!                      └──────────────── republished (same payload, same id) ┘
+//!  Delivery (urgent: events, alert lane; then bulk) ──publish_tracked──> broker ──PUBACK──> count down
+//!      entry fully acknowledged ──EntryRef──> outbox (deleted after `retain_acked`)
+//!  broker came back without our session, or a publish failed ──> rewind: the outbox is read again
 //!  status ticker ──(retained, last-will "offline")──> diode/v1/{site}/{gw}/status
 //! ```
 //!
-//! A message is delivered only when its PUBACK arrives; one the client
-//! reports lost (a broker restart without persistence resets the session)
-//! is published again with the same record id, so consumers de-duplicate.
+//! The client keeps a persistent session (`clean_session = false`), so a
+//! broker that kept it gets the in-flight messages again from the client.
+//! A broker that lost it (restart without persistence) also lost what it
+//! had acknowledged but not delivered; the rewind publishes everything still
+//! in the outbox again, under the same record ids, for consumers to
+//! de-duplicate.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,12 +24,14 @@ use rumqttc::{
     QoS,
 };
 use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::MqttConfig;
 use weir_shared::contract::rfc3339_ns;
 
-use super::{LinkState, Message, StageError, now};
+use super::outbox::EntryRef;
+use super::{Delivery, LinkState, Message, StageError, now};
 use crate::stats::{RxStats, add};
 
 /// The topics of one receiver.
@@ -76,6 +82,7 @@ fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
             .max(1),
     );
     opts.set_inflight(cfg.inflight);
+    opts.set_clean_session(false);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_last_will(LastWill::new(
         topics.status.clone(),
@@ -87,14 +94,18 @@ fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
 }
 
 /// The event loop drives the connection; it reconnects with backoff.
-fn spawn_connection(mut eventloop: EventLoop) -> JoinHandle<()> {
+fn spawn_connection(mut eventloop: EventLoop, connacks: UnboundedSender<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!("Connected to the MQTT broker.");
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "Connected to the MQTT broker."
+                    );
+                    let _ = connacks.send(ack.session_present);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -109,119 +120,133 @@ fn spawn_connection(mut eventloop: EventLoop) -> JoinHandle<()> {
     })
 }
 
-/// Notices are awaited in order by a second task; a message whose publish
-/// was not acknowledged goes back through `retry_tx`.
+/// Notices are awaited in order by a second task, which reports each
+/// outcome back to the publish loop.
 fn spawn_acker(
-    mut notice_rx: Receiver<(PublishNotice, Message)>,
-    retry_tx: UnboundedSender<Message>,
+    mut notice_rx: Receiver<(PublishNotice, Option<u64>)>,
+    done_tx: UnboundedSender<(Option<u64>, bool)>,
     ack_stats: Arc<RxStats>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some((notice, msg)) = notice_rx.recv().await {
-            match notice.wait_async().await {
-                Ok(_) => add(&ack_stats.acked, 1),
-                Err(e) => {
-                    tracing::debug!(error = %e, "Publish not acknowledged; publishing again.");
-                    add(&ack_stats.republished, 1);
-                    if retry_tx.send(msg).is_err() {
-                        break;
-                    }
+        while let Some((notice, id)) = notice_rx.recv().await {
+            let ok = match notice.wait_async().await {
+                Ok(_) => {
+                    add(&ack_stats.acked, 1);
+                    true
                 }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Publish not acknowledged.");
+                    false
+                }
+            };
+            if done_tx.send((id, ok)).is_err() {
+                break;
             }
         }
     })
 }
 
-/// Run until the message channel closes and every message was acked.
-pub async fn run(
-    cfg: MqttConfig,
-    topics: Topics,
-    stats: Arc<RxStats>,
-    mut from_alert_lane: Receiver<Vec<Message>>,
-    mut from_validate: Receiver<Vec<Message>>,
-) -> Result<(), StageError> {
-    let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
-        .capacity(usize::from(cfg.inflight))
-        .build();
-    let connection = spawn_connection(eventloop);
+/// The publisher's channels.
+pub struct PublishIo {
+    /// Alert-lane blocks and events: served first.
+    pub urgent: Receiver<Delivery>,
+    /// Bulk-lane blocks.
+    pub bulk: Receiver<Delivery>,
+    /// Messages outside the outbox (status, gap reports the disk refused).
+    pub ephemeral: Receiver<Vec<Message>>,
+    /// Entries the broker fully acknowledged.
+    pub acked: UnboundedSender<EntryRef>,
+    /// Bumped when every outbox entry must be published again.
+    pub rewind: watch::Sender<u64>,
+}
 
-    let (notice_tx, notice_rx) =
-        mpsc::channel::<(PublishNotice, Message)>(usize::from(cfg.inflight) * 2);
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Message>();
-    let acker = spawn_acker(notice_rx, retry_tx, stats.clone());
+/// A delivery waiting for its acknowledgements.
+struct Tracked {
+    at: EntryRef,
+    remaining: usize,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
-    // Alert-lane messages overtake the bulk backlog: an alarm must not wait
-    // behind thousands of historian points on their way to the broker.
-    let mut urgent: VecDeque<Message> = VecDeque::new();
-    let mut queue: VecDeque<Message> = VecDeque::new();
-    let mut input_open = true;
-    let mut alerts_open = true;
-    let mut closed_at = None;
-    loop {
-        while alerts_open {
-            match from_alert_lane.try_recv() {
-                Ok(b) => urgent.extend(b),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => alerts_open = false,
-            }
+/// What the publish loop knows.
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    tracked: HashMap<u64, Tracked>,
+    /// Messages to publish, with their delivery id (none: ephemeral).
+    urgent: VecDeque<(Option<u64>, Message)>,
+    bulk: VecDeque<(Option<u64>, Message)>,
+    /// The connection epoch of the last rewind.
+    rewound_epoch: u64,
+}
+
+impl State {
+    fn take(&mut self, d: Delivery, urgent: bool, acked: &UnboundedSender<EntryRef>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        if d.messages.is_empty() {
+            let _ = acked.send(d.at);
+            return;
         }
-        if queue.is_empty() && urgent.is_empty() {
-            let published = stats.published.load(std::sync::atomic::Ordering::Relaxed);
-            let done = stats.acked.load(std::sync::atomic::Ordering::Relaxed);
-            if !input_open && !alerts_open && done >= published {
-                break;
-            }
-            if closed_at.is_some_and(|t: std::time::Instant| t.elapsed() > DRAIN_LIMIT) {
-                tracing::error!(
-                    unacknowledged = published - done,
-                    "Stopping with messages the broker never acknowledged."
-                );
-                break;
-            }
-            tokio::select! {
-                biased;
-                m = retry_rx.recv() => if let Some(m) = m { queue.push_back(m) },
-                batch = from_alert_lane.recv(), if alerts_open => if let Some(b) = batch {
-                    urgent.extend(b);
-                } else {
-                    alerts_open = false;
-                },
-                batch = from_validate.recv(), if input_open => if let Some(b) = batch {
-                    queue.extend(b);
-                } else {
-                    input_open = false;
-                    closed_at = Some(now());
-                },
-                () = tokio::time::sleep(Duration::from_millis(50)), if !input_open => {}
-            }
-            continue;
-        }
-        while let Ok(m) = retry_rx.try_recv() {
-            queue.push_front(m);
-        }
-        let Some(msg) = urgent.pop_front().or_else(|| queue.pop_front()) else {
-            continue;
+        self.tracked.insert(
+            id,
+            Tracked {
+                at: d.at,
+                remaining: d.messages.len(),
+                _permit: d.permit,
+            },
+        );
+        let q = if urgent {
+            &mut self.urgent
+        } else {
+            &mut self.bulk
         };
-        let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
-        match client
-            .publish_tracked(msg.topic.clone(), msg.payload.clone(), opts)
-            .await
-        {
-            Ok(notice) => {
-                add(&stats.published, 1);
-                if notice_tx.send((notice, msg)).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "MQTT client refused a publish; retrying.");
-                queue.push_front(msg);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        q.extend(d.messages.into_iter().map(|m| (Some(id), m)));
+    }
+
+    /// Everything not yet acknowledged will come again from the outbox:
+    /// forget it here so the readers' windows open.
+    fn rewind(&mut self, epoch: u64, io: &PublishIo, stats: &RxStats) {
+        if self.rewound_epoch == epoch {
+            return;
+        }
+        self.rewound_epoch = epoch;
+        add(&stats.rewinds, 1);
+        tracing::warn!("The broker lost messages it held: publishing the outbox again.");
+        self.tracked.clear();
+        self.urgent.retain(|(id, _)| id.is_none());
+        self.bulk.retain(|(id, _)| id.is_none());
+        io.rewind.send_modify(|g| *g += 1);
+    }
+
+    /// The broker answered a connect; one that lost our session (after the
+    /// first connect) lost what it held for subscribers too.
+    fn connack(&mut self, present: bool, epoch: &mut u64, io: &PublishIo, stats: &RxStats) {
+        *epoch += 1;
+        if !present && *epoch > 1 {
+            self.rewind(*epoch, io, stats);
+        }
+    }
+
+    fn done(&mut self, id: Option<u64>, ok: bool, epoch: u64, io: &PublishIo, stats: &RxStats) {
+        if !ok {
+            self.rewind(epoch, io, stats);
+            return;
+        }
+        let Some(id) = id else { return };
+        if let Some(t) = self.tracked.get_mut(&id) {
+            t.remaining -= 1;
+            if t.remaining == 0 {
+                let at = t.at;
+                self.tracked.remove(&id);
+                let _ = io.acked.send(at);
             }
         }
     }
-    // Clean shutdown: say offline ourselves (the broker drops the will on
-    // a clean disconnect), then disconnect.
+}
+
+/// Clean shutdown: say offline ourselves (the broker drops the will on a
+/// clean disconnect), then disconnect.
+async fn say_offline(client: &AsyncClient, topics: &Topics) {
     let _ = client
         .publish_tracked(
             topics.status.clone(),
@@ -231,6 +256,112 @@ pub async fn run(
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = client.disconnect().await;
+}
+
+/// Run until every input closed and everything taken was acknowledged
+/// (or `DRAIN_LIMIT` passed: what is left stays in the outbox).
+pub async fn run(
+    cfg: MqttConfig,
+    topics: Topics,
+    stats: Arc<RxStats>,
+    mut io: PublishIo,
+) -> Result<(), StageError> {
+    let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
+        .capacity(usize::from(cfg.inflight))
+        .build();
+    let (connack_tx, mut connack_rx) = mpsc::unbounded_channel::<bool>();
+    let connection = spawn_connection(eventloop, connack_tx);
+
+    let (notice_tx, notice_rx) =
+        mpsc::channel::<(PublishNotice, Option<u64>)>(usize::from(cfg.inflight) * 2);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let acker = spawn_acker(notice_rx, done_tx, stats.clone());
+
+    let mut st = State::default();
+    let mut epoch = 0u64;
+    let (mut urgent_open, mut bulk_open, mut eph_open) = (true, true, true);
+    let mut closed_at = None;
+    loop {
+        while let Ok(present) = connack_rx.try_recv() {
+            st.connack(present, &mut epoch, &io, &stats);
+        }
+        while let Ok((id, ok)) = done_rx.try_recv() {
+            st.done(id, ok, epoch, &io, &stats);
+        }
+        // Alert-lane messages overtake the bulk backlog: an alarm must not
+        // wait behind thousands of historian points on their way out.
+        while urgent_open {
+            match io.urgent.try_recv() {
+                Ok(d) => st.take(d, true, &io.acked),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => urgent_open = false,
+            }
+        }
+        while let Ok(ms) = io.ephemeral.try_recv() {
+            st.urgent.extend(ms.into_iter().map(|m| (None, m)));
+        }
+        if st.urgent.is_empty() && st.bulk.is_empty() {
+            let inputs_open = urgent_open || bulk_open;
+            if !inputs_open && closed_at.is_none() {
+                closed_at = Some(now());
+            }
+            if !inputs_open && st.tracked.is_empty() {
+                break;
+            }
+            if closed_at.is_some_and(|t: std::time::Instant| t.elapsed() > DRAIN_LIMIT) {
+                tracing::error!(
+                    unacknowledged_blocks = st.tracked.len(),
+                    "Stopping before the broker acknowledged everything; the rest stays in the outbox."
+                );
+                break;
+            }
+            tokio::select! {
+                biased;
+                c = connack_rx.recv() => if let Some(present) = c {
+                    st.connack(present, &mut epoch, &io, &stats);
+                },
+                d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, epoch, &io, &stats) },
+                d = io.urgent.recv(), if urgent_open => match d {
+                    Some(d) => st.take(d, true, &io.acked),
+                    None => urgent_open = false,
+                },
+                m = io.ephemeral.recv(), if eph_open => match m {
+                    Some(ms) => st.urgent.extend(ms.into_iter().map(|m| (None, m))),
+                    None => eph_open = false,
+                },
+                d = io.bulk.recv(), if bulk_open => match d {
+                    Some(d) => st.take(d, false, &io.acked),
+                    None => bulk_open = false,
+                },
+                () = tokio::time::sleep(Duration::from_millis(50)), if !(urgent_open || bulk_open) => {}
+            }
+            continue;
+        }
+        let Some((id, msg)) = st.urgent.pop_front().or_else(|| st.bulk.pop_front()) else {
+            continue;
+        };
+        if id.is_some_and(|id| !st.tracked.contains_key(&id)) {
+            continue; // rewound: it comes again from the outbox
+        }
+        let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
+        match client
+            .publish_tracked(msg.topic.clone(), msg.payload.clone(), opts)
+            .await
+        {
+            Ok(notice) => {
+                add(&stats.published, 1);
+                if notice_tx.send((notice, id)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT client refused a publish; retrying.");
+                st.urgent.push_front((id, msg));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    say_offline(&client, &topics).await;
     drop(notice_tx);
     let _ = acker.await;
     connection.abort();

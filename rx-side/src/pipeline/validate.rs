@@ -1,93 +1,82 @@
-//! Stage 5, `validate`: plaintext frame → records → MQTT messages.
+//! Stage 5, `validate`: an outbox entry → records → MQTT messages.
 //!
 //! ```text
-//!  OpenedBlock ──(frame version, size limits, postcard schema)──> records ──> topic + JSON ──> publish
-//!              └─ undecodable frame: counted (drop_frame) and reported
+//!  Entry(block) ──(frame version, size limits, postcard schema)──> records ──> topic + JSON ──> Delivery ──> publish
+//!  Entry(event) ──────────────────────────────────────────────────────────────────────────────> Delivery ──> publish
+//!               └─ undecodable frame: counted (drop_frame), delivered empty so the outbox lets it go
+//!  records ──file chunks (and, on the bulk lane, the block's seq)──> files
 //! ```
 //!
-//! Full-queue policy: this stage never waits on the broker. If the publish
-//! queue is full, the whole block is shed, counted (`blocks_shed`) and
-//! reported on the gaps topic with its sequence number and record count.
+//! Full-queue policy: this stage waits on `publish` and on `files`; the
+//! backlog stays in the outbox on disk, bounded by the reader's window.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::{alert_payload, point_payload, point_topic};
-use weir_shared::lane::Lane;
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
+use super::files::{self, FileWork};
+use super::outbox::{Body, Entry};
 use super::publish::Topics;
-use super::{Message, OpenedBlock, StageError, send_gap};
+use super::{Delivery, Message, StageError};
 use crate::stats::{RxStats, add};
 
-/// Run until the decode channel closes.
+/// Run until the outbox reader closes.
 pub async fn run(
     limits: DecodeLimits,
     topics: Topics,
     stats: Arc<RxStats>,
-    mut from_decode: Receiver<OpenedBlock>,
-    to_alert_lane: Sender<Vec<Message>>,
-    to_publish: Sender<Vec<Message>>,
+    mut from_outbox: Receiver<Entry>,
+    to_publish: Sender<Delivery>,
+    to_files: Option<Sender<FileWork>>,
 ) -> Result<(), StageError> {
-    while let Some(block) = from_decode.recv().await {
-        let batch = match decode_frame(&block.frame, limits) {
-            Ok(b) => b,
-            Err(e) => {
-                add(&stats.drop_frame, 1);
-                tracing::warn!(seq = block.seq, lane = block.lane.as_str(), error = %e, "Authentic block with an undecodable frame.");
-                continue;
-            }
-        };
-        add(&stats.records, batch.records.len() as u64);
-        let messages: Vec<Message> = batch
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Point(p) => Some(Message {
-                    topic: point_topic(&topics.point_template, &topics.site, p),
-                    payload: point_payload(block.session, p),
-                    retain: false,
-                }),
-                Record::Alert(a) => Some(Message {
-                    topic: format!("{}/{}", topics.alerts, a.source.as_str()),
-                    payload: alert_payload(block.session, a),
-                    retain: false,
-                }),
-                // Files are reassembled by the file output, not published.
-                Record::FileChunk(_) => {
-                    add(&stats.file_chunks, 1);
-                    None
+    while let Some(entry) = from_outbox.recv().await {
+        let Entry { at, body, permit } = entry;
+        let messages = match body {
+            Body::Event(m) => vec![m],
+            Body::Block(block) => match decode_frame(&block.frame, limits) {
+                Ok(batch) => {
+                    add(&stats.records, batch.records.len() as u64);
+                    let messages = batch
+                        .records
+                        .iter()
+                        .filter_map(|r| match r {
+                            Record::Point(p) => Some(Message {
+                                topic: point_topic(&topics.point_template, &topics.site, p),
+                                payload: point_payload(block.session, p),
+                                retain: false,
+                            }),
+                            Record::Alert(a) => Some(Message {
+                                topic: format!("{}/{}", topics.alerts, a.source.as_str()),
+                                payload: alert_payload(block.session, a),
+                                retain: false,
+                            }),
+                            // Files are reassembled by the file output, not published.
+                            Record::FileChunk(_) => {
+                                add(&stats.file_chunks, 1);
+                                None
+                            }
+                        })
+                        .collect();
+                    files::forward(to_files.as_ref(), &block, batch.records).await?;
+                    messages
                 }
-            })
-            .collect();
-        let n = messages.len();
-        // Alert-lane blocks have their own queue, which publish serves first.
-        let out = if block.lane == Lane::Alert {
-            &to_alert_lane
-        } else {
-            &to_publish
+                Err(e) => {
+                    add(&stats.drop_frame, 1);
+                    tracing::warn!(seq = block.seq, lane = block.lane.as_str(), error = %e,
+                        "Authentic block with an undecodable frame.");
+                    Vec::new()
+                }
+            },
         };
-        match out.try_send(messages) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                add(&stats.blocks_shed, 1);
-                tracing::error!(
-                    seq = block.seq,
-                    lane = block.lane.as_str(),
-                    records = n,
-                    "Publish queue full: block shed and reported as a gap."
-                );
-                let body = serde_json::json!({"type": "block_shed", "session": block.session.short_hex(),
-                    "lane": block.lane.as_str(), "first_block": block.seq, "last_block": block.seq, "records": n});
-                let gap = Message {
-                    topic: topics.gaps.clone(),
-                    payload: body.to_string().into_bytes(),
-                    retain: false,
-                };
-                send_gap(&to_publish, gap);
-            }
-            Err(TrySendError::Closed(_)) => return Err(StageError::Closed("validate")),
+        let d = Delivery {
+            at,
+            messages,
+            permit,
+        };
+        if to_publish.send(d).await.is_err() {
+            return Err(StageError::Closed("validate"));
         }
     }
     Ok(())

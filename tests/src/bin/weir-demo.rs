@@ -95,8 +95,9 @@ async fn main() -> anyhow::Result<()> {
     // has to name something for validation.
     let rx_port = weir_tests::free_udp_port();
     let rx_toml = format!(
-        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"{k}\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nsite = \"demo\"\nclient_id = \"weir-demo-rx\"\n",
-        k = base.join("unused.key").display()
+        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"{k}\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nsite = \"demo\"\nclient_id = \"weir-demo-rx\"\n[outbox]\npath = \"{o}\"\n",
+        k = base.join("unused.key").display(),
+        o = base.join("rx-outbox.redb").display(),
     );
     let rx_cfg = toml::from_str::<RxConfig>(&rx_toml)?.validate()?;
     let rx = weir_rx::run(rx_cfg, keyring.clone()).await?;
