@@ -209,7 +209,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     );
 
     let outbox = dir.path().join("rx-outbox.redb");
-    let rx_cfg = rx_config(free_udp_port()?, &key, &outbox, broker.port(), opts.inflight)?;
+    let rx_cfg = rx_config(
+        free_udp_port()?,
+        &key,
+        &outbox,
+        broker.port(),
+        opts.inflight,
+    )?;
     let rx = rx_rt.block_on(weir_rx::run(rx_cfg, keyring.clone()))?;
     let proxy = (opts.loss_pct > 0.0)
         .then(|| LossyLink::start(rx.local_addr, opts.loss_pct, opts.seed))

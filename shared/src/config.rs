@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fec::{MAX_SOURCE_SYMBOLS, SYMBOL_ALIGN};
+use crate::files::FilesLimits;
 use crate::lane::{LANES, Lane};
 use crate::reassembly::ReassemblyLimits;
 use crate::record::DecodeLimits;
@@ -55,6 +56,54 @@ pub struct TxConfig {
     /// Followed alert files: Suricata EVE, OPC UA alarm JSON lines (alert lane).
     #[serde(default, rename = "follow")]
     pub follows: Vec<FollowConfig>,
+    /// The durable queue alerts wait in when they outrun the link.
+    #[serde(default)]
+    pub alert_queue: AlertQueueConfig,
+}
+
+/// `[alert_queue]` of the sender: when the alert lane backs up, alerts
+/// wait in this file, in order, instead of being dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQueueConfig {
+    /// The queue file (created on first use; one sender per file).
+    #[serde(default = "default_alert_queue_path")]
+    pub path: PathBuf,
+    /// Most bytes of queued alerts (as stored, before the file's own
+    /// overhead); an alert that does not fit is dropped and counted
+    /// (`alerts_dropped`).
+    #[serde(default = "default_alert_queue_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for AlertQueueConfig {
+    fn default() -> Self {
+        Self {
+            path: default_alert_queue_path(),
+            max_bytes: default_alert_queue_max_bytes(),
+        }
+    }
+}
+
+fn default_alert_queue_path() -> PathBuf {
+    PathBuf::from("/var/lib/weir/tx-alert-queue.redb")
+}
+fn default_alert_queue_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// Check `[alert_queue]`.
+fn valid_alert_queue(q: &AlertQueueConfig) -> Result<(), ConfigError> {
+    if q.path.file_name().is_none() {
+        return Err(bad("alert_queue.path", "must name a file"));
+    }
+    if !(1024 * 1024..=1 << 40).contains(&q.max_bytes) {
+        return Err(bad(
+            "alert_queue.max_bytes",
+            "must be between 1 MiB and 1 TiB",
+        ));
+    }
+    Ok(())
 }
 
 /// One `[[syslog]]` listener.
@@ -660,6 +709,7 @@ impl TxConfig {
         }
         valid_spools(&self.spools, lanes[Lane::Bulk.index()].max_batch_bytes)?;
         valid_alert_sources(&self.syslogs, &self.follows)?;
+        valid_alert_queue(&self.alert_queue)?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
         // reason: rate_mbps was checked to be finite and in 0.01..=100000, so
         // the byte rate is positive and far below u64::MAX.
@@ -693,6 +743,76 @@ pub struct RxConfig {
     pub limits: RxLimits,
     /// MQTT output.
     pub mqtt: MqttConfig,
+    /// Opaque file output; without it file chunks are counted and dropped.
+    #[serde(default)]
+    pub files: Option<FilesConfig>,
+    /// The durable outbox between decode and MQTT.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// `[outbox]` of the receiver: decoded blocks wait here, on disk, until the
+/// broker has acknowledged every message made from them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// The outbox file (created if missing; one receiver per file).
+    #[serde(default = "default_outbox_path")]
+    pub path: PathBuf,
+    /// Most block bytes held; a block that does not fit is counted as lost
+    /// and reported as a gap.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub max_bytes: u64,
+    /// How long an acknowledged block is kept, so that a broker restart
+    /// without persistence (which loses what it had acknowledged but not yet
+    /// delivered) can be answered by publishing it again.
+    #[serde(default = "default_retain_acked", with = "humantime_serde")]
+    pub retain_acked: Duration,
+    /// Blocks per lane read from the outbox and not yet acknowledged.
+    #[serde(default = "default_outbox_window")]
+    pub window_blocks: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            path: default_outbox_path(),
+            max_bytes: default_outbox_max_bytes(),
+            retain_acked: default_retain_acked(),
+            window_blocks: default_outbox_window(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    fn check(&self, max_block_bytes: u32) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() || self.path.is_dir() {
+            return Err(bad("outbox.path", "must name a file, not a directory"));
+        }
+        if self.max_bytes < u64::from(max_block_bytes) {
+            return Err(bad(
+                "outbox.max_bytes",
+                "must hold at least one block (limits.max_block_bytes)",
+            ));
+        }
+        if !(1..=4096).contains(&self.window_blocks) {
+            return Err(bad("outbox.window_blocks", "must be between 1 and 4096"));
+        }
+        Ok(())
+    }
+}
+
+fn default_outbox_path() -> PathBuf {
+    PathBuf::from("/var/lib/weir/rx-outbox.redb")
+}
+fn default_outbox_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_retain_acked() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_outbox_window() -> usize {
+    16
 }
 
 /// `[link]` of the receiver.
@@ -715,6 +835,92 @@ pub struct RxLink {
 pub struct RxKeys {
     /// Key files to load; any of them is accepted.
     pub files: Vec<PathBuf>,
+}
+
+/// `[files]` of the receiver: where opaque files are assembled and put.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Finished files appear here, under their original names.
+    pub output_dir: PathBuf,
+    /// Where files are assembled (default `<output_dir>/.staging`); must be
+    /// on the same filesystem as `output_dir`, so finishing is a rename.
+    #[serde(default)]
+    pub staging_dir: Option<PathBuf>,
+    /// Most files being assembled at once.
+    #[serde(default = "default_files_max_files")]
+    pub max_files: usize,
+    /// Most declared bytes of all files being assembled together.
+    #[serde(default = "default_files_max_staging")]
+    pub max_staging_bytes: u64,
+    /// A file without a new byte for this long is given up as incomplete
+    /// (lost blocks usually give it up sooner).
+    #[serde(default = "default_files_incomplete", with = "humantime_serde")]
+    pub incomplete_timeout: Duration,
+}
+
+fn default_files_max_files() -> usize {
+    64
+}
+fn default_files_max_staging() -> u64 {
+    16 << 30
+}
+fn default_files_incomplete() -> Duration {
+    Duration::from_mins(5)
+}
+
+/// A validated `[files]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidFiles {
+    /// Where finished files go.
+    pub output_dir: PathBuf,
+    /// Where files are assembled.
+    pub staging_dir: PathBuf,
+    /// Bounds and timeouts of the assembler.
+    pub limits: FilesLimits,
+}
+
+fn valid_files(f: &FilesConfig, gap_timeout: Duration) -> Result<ValidFiles, ConfigError> {
+    if f.output_dir.as_os_str().is_empty() {
+        return Err(bad("files.output_dir", "must not be empty"));
+    }
+    let staging_dir = match &f.staging_dir {
+        None => f.output_dir.join(".staging"),
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(bad("files.staging_dir", "must not be empty"));
+        }
+        Some(p) if p == &f.output_dir => {
+            return Err(bad(
+                "files.staging_dir",
+                "must differ from files.output_dir (half-written files would show)",
+            ));
+        }
+        Some(p) => p.clone(),
+    };
+    if !(1..=100_000).contains(&f.max_files) {
+        return Err(bad("files.max_files", "must be between 1 and 100000"));
+    }
+    if f.max_staging_bytes == 0 {
+        return Err(bad("files.max_staging_bytes", "must be positive"));
+    }
+    if f.incomplete_timeout < gap_timeout {
+        return Err(bad(
+            "files.incomplete_timeout",
+            "must be at least limits.gap_timeout",
+        ));
+    }
+    Ok(ValidFiles {
+        output_dir: f.output_dir.clone(),
+        staging_dir,
+        limits: FilesLimits {
+            max_files: f.max_files,
+            max_total_bytes: f.max_staging_bytes,
+            incomplete_timeout: f.incomplete_timeout,
+            // Once a block is declared lost, any other block that could hold
+            // a file's missing bytes is resolved within a gap timeout.
+            loss_settle: gap_timeout,
+        },
+    })
 }
 
 /// `[limits]` of the receiver.
@@ -822,6 +1028,8 @@ pub struct ValidRx {
     pub reassembly: ReassemblyLimits,
     /// Record decode bounds.
     pub decode: DecodeLimits,
+    /// File output, when `[files]` is configured.
+    pub files: Option<ValidFiles>,
 }
 
 fn topic_segment_ok(s: &str) -> bool {
@@ -905,6 +1113,7 @@ impl RxConfig {
         if m.inflight == 0 {
             return Err(bad("mqtt.inflight", "must be positive"));
         }
+        self.outbox.check(l.max_block_bytes)?;
         let reassembly = ReassemblyLimits {
             max_block_bytes: l.max_block_bytes,
             max_pending_blocks: l.max_pending_blocks,
@@ -917,10 +1126,16 @@ impl RxConfig {
             max_body_bytes: l.max_batch_bytes,
             max_records: l.max_records,
         };
+        let files = self
+            .files
+            .as_ref()
+            .map(|f| valid_files(f, l.gap_timeout))
+            .transpose()?;
         Ok(ValidRx {
             raw: self,
             reassembly,
             decode,
+            files,
         })
     }
 }
@@ -957,6 +1172,7 @@ mod tests {
             spools: vec![],
             syslogs: vec![],
             follows: vec![],
+            alert_queue: AlertQueueConfig::default(),
         }
     }
 
@@ -987,6 +1203,33 @@ mod tests {
             c.validate().map(|_| ()).map_err(|e| e.key),
             Err("keys.files")
         );
+    }
+
+    #[test]
+    fn alert_queue_defaults_and_keys_are_checked() {
+        let q: AlertQueueConfig = serde_json::from_str("{}").expect("defaults");
+        assert_eq!(q.path, default_alert_queue_path());
+        assert_eq!(q.max_bytes, 64 * 1024 * 1024);
+        assert!(
+            serde_json::from_str::<AlertQueueConfig>(r#"{"dir": "/x"}"#).is_err(),
+            "unknown key"
+        );
+        let key = |c: TxConfig| c.validate().map(|_| ()).map_err(|e| e.key);
+        let mut c = tx();
+        c.alert_queue.path = PathBuf::new();
+        assert_eq!(key(c), Err("alert_queue.path"));
+        let mut c = tx();
+        c.alert_queue.path = "/".into();
+        assert_eq!(key(c), Err("alert_queue.path"));
+        let mut c = tx();
+        c.alert_queue.max_bytes = 1024;
+        assert_eq!(key(c), Err("alert_queue.max_bytes"));
+        let mut c = tx();
+        c.alert_queue = AlertQueueConfig {
+            path: "/tmp/q.redb".into(),
+            max_bytes: 1024 * 1024,
+        };
+        assert_eq!(key(c), Ok(()));
     }
 
     fn spool(format: crate::formats::Format) -> SpoolConfig {
@@ -1146,8 +1389,16 @@ mod tests {
                 inflight: 10,
                 keep_alive: Duration::from_secs(5),
             },
+            outbox: OutboxConfig::default(),
+            files: None,
         };
         assert!(c.clone().validate().is_ok());
+        let mut o = c.clone();
+        o.outbox.max_bytes = 10;
+        assert_eq!(
+            o.validate().map(|_| ()).map_err(|e| e.key),
+            Err("outbox.max_bytes")
+        );
         let mut b = c.clone();
         b.mqtt.site = "a/b".into();
         assert_eq!(
@@ -1160,5 +1411,63 @@ mod tests {
             b.validate().map(|_| ()).map_err(|e| e.key),
             Err("limits.gap_timeout")
         );
+    }
+
+    fn rx_with_files(files: &str) -> Result<ValidRx, ConfigError> {
+        let text = format!(
+            r#"{{"link": {{"listen": "127.0.0.1:4000"}}, "keys": {{"files": ["k"]}},
+                "mqtt": {{"host": "h"}}, "limits": {{"gap_timeout": "10s"}}, "files": {files}}}"#
+        );
+        let c: RxConfig = serde_json::from_str(&text).expect("rx config parses");
+        c.validate()
+    }
+
+    #[test]
+    fn rx_files_keys_are_checked() {
+        let v = rx_with_files(r#"{"output_dir": "/srv/in"}"#).expect("minimal [files]");
+        let f = v.files.expect("files configured");
+        assert_eq!(f.staging_dir, PathBuf::from("/srv/in/.staging"));
+        assert_eq!(f.limits.max_files, 64);
+        assert_eq!(f.limits.loss_settle, Duration::from_secs(10));
+        assert_eq!(f.limits.incomplete_timeout, Duration::from_mins(5));
+        let f = rx_with_files(
+            r#"{"output_dir": "/srv/in", "staging_dir": "/srv/stage", "max_files": 3,
+                "max_staging_bytes": 1000, "incomplete_timeout": "30s"}"#,
+        )
+        .expect("full [files]")
+        .files
+        .expect("files");
+        assert_eq!(f.staging_dir, PathBuf::from("/srv/stage"));
+        assert_eq!(f.limits.max_total_bytes, 1000);
+        for (files, key) in [
+            (r#"{"output_dir": ""}"#, "files.output_dir"),
+            (
+                r#"{"output_dir": "/a", "staging_dir": "/a"}"#,
+                "files.staging_dir",
+            ),
+            (r#"{"output_dir": "/a", "max_files": 0}"#, "files.max_files"),
+            (
+                r#"{"output_dir": "/a", "max_staging_bytes": 0}"#,
+                "files.max_staging_bytes",
+            ),
+            (
+                r#"{"output_dir": "/a", "incomplete_timeout": "9s"}"#,
+                "files.incomplete_timeout",
+            ),
+        ] {
+            assert_eq!(
+                rx_with_files(files).map(|_| ()).map_err(|e| e.key),
+                Err(key),
+                "{files}"
+            );
+        }
+        // Unknown keys are refused; without the table, files are off.
+        let text = r#"{"link": {"listen": "127.0.0.1:4000"}, "keys": {"files": ["k"]},
+            "mqtt": {"host": "h"}, "files": {"output_dir": "/a", "outptu": 1}}"#;
+        assert!(serde_json::from_str::<RxConfig>(text).is_err());
+        let text = r#"{"link": {"listen": "127.0.0.1:4000"}, "keys": {"files": ["k"]},
+            "mqtt": {"host": "h"}}"#;
+        let c: RxConfig = serde_json::from_str(text).expect("parses");
+        assert!(c.validate().expect("valid").files.is_none());
     }
 }

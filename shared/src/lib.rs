@@ -4,7 +4,7 @@
 //! format ([`wire`]), the crypto envelope ([`seal`]), forward error
 //! correction ([`fec`]), block reassembly and loss accounting
 //! ([`reassembly`]), the record model and batch frames ([`record`]),
-//! heartbeats ([`heartbeat`]), pacing arithmetic ([`pace`]), the MQTT
+//! heartbeats ([`heartbeat`]), file assembly ([`files`]), pacing arithmetic ([`pace`]), the MQTT
 //! contract ([`contract`]) and configuration ([`config`]). No tokio, no
 //! sockets, no clock reads, no filesystem: callers pass `now` and buffers,
 //! so every piece is deterministic under test.
@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod config;
 pub mod contract;
 pub mod fec;
+pub mod files;
 pub mod formats;
 pub mod heartbeat;
 pub mod lane;

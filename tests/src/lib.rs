@@ -103,7 +103,10 @@ impl Process {
         let err = std::fs::File::create(&log).expect("log file");
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -147,6 +150,23 @@ impl Process {
             .wait_with_output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         out.unwrap_or_default()
+    }
+
+    /// Send a signal by name (`STOP`, `CONT`, …).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
+    /// SIGKILL and reap: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Whether it is still running.
@@ -261,6 +281,45 @@ impl Broker {
         }
     }
 
+    /// Kill the broker (SIGKILL: with persistence off it forgets every
+    /// session and queued message). Needs Mosquitto.
+    pub fn stop(&mut self) {
+        match self {
+            Self::Mosquitto { process, .. } => process.kill(),
+            Self::Embedded { .. } => panic!("stopping the broker needs mosquitto installed"),
+        }
+    }
+
+    /// Start a stopped broker again on the same port.
+    pub fn resume(&mut self) {
+        let Self::Mosquitto { port, process, dir } = self else {
+            panic!("restarting the broker needs mosquitto installed");
+        };
+        let bin = mosquitto_path().expect("mosquitto binary");
+        let conf = dir
+            .path()
+            .join("mosquitto.conf")
+            .to_string_lossy()
+            .into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            *process = Process::start(
+                "mosquitto",
+                &bin,
+                &["-c", &conf],
+                dir.path().join("mosquitto.log"),
+            );
+            if wait_tcp(*port, Duration::from_secs(2)) && process.running() {
+                return;
+            }
+            // The port may still be in TIME_WAIT from the killed broker.
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not restart on port {port}"
+            );
+        }
+    }
+
     /// The broker's port.
     pub fn port(&self) -> u16 {
         match self {
@@ -348,6 +407,32 @@ pub struct LinkStats {
     pub reordered: AtomicU64,
     /// Datagrams corrupted.
     pub corrupted: AtomicU64,
+    /// Datagrams dropped because their block is one of [`BlockDrop`]'s.
+    pub block_dropped: AtomicU64,
+}
+
+/// Blocks the relay drops whole: every symbol datagram of blocks
+/// `first..=last` of `lane`, in every session. An unrecoverable loss, for
+/// tests of what the receiver reports when FEC cannot help.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockDrop {
+    /// The lane.
+    pub lane: weir_shared::lane::Lane,
+    /// First block dropped.
+    pub first: u64,
+    /// Last block dropped (inclusive).
+    pub last: u64,
+}
+
+impl BlockDrop {
+    /// Whether datagram `d` is a symbol of one of these blocks.
+    fn hits(&self, d: &[u8]) -> bool {
+        weir_shared::wire::parse(d).is_ok_and(|(h, _)| {
+            h.kind == weir_shared::wire::Kind::Symbol
+                && h.lane == self.lane
+                && (self.first..=self.last).contains(&h.seq)
+        })
+    }
 }
 
 /// A UDP relay with seeded impairments, and a capture of what it saw.
@@ -365,6 +450,15 @@ pub struct LossyLink {
 impl LossyLink {
     /// Relay from a fresh loopback port to `output`.
     pub fn start(output: SocketAddr, imp: Impairment) -> Self {
+        Self::start_with(output, imp, None)
+    }
+
+    /// Like [`LossyLink::start`], also dropping every datagram of `blocks`.
+    pub fn start_dropping(output: SocketAddr, imp: Impairment, blocks: BlockDrop) -> Self {
+        Self::start_with(output, imp, Some(blocks))
+    }
+
+    fn start_with(output: SocketAddr, imp: Impairment, blocks: Option<BlockDrop>) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("relay socket");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
@@ -373,7 +467,8 @@ impl LossyLink {
         let capture = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, cap, stp) = (stats.clone(), capture.clone(), stop.clone());
-        let thread = std::thread::spawn(move || relay(&sock, output, imp, &st, &cap, &stp));
+        let thread =
+            std::thread::spawn(move || relay(&sock, output, (imp, blocks), &st, &cap, &stp));
         Self {
             input,
             stats,
@@ -396,7 +491,7 @@ impl Drop for LossyLink {
 fn relay(
     sock: &UdpSocket,
     output: SocketAddr,
-    imp: Impairment,
+    (imp, blocks): (Impairment, Option<BlockDrop>),
     stats: &LinkStats,
     capture: &Mutex<Vec<Vec<u8>>>,
     stop: &AtomicBool,
@@ -418,6 +513,10 @@ fn relay(
         stats.seen.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = capture.lock() {
             c.push(d.clone());
+        }
+        if blocks.is_some_and(|b| b.hits(&d)) {
+            stats.block_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         // Release held datagrams whose delay ran out.
         for h in &mut held {
@@ -471,10 +570,14 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// An MQTT subscriber collecting everything under some filters.
+/// An MQTT subscriber collecting everything under some filters. It keeps
+/// a persistent session, reconnects quickly, and subscribes again when the
+/// broker forgot its session (a restart without persistence).
 pub struct Subscriber {
     /// Messages so far.
     pub messages: Arc<Mutex<Vec<Received>>>,
+    /// Subscription rounds the broker acknowledged (1 after `start`).
+    pub subscribed: Arc<AtomicU64>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -488,19 +591,33 @@ impl Subscriber {
             .build()
             .expect("subscriber runtime");
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let msgs = messages.clone();
+        let subscribed = Arc::new(AtomicU64::new(0));
+        let (msgs, rounds) = (messages.clone(), subscribed.clone());
         let filters: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
         runtime.block_on(async move {
-            let id = format!("weir-test-{}", std::process::id());
+            static N: AtomicU64 = AtomicU64::new(0);
+            let id = format!(
+                "weir-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
             let mut opts = rumqttc::MqttOptions::new(id, ("127.0.0.1", port));
             opts.set_max_packet_size(1 << 20, 1 << 20);
             opts.set_keep_alive(30);
+            opts.set_clean_session(false);
             let (client, mut eventloop) =
                 rumqttc::AsyncClient::builder(opts).capacity(1000).build();
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            let mut ready = Some(ready_tx);
-            let mut suback_left = filters.len();
+            let sub = client.clone();
+            let n_filters = filters.len();
+            let subscribe = move |c: rumqttc::AsyncClient, filters: Vec<String>| async move {
+                for f in filters {
+                    let _ = c.subscribe(f, rumqttc::QoS::AtLeastOnce).await;
+                }
+            };
+            let again = filters.clone();
             tokio::spawn(async move {
+                let mut suback_left = n_filters;
+                let mut connected_before = false;
                 loop {
                     match eventloop.poll().await {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
@@ -513,16 +630,21 @@ impl Subscriber {
                                 });
                             }
                         }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                            if connected_before && !ack.session_present {
+                                suback_left = n_filters;
+                                tokio::spawn(subscribe(sub.clone(), again.clone()));
+                            }
+                            connected_before = true;
+                        }
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                             suback_left = suback_left.saturating_sub(1);
-                            if suback_left == 0
-                                && let Some(r) = ready.take()
-                            {
-                                let _ = r.send(());
+                            if suback_left == 0 {
+                                rounds.fetch_add(1, Ordering::SeqCst);
                             }
                         }
                         Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
                 }
             });
@@ -532,14 +654,31 @@ impl Subscriber {
                     .await
                     .expect("subscribe");
             }
-            tokio::time::timeout(Duration::from_secs(10), ready_rx)
-                .await
-                .expect("subscriptions acknowledged in time")
-                .expect("subscriber alive");
             // Keep the client alive for the runtime's lifetime.
             std::mem::forget(client);
         });
-        Self { messages, runtime }
+        let s = Self {
+            messages,
+            subscribed,
+            runtime,
+        };
+        assert!(
+            s.wait_subscribed(1, Duration::from_secs(10)),
+            "subscriptions acknowledged in time"
+        );
+        s
+    }
+
+    /// Wait until `rounds` subscription rounds were acknowledged.
+    pub fn wait_subscribed(&self, rounds: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.subscribed.load(Ordering::SeqCst) >= rounds {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Messages whose topic starts with `prefix`.
@@ -634,6 +773,31 @@ impl Site {
         cfg
     }
 
+    /// The example sender config pointed at this site: sending to
+    /// `destination` at 200 Mbit/s keyed with `key`, its spools under
+    /// `spool/<name>/`, scanned every 100 ms.
+    pub fn tx_config(&self, destination: SocketAddr, key: &Path) -> toml::Table {
+        let example = include_str!("../../systemd/weir-tx.toml");
+        let mut cfg: toml::Table = toml::from_str(example).expect("example tx config parses");
+        cfg["link"]["destination"] = toml::Value::String(destination.to_string());
+        cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
+        cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
+        cfg["keys"]["files"] =
+            toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
+        cfg["alert_queue"]["path"] = toml::Value::String(
+            self.path("tx-alert-queue.redb").display().to_string(),
+        );
+        if let Some(spools) = cfg.get_mut("spool").and_then(toml::Value::as_array_mut) {
+            for s in spools.iter_mut() {
+                let name = s["name"].as_str().expect("spool name").to_owned();
+                s["dir"] =
+                    toml::Value::String(self.path(&format!("spool/{name}")).display().to_string());
+                s["scan_interval"] = toml::Value::String("100ms".into());
+            }
+        }
+        cfg
+    }
+
     /// Write a TOML table inside the site.
     pub fn write_toml(&self, name: &str, table: &toml::Table) -> PathBuf {
         self.write(name, &toml::to_string(table).expect("toml"))
@@ -643,6 +807,37 @@ impl Site {
 impl Default for Site {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// An AVEVA History export of `rows` rows (at most 86 400) of three tags,
+/// one sample a second on day `day` of March 2024: every (tag, time) is
+/// distinct across days.
+pub fn aveva_export(day: u32, rows: usize) -> String {
+    use std::fmt::Write as _;
+    assert!((1..=28).contains(&day) && rows <= 86_400);
+    let mut s = String::from("DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n");
+    for i in 0..rows {
+        let (h, m, sec) = (i / 3600, i / 60 % 60, i % 60);
+        let v = (i as f64) * 0.5;
+        let _ = writeln!(
+            s,
+            "2024-03-{day:02} {h:02}:{m:02}:{sec:02}.0000000,LOAD.T{},{v},{v},0,192,192",
+            i % 3
+        );
+    }
+    s
+}
+
+impl Site {
+    /// Drop a file into a spool the way a well-behaved writer does: write
+    /// under a temporary name, then rename into `incoming/`.
+    pub fn drop_file(&self, spool: &str, name: &str, bytes: &[u8]) {
+        let incoming = self.path(&format!("spool/{spool}/incoming"));
+        std::fs::create_dir_all(&incoming).expect("incoming dir");
+        let tmp = incoming.join(format!("{name}.part"));
+        std::fs::write(&tmp, bytes).expect("spool write");
+        std::fs::rename(&tmp, incoming.join(name)).expect("spool rename");
     }
 }
 

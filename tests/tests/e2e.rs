@@ -4,15 +4,14 @@
 #![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Impairment, LossyLink, Process, Site, Subscriber, binaries, fixture, free_udp_port,
-    last_json_line, write_key,
+    Broker, Impairment, LossyLink, Process, Site, Subscriber, aveva_export, binaries, fixture,
+    free_udp_port, last_json_line, write_key,
 };
 
 const KEY_A: [u8; 32] = [0x11; 32];
@@ -29,8 +28,7 @@ fn tx_config_with(
     repair_ratio: f64,
     syslog: Option<(u16, u16)>,
 ) -> std::path::PathBuf {
-    let example = include_str!("../../systemd/weir-tx.toml");
-    let mut cfg: toml::Table = toml::from_str(example).expect("example tx config parses");
+    let mut cfg = site.tx_config(destination, key);
     if let Some((udp, tcp)) = syslog {
         let listener: toml::Table = toml::from_str(&format!(
             "name = \"syslog\"\nudp = \"127.0.0.1:{udp}\"\ntcp = \"127.0.0.1:{tcp}\"\ntz = \"UTC\"\n"
@@ -41,49 +39,14 @@ fn tx_config_with(
             toml::Value::Array(vec![toml::Value::Table(listener)]),
         );
     }
-    cfg["link"]["destination"] = toml::Value::String(destination.to_string());
-    cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
-    cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
-    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
     cfg["lanes"]["bulk"]["repair_ratio"] = toml::Value::Float(repair_ratio);
     cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
-    let spools = cfg["spool"].as_array_mut().expect("spool array");
-    for s in spools.iter_mut() {
-        let name = s["name"].as_str().expect("spool name").to_owned();
-        s["dir"] = toml::Value::String(site.path(&format!("spool/{name}")).display().to_string());
-        s["scan_interval"] = toml::Value::String("100ms".into());
-    }
     site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
 }
 
 fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> PathBuf {
     let id = format!("weir-rx-{}", std::process::id());
     site.write_toml("rx.toml", &site.rx_config(listen, key, broker_port, &id))
-}
-
-/// An AVEVA export of `rows` rows of three tags, one sample a second.
-fn big_aveva(rows: usize) -> String {
-    let mut s = String::from("DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n");
-    for i in 0..rows {
-        let (h, m, sec) = (i / 3600 % 24, i / 60 % 60, i % 60);
-        let v = (i as f64) * 0.5;
-        let _ = writeln!(
-            s,
-            "2024-03-01 {h:02}:{m:02}:{sec:02}.0000000,LOAD.T{},{v},{v},0,192,192",
-            i % 3
-        );
-    }
-    s
-}
-
-/// Drop a file into a spool the way a well-behaved writer does: write
-/// under a temporary name, then rename into `incoming/`.
-fn drop_file(site: &Site, spool: &str, name: &str, bytes: &[u8]) {
-    let incoming = site.path(&format!("spool/{spool}/incoming"));
-    std::fs::create_dir_all(&incoming).expect("incoming dir");
-    let tmp = incoming.join(format!("{name}.part"));
-    std::fs::write(&tmp, bytes).expect("spool write");
-    std::fs::rename(&tmp, incoming.join(name)).expect("spool rename");
 }
 
 struct Pair {
@@ -176,19 +139,9 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
     let t0 = std::time::Instant::now();
     let mut pair = start_pair(&site, imp, KEY_A, KEY_A, 0.25);
     println!("pair started after {:?}", t0.elapsed());
-    drop_file(
-        &site,
-        "pi",
-        "TT101.PV.json",
-        &fixture("pi_webapi_recorded.json"),
-    );
-    drop_file(
-        &site,
-        "aveva",
-        "aveva_history.csv",
-        &fixture("aveva_history.csv"),
-    );
-    drop_file(&site, "aveva", "bulk_0001.csv", big_aveva(BIG).as_bytes());
+    site.drop_file("pi", "TT101.PV.json", &fixture("pi_webapi_recorded.json"));
+    site.drop_file("aveva", "aveva_history.csv", &fixture("aveva_history.csv"));
+    site.drop_file("aveva", "bulk_0001.csv", aveva_export(1, BIG).as_bytes());
     let expected = 7 + 8 + BIG;
 
     let arrived = pair.sub.wait_for(Duration::from_mins(2), |m| {
@@ -316,12 +269,7 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
 fn wrong_key_publishes_nothing_and_is_counted() {
     let site = Site::new();
     let mut pair = start_pair(&site, Impairment::clean(1), KEY_B, KEY_A, 0.25);
-    drop_file(
-        &site,
-        "aveva",
-        "aveva_history.csv",
-        &fixture("aveva_history.csv"),
-    );
+    site.drop_file("aveva", "aveva_history.csv", &fixture("aveva_history.csv"));
     // Wait until the sender has sent the file and a few heartbeats.
     assert!(
         wait_until(Duration::from_secs(30), || site
@@ -347,12 +295,7 @@ fn wrong_key_publishes_nothing_and_is_counted() {
 fn replayed_and_corrupted_datagrams_publish_nothing_new() {
     let site = Site::new();
     let mut pair = start_pair(&site, Impairment::clean(2), KEY_A, KEY_A, 0.25);
-    drop_file(
-        &site,
-        "aveva",
-        "aveva_history.csv",
-        &fixture("aveva_history.csv"),
-    );
+    site.drop_file("aveva", "aveva_history.csv", &fixture("aveva_history.csv"));
     assert!(pair.sub.wait_for(Duration::from_mins(1), |m| {
         m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= 8
     }));

@@ -17,14 +17,9 @@ const CHUNK: usize = 64 * 1024;
 
 /// The example sender config without its spools, sending to `destination`.
 fn tx_config(site: &Site, destination: SocketAddr, key: &Path) -> PathBuf {
-    let example = include_str!("../../systemd/weir-tx.toml");
-    let mut cfg: toml::Table = toml::from_str(example).expect("example tx config parses");
+    let mut cfg = site.tx_config(destination, key);
     cfg.remove("spool");
-    cfg["link"]["destination"] = toml::Value::String(destination.to_string());
-    cfg["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
-    cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
     cfg["link"]["heartbeat_interval"] = toml::Value::String("200ms".into());
-    cfg["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
     site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
 }
 

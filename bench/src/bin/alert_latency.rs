@@ -108,10 +108,11 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
     ))?;
     let rx = weir_rx::run(rx_cfg.validate()?, keyring.clone()).await?;
     let tx_cfg: TxConfig = toml::from_str(&format!(
-        "[link]\ndestination = \"127.0.0.1:{rx_port}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = {}\n[keys]\nfiles = [\"in-memory\"]\nactive_key_id = 1\n\
+        "[link]\ndestination = \"127.0.0.1:{rx_port}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = {}\n[keys]\nfiles = [\"in-memory\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{}\"\n\
          [[spool]]\nname = \"bulk\"\ndir = \"{}\"\nformat = \"aveva-csv\"\ntz = \"UTC\"\nscan_interval = \"100ms\"\n\
          [[syslog]]\nname = \"syslog\"\nudp = \"127.0.0.1:{syslog_port}\"\n",
         a.rate_mbps,
+        dir.path().join("tx-alert-queue.redb").display(),
         spool.display()
     ))?;
     let tx = weir_tx::run(tx_cfg.validate()?, keyring, [0; 8]).await?;

@@ -50,7 +50,8 @@ use anyhow::Context;
 use ring::digest::{Context as Sha256, SHA256};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender, WeakSender};
-use weir_shared::config::ValidFiles;
+use tokio::task::JoinSet;
+use weir_shared::config::{ValidFiles, ValidRx};
 use weir_shared::contract::rfc3339_ns;
 use weir_shared::files::{
     ChunkOutcome, FileAssembler, FileError, FileKey, Incomplete, IncompleteCause,
@@ -121,7 +122,8 @@ pub(crate) async fn forward(
         }
         return Ok(());
     };
-    if chunks.is_empty() && block.lane != Lane::Bulk {
+    let hint_only = chunks.is_empty();
+    if hint_only && block.lane != Lane::Bulk {
         return Ok(());
     }
     let work = FileWork::Block {
@@ -130,19 +132,18 @@ pub(crate) async fn forward(
         seq: block.seq,
         chunks,
     };
-    match work {
-        // A block without chunks is only a hint; never wait for it.
-        FileWork::Block { ref chunks, .. } if chunks.is_empty() => {
-            if let Err(TrySendError::Closed(_)) = to_files.try_send(work) {
-                return Err(StageError::Closed("validate (files)"));
-            }
-            Ok(())
-        }
-        work => to_files
-            .send(work)
-            .await
-            .map_err(|_| StageError::Closed("validate (files)")),
+    if hint_only {
+        // A block without chunks only says how far the lane got: never
+        // wait for it (a dropped hint at worst delays a verdict).
+        return match to_files.try_send(work) {
+            Err(TrySendError::Closed(_)) => Err(StageError::Closed("validate (files)")),
+            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+        };
     }
+    to_files
+        .send(work)
+        .await
+        .map_err(|_| StageError::Closed("validate (files)"))
 }
 
 /// Tell the file stage of lost blocks, from `decode`, without waiting.
@@ -158,6 +159,30 @@ pub(crate) fn notify_lost(to_files: Option<&Sender<FileWork>>, lost: LostRange) 
 pub struct FileStage {
     cfg: ValidFiles,
     input: Receiver<FileWork>,
+}
+
+/// When `[files]` is configured: prepare the stage and spawn it into
+/// `tasks`; returns the sender `decode` and `validate` feed it through.
+pub(crate) fn start(
+    cfg: &ValidRx,
+    tasks: &mut JoinSet<Result<(), StageError>>,
+    topics: &Topics,
+    stats: &Arc<RxStats>,
+    to_outbox: &Sender<Item>,
+) -> anyhow::Result<Option<Sender<FileWork>>> {
+    let Some(files) = &cfg.files else {
+        return Ok(None);
+    };
+    let (stage, tx) = prepare(files)?;
+    tasks.spawn(run(
+        stage,
+        topics.clone(),
+        stats.clone(),
+        to_outbox.downgrade(),
+    ));
+    tracing::info!(output = %files.output_dir.display(), staging = %files.staging_dir.display(),
+        "File output enabled.");
+    Ok(Some(tx))
 }
 
 /// Create the file output's directories, check them, sweep what an earlier
@@ -200,6 +225,9 @@ fn sweep_staging(dir: &Path) -> anyhow::Result<()> {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| wall.duration_since(t).unwrap_or_default() > MARKER_KEEP);
+        if !is_ours(&path) {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "part") {
             stale += 1;
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -548,9 +576,10 @@ impl Shell {
             payload: body.to_string().into_bytes(),
             retain: false,
         };
-        match self.events.upgrade() {
-            Some(tx) => send_gap(&tx, msg),
-            None => tracing::error!(event = %body, "Receiver stopping: file event not published."),
+        if let Some(tx) = self.events.upgrade() {
+            send_gap(&tx, msg);
+        } else {
+            tracing::error!(event = %body, "Receiver stopping: file event not published.");
         }
     }
 }
@@ -558,6 +587,22 @@ impl Shell {
 /// `<session hex>-<file id>`: the staging name of a transfer.
 fn stem(key: FileKey) -> String {
     format!("{}-{}", hex(&key.session.0), key.file_id)
+}
+
+/// Whether `path` is named like a staging file or marker of ours
+/// (`<32 hex>-<digits>.part|.done`): a shared staging directory keeps
+/// everything else.
+fn is_ours(path: &Path) -> bool {
+    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+        return false;
+    };
+    let Some((session, id)) = stem.split_once('-') else {
+        return false;
+    };
+    session.len() == 32
+        && session.bytes().all(|b| b.is_ascii_hexdigit())
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn marker(staging: &Path, key: FileKey) -> PathBuf {
@@ -697,4 +742,96 @@ fn same_content(path: &Path, size: u64, sha256: &[u8; 32]) -> bool {
     std::fs::File::open(path)
         .and_then(|f| sha256_of(&f, size))
         .is_ok_and(|h| &h == sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(dir: &Path, name: &str, data: &[u8]) -> Staged {
+        let path = dir.join(name);
+        std::fs::write(&path, data).expect("staging write");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        Staged {
+            file: Arc::new(file),
+            path,
+        }
+    }
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        let mut out = [0; 32];
+        out.copy_from_slice(ring::digest::digest(&SHA256, data).as_ref());
+        out
+    }
+
+    #[test]
+    fn finishing_never_replaces_an_existing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (staging, out) = (dir.path().join("s"), dir.path().join("o"));
+        std::fs::create_dir_all(&staging).expect("mkdir");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let mtime = 1_700_000_000_123_456_789;
+        let finish = |part: &str, data: &[u8], claimed: [u8; 32]| {
+            let s = staged(&staging, part, data);
+            finish_file(&s, &out, "a.bin", data.len() as u64, &claimed, mtime).expect("finish")
+        };
+        // First: placed under its name, with its mtime.
+        assert!(
+            matches!(finish("1.part", b"one", sha(b"one")), Finished::Placed(p) if p == out.join("a.bin"))
+        );
+        let m = std::fs::metadata(out.join("a.bin")).and_then(|m| m.modified());
+        assert_eq!(m.ok(), system_time(mtime));
+        // The same bytes again: a replay, not written twice.
+        assert!(
+            matches!(finish("2.part", b"one", sha(b"one")), Finished::AlreadyThere(p) if p == out.join("a.bin"))
+        );
+        // Other bytes under the same name: numbered, the first one kept.
+        assert!(
+            matches!(finish("3.part", b"two", sha(b"two")), Finished::Placed(p) if p == out.join("a.bin.1"))
+        );
+        assert!(
+            matches!(finish("4.part", b"two", sha(b"two")), Finished::AlreadyThere(p) if p == out.join("a.bin.1"))
+        );
+        assert_eq!(std::fs::read(out.join("a.bin")).expect("kept"), b"one");
+        // A hash mismatch is never placed.
+        assert!(
+            matches!(finish("5.part", b"three", sha(b"tree")), Finished::Corrupt(h) if h == sha(b"three"))
+        );
+        assert!(!out.join("a.bin.2").exists());
+    }
+
+    #[test]
+    fn only_our_staging_names_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = FileKey {
+            session: SessionId([0xab; 16]),
+            file_id: 42,
+        };
+        let ours = dir.path().join(format!("{}.part", stem(key)));
+        let theirs = dir.path().join("upload.part");
+        std::fs::write(&ours, b"x").expect("write");
+        std::fs::write(&theirs, b"x").expect("write");
+        std::fs::write(marker(dir.path(), key), b"").expect("marker");
+        sweep_staging(dir.path()).expect("sweep");
+        assert!(!ours.exists(), "a partial file of ours is removed");
+        assert!(theirs.exists(), "someone else's file is kept");
+        assert!(marker(dir.path(), key).exists(), "a fresh marker is kept");
+    }
+
+    #[test]
+    fn long_names_are_shortened_on_a_char_boundary() {
+        let name = "é".repeat(200);
+        let s = shorten(&name);
+        assert!(s.len() <= 255 + "…".len());
+        assert!(s.ends_with('…'));
+        assert_eq!(shorten("short"), "short");
+        assert_eq!(
+            system_time(-1_500_000_000),
+            UNIX_EPOCH.checked_sub(Duration::from_millis(1500))
+        );
+    }
 }

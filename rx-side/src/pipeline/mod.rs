@@ -167,7 +167,6 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         outbox::Outbox::open(&cfg.raw.outbox.path)
             .with_context(|| format!("outbox.path {}", cfg.raw.outbox.path.display()))?,
     );
-    let (files_stage, files_tx) = cfg.files.as_ref().map(files::prepare).transpose()?.unzip();
     let socket = recv::open_socket(&cfg)?;
     let local_addr = socket.local_addr()?;
     let stats = Arc::new(RxStats::default());
@@ -187,14 +186,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
     tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
-    if let Some(stage) = files_stage {
-        tasks.spawn(files::run(
-            stage,
-            topics.clone(),
-            stats.clone(),
-            item_tx.downgrade(),
-        ));
-    }
+    let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     tasks.spawn(decode::run(
         decode::Core::new(cfg.reassembly, keyring).with_files(files_tx.clone()),
         stats.clone(),

@@ -557,7 +557,10 @@ pub async fn read(
             }
             tokio::select! {
                 r = progress.changed() => if r.is_err() { return Ok(()) },
-                r = rewind.changed() => if r.is_err() { return Ok(()) },
+                r = rewind.changed() => match r {
+                    Ok(()) => cursor = None,
+                    Err(_) => return Ok(()),
+                },
             }
         }
     }

@@ -63,6 +63,9 @@ impl Topics {
     }
 }
 
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 /// How long a shutdown waits for outstanding acknowledgements.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -94,7 +97,10 @@ fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
 }
 
 /// The event loop drives the connection; it reconnects with backoff.
-fn spawn_connection(mut eventloop: EventLoop, connacks: UnboundedSender<bool>) -> JoinHandle<()> {
+fn spawn_connection(
+    mut eventloop: EventLoop,
+    connacks: UnboundedSender<Option<bool>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -105,15 +111,20 @@ fn spawn_connection(mut eventloop: EventLoop, connacks: UnboundedSender<bool>) -
                         session_present = ack.session_present,
                         "Connected to the MQTT broker."
                     );
-                    let _ = connacks.send(ack.session_present);
+                    let _ = connacks.send(Some(ack.session_present));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error.");
-                    let jitter =
-                        Duration::from_millis(u64::from(now().elapsed().subsec_millis() % 100));
-                    tokio::time::sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let _ = connacks.send(None);
+                    // Exponential backoff with jitter: half the step fixed,
+                    // half spread, so many receivers don't reconnect in step.
+                    let spread = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos());
+                    let wait = backoff / 2 + backoff / 2 * (spread % 1000) / 1000;
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection error.");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -175,8 +186,12 @@ struct State {
     /// Messages to publish, with their delivery id (none: ephemeral).
     urgent: VecDeque<(Option<u64>, Message)>,
     bulk: VecDeque<(Option<u64>, Message)>,
-    /// The connection epoch of the last rewind.
-    rewound_epoch: u64,
+    /// Connects the broker acknowledged.
+    connects: u64,
+    /// Connected now.
+    connected: bool,
+    /// A delivery failed while disconnected: rewind on the next connect.
+    lost: bool,
 }
 
 impl State {
@@ -205,11 +220,8 @@ impl State {
 
     /// Everything not yet acknowledged will come again from the outbox:
     /// forget it here so the readers' windows open.
-    fn rewind(&mut self, epoch: u64, io: &PublishIo, stats: &RxStats) {
-        if self.rewound_epoch == epoch {
-            return;
-        }
-        self.rewound_epoch = epoch;
+    fn rewind(&mut self, io: &PublishIo, stats: &RxStats) {
+        self.lost = false;
         add(&stats.rewinds, 1);
         tracing::warn!("The broker lost messages it held: publishing the outbox again.");
         self.tracked.clear();
@@ -218,21 +230,36 @@ impl State {
         io.rewind.send_modify(|g| *g += 1);
     }
 
-    /// The broker answered a connect; one that lost our session (after the
-    /// first connect) lost what it held for subscribers too.
-    fn connack(&mut self, present: bool, epoch: &mut u64, io: &PublishIo, stats: &RxStats) {
-        *epoch += 1;
-        if !present && *epoch > 1 {
-            self.rewind(*epoch, io, stats);
+    /// The connection went up (`Some(session_present)`) or down. A broker
+    /// that lost our session (after the first connect) also lost what it
+    /// held for subscribers.
+    fn connection(&mut self, up: Option<bool>, io: &PublishIo, stats: &RxStats) {
+        let Some(present) = up else {
+            self.connected = false;
+            return;
+        };
+        self.connects += 1;
+        self.connected = true;
+        if (!present && self.connects > 1) || self.lost {
+            self.rewind(io, stats);
         }
     }
 
-    fn done(&mut self, id: Option<u64>, ok: bool, epoch: u64, io: &PublishIo, stats: &RxStats) {
+    fn done(&mut self, id: Option<u64>, ok: bool, io: &PublishIo, stats: &RxStats) {
+        // Outcomes of deliveries a rewind already forgot, and of status
+        // messages, change nothing.
+        let Some(id) = id else { return };
         if !ok {
-            self.rewind(epoch, io, stats);
+            if self.tracked.contains_key(&id) {
+                if self.connected {
+                    self.rewind(io, stats);
+                } else {
+                    self.tracked.remove(&id);
+                    self.lost = true;
+                }
+            }
             return;
         }
-        let Some(id) = id else { return };
         if let Some(t) = self.tracked.get_mut(&id) {
             t.remaining -= 1;
             if t.remaining == 0 {
@@ -269,7 +296,7 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
         .capacity(usize::from(cfg.inflight))
         .build();
-    let (connack_tx, mut connack_rx) = mpsc::unbounded_channel::<bool>();
+    let (connack_tx, mut connack_rx) = mpsc::unbounded_channel::<Option<bool>>();
     let connection = spawn_connection(eventloop, connack_tx);
 
     let (notice_tx, notice_rx) =
@@ -278,15 +305,14 @@ pub async fn run(
     let acker = spawn_acker(notice_rx, done_tx, stats.clone());
 
     let mut st = State::default();
-    let mut epoch = 0u64;
     let (mut urgent_open, mut bulk_open, mut eph_open) = (true, true, true);
     let mut closed_at = None;
     loop {
-        while let Ok(present) = connack_rx.try_recv() {
-            st.connack(present, &mut epoch, &io, &stats);
+        while let Ok(up) = connack_rx.try_recv() {
+            st.connection(up, &io, &stats);
         }
         while let Ok((id, ok)) = done_rx.try_recv() {
-            st.done(id, ok, epoch, &io, &stats);
+            st.done(id, ok, &io, &stats);
         }
         // Alert-lane messages overtake the bulk backlog: an alarm must not
         // wait behind thousands of historian points on their way out.
@@ -317,10 +343,10 @@ pub async fn run(
             }
             tokio::select! {
                 biased;
-                c = connack_rx.recv() => if let Some(present) = c {
-                    st.connack(present, &mut epoch, &io, &stats);
+                c = connack_rx.recv() => if let Some(up) = c {
+                    st.connection(up, &io, &stats);
                 },
-                d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, epoch, &io, &stats) },
+                d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, &io, &stats) },
                 d = io.urgent.recv(), if urgent_open => match d {
                     Some(d) => st.take(d, true, &io.acked),
                     None => urgent_open = false,

@@ -115,13 +115,14 @@ async fn main() -> anyhow::Result<()> {
     // 5. The sender, with two spools.
     let (pi, aveva) = (base.join("spool/pi"), base.join("spool/aveva"));
     let tx_toml = format!(
-        "[link]\ndestination = \"{dst}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = 500.0\n[keys]\nfiles = [\"{k}\"]\nactive_key_id = 1\n\
+        "[link]\ndestination = \"{dst}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = 500.0\n[keys]\nfiles = [\"{k}\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{q}\"\n\
          [[spool]]\nname = \"pi\"\ndir = \"{pi}\"\nformat = \"pi-webapi-json\"\nscan_interval = \"200ms\"\n\
          [[spool]]\nname = \"aveva\"\ndir = \"{av}\"\nformat = \"aveva-csv\"\ntz = \"America/Chicago\"\ndiscrete_tags = [\"PUMP7.Running\"]\nscan_interval = \"200ms\"\n",
         dst = link.input,
         k = base.join("unused.key").display(),
         pi = pi.display(),
-        av = aveva.display()
+        av = aveva.display(),
+        q = base.join("tx-alert-queue.redb").display(),
     );
     let tx_cfg = toml::from_str::<TxConfig>(&tx_toml)?.validate()?;
     let tx = weir_tx::run(tx_cfg, keyring, [0; 8]).await?;

@@ -2,15 +2,23 @@
 //!
 //! ```text
 //!  syslog UDP ──────────────────────────┐
-//!  syslog TCP ──(octet-counted / LF)────┼─> parse ──> Alert ──(alert lane: first in line)──> batch
-//!  EVE / OPC UA A&C files ──(tail -F)───┘      └─ refused: counted (alerts_rejected), logged
+//!  syslog TCP ──(octet-counted / LF)────┼─> parse ──> Alert ──> intake ──(alert lane: first in line)──> batch
+//!  EVE / OPC UA A&C files ──(tail -F)───┘      │               └─(lane backed up)─> overflow (disk) ─┘
+//!                                              └─ refused: counted (alerts_rejected), logged
 //! ```
 //!
-//! Full-queue policy: an alert must not wait behind anything, and a syslog
-//! sender cannot be slowed down, so a full alert queue drops the alert,
-//! counts it (`alerts_dropped`, carried in every heartbeat) and logs it.
-//! The queue is large and the alert lane has strict priority on the link,
-//! so this only happens when alerts alone outrun the link.
+//! Full-queue policy: a syslog sender cannot be slowed down, and a receive
+//! loop must never wait on the disk, so no source ever waits here. An alert
+//! goes straight into the alert channel while it has room; once it is full,
+//! alerts spill, in order, to the bounded durable queue on disk
+//! ([`super::overflow`], `[alert_queue]` in the config), and new alerts
+//! queue behind them until the link has caught up. The queue survives a
+//! restart and is sent first after it. Only when it is full (`max_bytes`),
+//! or when even the hand-off to its writer is full, is an alert dropped,
+//! counted (`alerts_dropped`, carried in every heartbeat) and logged (at
+//! most once a second, with the count). The alert lane has strict priority
+//! on the link, so this only happens when alerts alone outrun the link for
+//! long.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +29,6 @@ use anyhow::Context;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc::Sender;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_shared::alerts::eve::{EveDeduper, parse_eve};
@@ -29,9 +36,9 @@ use weir_shared::alerts::opcua_ac::parse_opcua_ac;
 use weir_shared::alerts::syslog::parse_syslog;
 use weir_shared::alerts::{AlertContext, AlertError, Framing, SyslogFramer};
 use weir_shared::config::{FollowConfig, FollowFormat, SyslogConfig, TxConfig};
-use weir_shared::lane::Lane;
-use weir_shared::record::{Alert, Record};
+use weir_shared::record::Alert;
 
+use super::overflow::{self, Intake};
 use super::{SourceItem, StageError};
 use crate::telemetry::{Telemetry, add};
 
@@ -47,26 +54,16 @@ fn unix_ns() -> i64 {
 /// Where parsed alerts go, and the counters they move.
 #[derive(Clone)]
 struct Sink {
-    to_batch: Sender<SourceItem>,
+    intake: Intake,
     telemetry: Arc<Telemetry>,
     name: Arc<str>,
 }
 
 impl Sink {
-    /// Hand over one parse result; never waits.
+    /// Hand over one parse result; never waits (see the full-queue policy).
     fn take(&self, parsed: Result<Alert, AlertError>) -> Result<(), StageError> {
         match parsed {
-            Ok(alert) => match self.to_batch.try_send(SourceItem::Record(
-                Lane::Alert,
-                Record::Alert(Box::new(alert)),
-            )) {
-                Ok(()) => add(&self.telemetry.alerts, 1),
-                Err(TrySendError::Full(_)) => {
-                    add(&self.telemetry.alerts_dropped, 1);
-                    tracing::error!(source = %self.name, "Alert queue full: alert dropped (counted in heartbeats).");
-                }
-                Err(TrySendError::Closed(_)) => return Err(StageError::Closed("alerts")),
-            },
+            Ok(alert) => self.intake.offer(alert)?,
             Err(AlertError::NotAnAlert) => {}
             Err(e) => {
                 add(&self.telemetry.alerts_rejected, 1);
@@ -77,7 +74,8 @@ impl Sink {
     }
 }
 
-/// Bind every configured listener and start the alert sources.
+/// Open the overflow queue (alerts a previous run left in it go first),
+/// then bind every configured listener and start the alert sources.
 pub fn spawn(
     cfg: &TxConfig,
     telemetry: &Arc<Telemetry>,
@@ -85,9 +83,10 @@ pub fn spawn(
     to_batch: &Sender<SourceItem>,
     tasks: &mut JoinSet<Result<(), StageError>>,
 ) -> anyhow::Result<()> {
+    let intake = overflow::start(&cfg.alert_queue, telemetry, cancel, to_batch, tasks)?;
     for s in &cfg.syslogs {
         let sink = Sink {
-            to_batch: to_batch.clone(),
+            intake: intake.clone(),
             telemetry: telemetry.clone(),
             name: s.name.as_str().into(),
         };
@@ -117,7 +116,7 @@ pub fn spawn(
     }
     for f in &cfg.follows {
         let sink = Sink {
-            to_batch: to_batch.clone(),
+            intake: intake.clone(),
             telemetry: telemetry.clone(),
             name: f.name.as_str().into(),
         };

@@ -23,6 +23,7 @@
 pub mod alerts;
 pub mod batch;
 pub mod encode;
+pub mod overflow;
 pub mod pace;
 pub mod seal;
 pub mod send;

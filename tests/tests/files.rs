@@ -1,0 +1,387 @@
+//! End to end: opaque files pushed by `weir-tx send` across a lossy link
+//! land in `weir-rx`'s output directory byte for byte, or are reported.
+//!
+//! * a 50 MB file at 5 % datagram loss arrives identical (SHA-256, mtime);
+//! * a file with a block the relay drops whole is reported incomplete (an
+//!   event on the gaps topic, a counter) and never appears in the output;
+//! * an existing output file is never replaced, a replayed file is not
+//!   written twice, and a hidden name is refused.
+// Long, linear test scripts read best as they are.
+#![allow(clippy::too_many_lines)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::Value as Json;
+use weir_shared::lane::Lane;
+use weir_tests::{
+    BlockDrop, Broker, Impairment, LossyLink, Process, Received, Site, Subscriber, binaries,
+    free_udp_port, last_json_line, write_key,
+};
+
+const KEY: [u8; 32] = [0x3c; 32];
+const CHUNK: usize = 64 * 1024;
+/// Pacing cap of the sender: far above the ~100 Mbit/s a debug-build
+/// `weir-tx` reaches on loopback, so 50 MB cross in seconds (the default
+/// example rate of 100 Mbit/s would be the limit otherwise).
+const RATE_MBPS: f64 = 400.0;
+
+/// A receiver with a file output behind a relay, and a sender config
+/// pointing at the relay.
+struct Link {
+    _broker: Broker,
+    sub: Subscriber,
+    rx: Process,
+    relay: LossyLink,
+    tx_config: PathBuf,
+    out: PathBuf,
+}
+
+fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
+    let bins = binaries();
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port(), &["diode/#"]);
+    let key = site.path("weir.key");
+    write_key(&key, 1, KEY);
+    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let out = site.path("out");
+    let id = format!("weir-rx-files-{}", std::process::id());
+    let mut cfg = site.rx_config(rx_addr, &key, broker.port(), &id);
+    // Lost blocks are declared (and files given up) within seconds.
+    cfg["limits"]["block_timeout"] = toml::Value::String("1s".into());
+    cfg["limits"]["gap_timeout"] = toml::Value::String("2s".into());
+    let files: toml::Table = toml::from_str(&format!(
+        "output_dir = {:?}\nincomplete_timeout = \"30s\"\n",
+        out.display().to_string()
+    ))
+    .expect("files table");
+    cfg.insert("files".into(), toml::Value::Table(files));
+    let rx_cfg = site.write_toml("rx.toml", &cfg);
+    let rx = Process::start(
+        "weir-rx",
+        &bins.rx,
+        &["run", "--config", &rx_cfg.display().to_string()],
+        site.path("rx.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rx.log_text().contains("Receiver started.") {
+        assert!(
+            Instant::now() < deadline,
+            "weir-rx did not start:\n{}",
+            rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let relay = match drop {
+        Some(blocks) => LossyLink::start_dropping(rx_addr, imp, blocks),
+        None => LossyLink::start(rx_addr, imp),
+    };
+    let example = include_str!("../../systemd/weir-tx.toml");
+    let mut tx: toml::Table = toml::from_str(example).expect("example tx config parses");
+    tx.remove("spool");
+    tx["link"]["destination"] = toml::Value::String(relay.input.to_string());
+    tx["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
+    tx["link"]["rate_mbps"] = toml::Value::Float(RATE_MBPS);
+    tx["link"]["heartbeat_interval"] = toml::Value::String("200ms".into());
+    tx["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
+    let tx_config = site.write_toml("tx.toml", &tx);
+    Link {
+        _broker: broker,
+        sub,
+        rx,
+        relay,
+        tx_config,
+        out,
+    }
+}
+
+/// Run `weir-tx send --quiet FILES…` to its end (bounded).
+fn send(link: &Link, files: &[&Path]) -> Output {
+    let mut child = Command::new(&binaries().tx)
+        .arg("send")
+        .arg("--quiet")
+        .arg("--config")
+        .arg(&link.tx_config)
+        .args(files)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weir-tx send");
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("weir-tx send output");
+    assert!(
+        out.status.success(),
+        "weir-tx send failed ({})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Wait until `path` exists (files appear whole, by a link), or stop the
+/// receiver and panic with its counters and log.
+fn wait_for_file(link: &mut Link, path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            let seen = link.relay.stats.seen.load(Ordering::Relaxed);
+            let dropped = link.relay.stats.dropped.load(Ordering::Relaxed);
+            let stats = stop(link);
+            panic!(
+                "{} did not appear within {timeout:?}; relay saw {seen}, dropped {dropped}; \
+                 rx counters: {stats}\nrx log:\n{}",
+                path.display(),
+                link.rx.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// File events (`type` starting with `file_`) published on the gaps topic.
+fn file_events(link: &Link) -> Vec<Json> {
+    events_in(&link.sub.on("diode/v1/"))
+}
+
+fn events_in(messages: &[Received]) -> Vec<Json> {
+    messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/gaps"))
+        .filter_map(|m| serde_json::from_slice::<Json>(&m.payload).ok())
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("file_")))
+        .collect()
+}
+
+/// Stop the receiver and read its final counters.
+fn stop(link: &mut Link) -> Json {
+    let out = link.rx.terminate(Duration::from_secs(20));
+    last_json_line(&out)
+        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", link.rx.log_text()))
+}
+
+fn part_files(out: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(out.join(".staging"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_50_mb_file_crosses_5_percent_loss_byte_identical() {
+    let site = Site::new();
+    let imp = Impairment {
+        drop: 0.05,
+        ..Impairment::clean(50)
+    };
+    let mut link = start(&site, imp, None);
+    let data = random_bytes(50 * 1024 * 1024, 1);
+    let src = site.path("in/big.bin");
+    std::fs::create_dir_all(site.path("in")).expect("mkdir");
+    std::fs::write(&src, &data).expect("write source");
+    let src_mtime = std::fs::metadata(&src)
+        .and_then(|m| m.modified())
+        .expect("source mtime");
+
+    let t0 = Instant::now();
+    let out = send(&link, &[&src]);
+    let sent = t0.elapsed();
+    let dest = link.out.join("big.bin");
+    wait_for_file(&mut link, &dest, Duration::from_mins(1));
+    let elapsed = t0.elapsed();
+    println!(
+        "50 MB: weir-tx send took {sent:?}, the file was in place after {elapsed:?}: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+
+    let got = std::fs::read(&dest).expect("read output");
+    assert_eq!(got.len(), data.len(), "size");
+    assert_eq!(sha256(&got), sha256(&data), "SHA-256 of the output");
+    let mtime = std::fs::metadata(&dest)
+        .and_then(|m| m.modified())
+        .expect("output mtime");
+    assert_eq!(mtime, src_mtime, "the source's mtime is kept");
+    assert!(part_files(&link.out).is_empty(), "nothing left in staging");
+
+    let dropped = link.relay.stats.dropped.load(Ordering::Relaxed);
+    let stats = stop(&mut link);
+    println!("relay dropped {dropped} datagrams; receiver counters: {stats}");
+    assert!(dropped > 1000, "the relay really dropped datagrams");
+    assert_eq!(stats["files_done"], 1);
+    assert_eq!(stats["files_incomplete"], 0);
+    assert_eq!(stats["files_corrupt"], 0);
+    assert_eq!(stats["blocks_lost"], 0, "FEC recovered every block");
+    assert_eq!(
+        stats["file_chunks"].as_u64(),
+        Some(data.len().div_ceil(CHUNK) as u64)
+    );
+    assert!(file_events(&link).is_empty(), "no file events");
+    assert!(
+        elapsed < Duration::from_mins(1),
+        "50 MB took {elapsed:?}: too slow"
+    );
+}
+
+#[test]
+fn a_file_with_an_unrecoverable_block_is_reported_incomplete() {
+    let site = Site::new();
+    // Every datagram of bulk block 3 is dropped: FEC cannot rebuild it.
+    let drop = BlockDrop {
+        lane: Lane::Bulk,
+        first: 3,
+        last: 3,
+    };
+    let mut link = start(&site, Impairment::clean(7), Some(drop));
+    let size = 40 * CHUNK + 123;
+    let src = site.path("in/report.bin");
+    std::fs::create_dir_all(site.path("in")).expect("mkdir");
+    std::fs::write(&src, random_bytes(size, 2)).expect("write source");
+
+    send(&link, &[&src]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        if let Some(e) = file_events(&link)
+            .into_iter()
+            .find(|e| e["type"] == "file_incomplete")
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no file_incomplete event; rx log:\n{}",
+            link.rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("event: {event}");
+    assert_eq!(event["name"], "report.bin");
+    assert_eq!(event["size"].as_u64(), Some(size as u64));
+    assert_eq!(event["cause"], "blocks_lost");
+    assert_eq!(event["lane"], "bulk");
+    assert!(event["first_block"].as_u64() <= Some(3) && event["last_block"].as_u64() >= Some(3));
+    let missing = event["missing_bytes"].as_u64().expect("missing_bytes");
+    assert!(
+        missing >= CHUNK as u64 && missing < size as u64,
+        "missing {missing}"
+    );
+    assert_eq!(
+        event["received_bytes"].as_u64().map(|r| r + missing),
+        Some(size as u64)
+    );
+    let ranges = event["missing"].as_array().expect("missing ranges");
+    assert!(!ranges.is_empty());
+    let listed: u64 = ranges
+        .iter()
+        .map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(listed, missing, "the listed ranges add up");
+
+    assert!(
+        !link.out.join("report.bin").exists(),
+        "an incomplete file never appears in the output"
+    );
+    let entries: Vec<_> = std::fs::read_dir(&link.out)
+        .expect("output dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != ".staging")
+        .collect();
+    assert!(entries.is_empty(), "output dir holds {entries:?}");
+    assert!(part_files(&link.out).is_empty(), "staging file removed");
+    let stats = stop(&mut link);
+    println!("receiver counters: {stats}");
+    assert_eq!(stats["files_incomplete"], 1);
+    assert_eq!(stats["files_done"], 0);
+    assert!(stats["blocks_lost"].as_u64() >= Some(1));
+    assert!(link.relay.stats.block_dropped.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn existing_files_are_kept_replays_are_not_rewritten_and_hidden_names_are_refused() {
+    let site = Site::new();
+    let mut link = start(&site, Impairment::clean(3), None);
+    std::fs::create_dir_all(site.path("in")).expect("mkdir");
+    // An operator's file of the same name is already in the output.
+    std::fs::write(link.out.join("notes.txt"), b"the operator's notes\n").expect("existing");
+    let notes = site.path("in/notes.txt");
+    std::fs::write(&notes, b"shift report\n".repeat(1000)).expect("notes");
+    let hidden = site.path("in/.profile");
+    std::fs::write(&hidden, b"export X=1\n").expect("hidden");
+
+    // The same file twice (two transfers), then a hidden name.
+    send(&link, &[&notes, &notes, &hidden]);
+    let first = link.out.join("notes.txt.1");
+    wait_for_file(&mut link, &first, Duration::from_secs(30));
+    let refused = link.sub.wait_for(Duration::from_secs(30), |m| {
+        events_in(m).iter().any(|e| e["type"] == "file_refused")
+    });
+    assert!(
+        refused,
+        "no file_refused event; rx log:\n{}",
+        link.rx.log_text()
+    );
+    let stats = stop(&mut link);
+    println!(
+        "receiver counters: {stats}; events: {:?}",
+        file_events(&link)
+    );
+
+    assert_eq!(
+        std::fs::read(link.out.join("notes.txt")).expect("kept"),
+        b"the operator's notes\n",
+        "the existing file is untouched"
+    );
+    assert_eq!(
+        std::fs::read(link.out.join("notes.txt.1")).expect("new"),
+        b"shift report\n".repeat(1000)
+    );
+    assert!(
+        !link.out.join("notes.txt.2").exists(),
+        "the second copy is a duplicate"
+    );
+    assert!(!link.out.join(".profile").exists());
+    assert_eq!(stats["files_done"], 1);
+    assert_eq!(stats["files_duplicate"], 1);
+    assert_eq!(stats["files_refused"], 1);
+    let events = file_events(&link);
+    let refusal = events
+        .iter()
+        .find(|e| e["type"] == "file_refused")
+        .expect("refusal event");
+    assert_eq!(refusal["name"], ".profile");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("hidden")),
+        "{refusal}"
+    );
+}
