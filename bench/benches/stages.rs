@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the sans-IO stages in `weir-shared`.
 //!
 //! ```text
-//!  tx: parse (aveva, pi) ─> frame encode (postcard + zstd 1) ─> seal ─> FEC encode ─> wire emit ─> pace
+//!  tx: parse (every format) ─> frame encode (postcard + zstd 1) ─> seal ─> FEC encode ─> wire emit ─> pace
 //!  rx: wire parse + CRC ─> FEC decode (0 %, 5 % loss) ─> open ─> frame decode ─> MQTT topic + JSON
 //! ```
 //!
@@ -13,6 +13,12 @@
 //! (10 samples, 2 s) so that `cargo bench -p weir-bench` stays within a
 //! few minutes on a two-core machine; re-run one stage with a filter
 //! (`cargo bench -p weir-bench -- fec/`) for tighter intervals.
+//!
+//! The exception is `parse/`, which counts *points* per second (criterion's
+//! `elem/s`) for every historian format, because a format's bytes per point
+//! differ several-fold between dialects and points are what an operator
+//! sizes a spool by: `cargo bench -p weir-bench --bench stages -- '^parse/'`.
+//! Parsing is single-threaded, so the figure is one core's.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -37,6 +43,8 @@ const BLOCK_BYTES: usize = 256 * 1024;
 const REPAIR_PERMILLE: u32 = 250;
 /// Rows in the synthetic parser inputs.
 const PARSER_ROWS: u64 = 10_000;
+/// Records per synthetic file in the per-format `parse/` group.
+const FORMAT_RECORDS: u64 = 5_000;
 /// Wire rate the pacer is set to, bytes/s (5 Gbit/s).
 const PACE_RATE: u64 = 625_000_000;
 /// Pacer calls per iteration.
@@ -314,6 +322,55 @@ fn formats_stage(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every historian format the sender supports, one ~5 000-record synthetic
+/// file each ([`synth::export`]: the fixtures' dialects, a mix of tags,
+/// values and qualities, local-time formats in a real zone). Elements
+/// counted: the points the file yields, so criterion reports points/s.
+///
+/// Setup checks, outside the timed loop, that every record parses into its
+/// points with no rejects: a generator drifting from its parser must fail
+/// the bench, not quietly time the reject path.
+fn parse_stage(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    for format in Format::ALL {
+        let export = synth::export(format, FORMAT_RECORDS, 8)
+            .unwrap_or_else(|e| panic!("{format}: synthetic export: {e}"));
+        let out = format
+            .parse(export.text.as_bytes(), &export.ctx)
+            .unwrap_or_else(|e| panic!("{format}: synthetic export does not parse: {e}"));
+        assert!(
+            out.rejects.is_empty(),
+            "{format}: {} of {} records rejected, first {:?}",
+            out.rejects.len(),
+            export.records,
+            out.rejects.first()
+        );
+        assert_eq!(
+            out.points.len() as u64,
+            export.points,
+            "{format}: every record must become its points"
+        );
+        eprintln!(
+            "parse: {format}: {} records, {} points, {} B (~{} B/point)",
+            export.records,
+            export.points,
+            export.text.len(),
+            export.text.len() as u64 / export.points.max(1)
+        );
+        g.throughput(Throughput::Elements(export.points));
+        g.bench_function(format.as_str(), |b| {
+            b.iter(|| {
+                format
+                    .parse(black_box(export.text.as_bytes()), &export.ctx)
+                    .expect("parses")
+                    .points
+                    .len()
+            });
+        });
+    }
+    g.finish();
+}
+
 /// Pacer arithmetic: `PACE_CALLS` datagrams admitted at 5 Gbit/s on a fake
 /// clock that jumps to each retry instant. Bytes counted: those admitted.
 fn pace_stage(c: &mut Criterion) {
@@ -345,6 +402,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = stages;
     config = config();
-    targets = wire_stage, seal_stage, fec_stage, record_stage, contract_stage, formats_stage, pace_stage
+    targets = wire_stage, seal_stage, fec_stage, record_stage, contract_stage, formats_stage, parse_stage, pace_stage
 }
 criterion_main!(stages);

@@ -1,6 +1,10 @@
-//! Spool intake: a file still being written is never taken half-written.
+//! Spool intake: a file still being written is never taken half-written,
+//! and a file renamed in is taken at once, long before the next periodic
+//! scan.
 
+use std::fmt::Write as _;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,4 +96,87 @@ async fn a_file_being_written_is_taken_only_when_complete() {
         !dirs.quarantine.join("slow.csv.rejects").exists(),
         "no half line was rejected"
     );
+}
+
+/// An AVEVA export of `rows` rows.
+fn export(rows: usize) -> String {
+    let mut csv = String::from("DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n");
+    for i in 0..rows {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            csv,
+            "2024-03-01 00:00:{:02}.0000000,T{i},{i},{i},0,192,192",
+            i % 60
+        );
+    }
+    csv
+}
+
+/// Items until the next done marker (or `deadline`): the points before it
+/// and the file it completes.
+async fn next_file(
+    rx: &mut mpsc::Receiver<SourceItem>,
+    deadline: tokio::time::Instant,
+) -> Option<(usize, std::path::PathBuf)> {
+    let mut points = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(SourceItem::Record(_, Record::Point(_)))) => points += 1,
+            Ok(Some(SourceItem::FileDone(_, done))) => return Some((points, done.working)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_file_wakes_the_scan_long_before_the_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = spool(dir.path());
+    cfg.scan_interval = Duration::from_secs(30);
+    let dirs = source::SpoolDirs::create(dir.path()).expect("dirs");
+    // A file "interrupted by a restart": the source resends it after its
+    // watcher is up and before its first scan, so its done marker tells
+    // this test when the watcher is listening.
+    std::fs::write(dirs.working.join("recovered.csv"), export(2)).expect("write");
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source::run(
+        cfg,
+        Arc::new(Telemetry::default()),
+        cancel.clone(),
+        tx,
+    ));
+    let started = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (points, recovered) = next_file(&mut rx, started).await.expect("recovery");
+    assert_eq!((points, file_name(&recovered)), (2, "recovered.csv"));
+
+    // Written in place: the wake-ups its writes cause must not bypass
+    // the steady rule, so it waits for its 30 s interval.
+    std::fs::write(dirs.incoming.join("in_place.csv"), export(5)).expect("write");
+    // Written under a temporary name, then renamed in: complete at once.
+    let tmp = dirs.incoming.join("renamed.csv.part");
+    std::fs::write(&tmp, export(7)).expect("write");
+    let dropped = tokio::time::Instant::now();
+    std::fs::rename(&tmp, dirs.incoming.join("renamed.csv")).expect("rename");
+
+    let taken = next_file(&mut rx, dropped + Duration::from_secs(5)).await;
+    let waited = dropped.elapsed();
+    let (points, working) = taken.expect("the renamed file was taken within 5 s");
+    assert_eq!(file_name(&working), "renamed.csv");
+    assert_eq!(points, 7);
+    assert!(waited < Duration::from_secs(5), "took {waited:?}");
+
+    // Nothing else follows soon: the in-place file is still waiting.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(quiet.is_err(), "nothing but the renamed file was taken");
+    assert!(dirs.incoming.join("in_place.csv").exists());
+    cancel.cancel();
+    task.await.expect("join").expect("source");
 }

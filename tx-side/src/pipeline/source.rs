@@ -2,19 +2,32 @@
 //! exports parsed into points or opaque files sent byte for byte.
 //!
 //! ```text
-//!  incoming/ ──(complete?)──> working/ ──historian: parse──> points ──> batch
-//!                                │   │                 └─ rejected lines ─> quarantine/NAME.rejects
-//!                                │   └──files: SHA-256 pass, then chunks──> FileChunks ──> batch
-//!                                └─ unreadable ─> quarantine/NAME + NAME.reason
+//!  inotify on incoming/ ──(renamed in, created, written and closed; overflow)──> wake ─┐
+//!  timer: scan_interval after the last scan, or when a pending file's interval is up ──┤
+//!                                                                                      v
+//!  incoming/ ──(scan: complete?)──> working/ ──historian: parse──> points ──> batch
+//!                                      │   │                 └─ rejected lines ─> quarantine/NAME.rejects
+//!                                      │   └──files: SHA-256 pass, then chunks──> FileChunks ──> batch
+//!                                      └─ unreadable ─> quarantine/NAME + NAME.reason
 //!  working/ ──(every block sent)──> done/   (or deleted)
 //! ```
 //!
-//! A file is taken only when complete: its size and modification time held
-//! steady across one scan interval (a writer that renames its file in with
-//! the final name is seen complete on the next scan). Names starting with
-//! `.` or ending in `.tmp` / `.part` are never taken. Files found in
+//! A file is taken only when complete: either the watcher saw it renamed
+//! into `incoming/` and not written to since (the recommended way to drop a
+//! file: write under a temporary name, rename in), or its size and
+//! modification time held steady for one scan interval. Names starting
+//! with `.` or ending in `.tmp` / `.part` are never taken. Files found in
 //! `working/` at start-up were interrupted by a crash and are sent again:
 //! at-least-once, never silently dropped.
+//!
+//! The scan of `incoming/` is the source of truth: the watcher only wakes
+//! it early and marks renamed-in names, it never hands a file over itself.
+//! Data writes do not wake the scan (an appending writer would keep it
+//! spinning); creating a file and closing it after writing do, so its
+//! steady interval starts at once, and the scan runs again when that
+//! interval is up. If the watcher cannot start, fails, or its queue
+//! overflows (events lost), that is logged once, the rename marks are
+//! dropped, and files fall back to the steady rule and the periodic scan.
 //!
 //! An opaque file is read twice and never held whole: a first pass hashes
 //! it (SHA-256, carried in every chunk so the receiver can check the
@@ -27,18 +40,20 @@
 //! leaves files waiting in `incoming/`; file chunks additionally wait for
 //! room in a byte budget, so the queue holds megabytes, not gigabytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use ring::digest::{Context as Sha256, SHA256};
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::Semaphore;
 use tokio::sync::mpsc::Sender;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::{MAX_FILE_NAME_BYTES, OnDone, SpoolConfig, SpoolKind};
 use weir_shared::formats::{Format, ParseContext, ParseOutput, Reject};
@@ -113,6 +128,205 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, u64, SystemTime)>> {
     Ok(out)
 }
 
+/// Which files of `incoming/` are complete. Sans-IO: the shell lists the
+/// directory and says when; this remembers what each pending file looked
+/// like and since when.
+#[derive(Debug)]
+struct Settling {
+    /// How long a file's size and mtime must hold steady.
+    interval: Duration,
+    /// Files seen but not yet complete.
+    pending: HashMap<String, Steady>,
+}
+
+/// A pending file's last seen size and mtime, and when it was first seen so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Steady {
+    size: u64,
+    mtime: SystemTime,
+    since: Instant,
+}
+
+impl Settling {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// One listing of `incoming/` (as from [`list`]) taken at `now`: the
+    /// names that are complete, in listing order. They are forgotten, as is
+    /// every pending file the listing no longer shows. `renamed_in` says
+    /// whether the watcher saw a name renamed in (and not written since).
+    ///
+    /// Steadiness is measured in time, not in scans, so the extra scans a
+    /// wake-up causes never shorten a file's interval.
+    fn handle_listing(
+        &mut self,
+        now: Instant,
+        files: Vec<(String, u64, SystemTime)>,
+        renamed_in: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut ready = Vec::new();
+        let mut pending = HashMap::with_capacity(files.len());
+        for (name, size, mtime) in files {
+            let since = match self.pending.remove(&name) {
+                Some(seen) if seen.size == size && seen.mtime == mtime => seen.since,
+                _ => now,
+            };
+            if renamed_in(&name) || now.saturating_duration_since(since) >= self.interval {
+                ready.push(name);
+            } else {
+                pending.insert(name, Steady { size, mtime, since });
+            }
+        }
+        self.pending = pending;
+        ready
+    }
+
+    /// When the first pending file will have held steady for an interval,
+    /// if nothing changes: the latest the next scan should run.
+    fn poll_due(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|seen| seen.since + self.interval)
+            .min()
+    }
+}
+
+/// What the `incoming/` watcher has told the scan loop so far.
+#[derive(Debug, Default)]
+struct Marks {
+    /// Eligible names renamed into `incoming/` and not written to since.
+    renamed_in: HashSet<String>,
+    /// A queue overflow was logged already.
+    overflow_logged: bool,
+    /// A watcher error was logged already.
+    error_logged: bool,
+}
+
+impl Marks {
+    /// Apply one watcher event for the directory `incoming`; whether it
+    /// should wake the scan.
+    fn handle_event(&mut self, incoming: &Path, event: &notify::Event) -> bool {
+        if event.need_rescan() {
+            // Events were lost: a mark could hide a write that followed it.
+            self.renamed_in.clear();
+            return true;
+        }
+        // Only entries of the directory, not the directory itself (the
+        // scan's own `read_dir` opens and closes it).
+        let names = event
+            .paths
+            .iter()
+            .filter(|p| p.parent() == Some(incoming))
+            .filter_map(|p| p.file_name()?.to_str())
+            .filter(|name| eligible_name(name));
+        match event.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                let mut any = false;
+                for name in names {
+                    self.renamed_in.insert(name.to_owned());
+                    any = true;
+                }
+                any
+            }
+            // Written in place (created, or written after its rename):
+            // the steady rule decides. A creation starts that clock.
+            EventKind::Create(_) => {
+                names.for_each(|name| {
+                    self.renamed_in.remove(name);
+                });
+                true
+            }
+            EventKind::Modify(
+                ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Name(RenameMode::From),
+            )
+            | EventKind::Remove(_) => {
+                names.for_each(|name| {
+                    self.renamed_in.remove(name);
+                });
+                false
+            }
+            // A writer finished: its steady interval can start now. Or a
+            // rename the backend could not place (a `Both` comes with its
+            // `To`, which marked it already).
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::Any | RenameMode::Other)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Shared between the watcher's thread and the scan loop.
+#[derive(Debug, Default)]
+struct Hints {
+    /// Wakes the scan loop; a wake-up while it is busy is kept for later.
+    wake: Notify,
+    marks: Mutex<Marks>,
+}
+
+impl Hints {
+    /// The watcher callback (runs on the watcher's own thread).
+    fn handle(&self, spool: &str, incoming: &Path, event: &notify::Result<notify::Event>) {
+        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let wake = if let Ok(ev) = event {
+            marks.handle_event(incoming, ev)
+        } else {
+            // Events may be lost: a mark could hide a later write.
+            marks.renamed_in.clear();
+            true
+        };
+        let logged = match event {
+            Ok(ev) if ev.need_rescan() => Some(&mut marks.overflow_logged),
+            Ok(_) => None,
+            Err(_) => Some(&mut marks.error_logged),
+        };
+        let first = logged.is_some_and(|done| !std::mem::replace(done, true));
+        drop(marks);
+        if first {
+            match event {
+                Ok(_) => tracing::warn!(
+                    spool,
+                    "Spool watcher lost events (queue overflow): renamed files wait for the steady rule, the periodic scan still finds everything."
+                ),
+                Err(e) => tracing::warn!(
+                    spool,
+                    error = %e,
+                    "Spool watcher failed: renamed files wait for the steady rule, the periodic scan still finds everything."
+                ),
+            }
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A watcher on `incoming` feeding `hints`, or `None` (logged) if it cannot
+/// be set up, in which case only the periodic scan finds files.
+fn watch(spool: &str, incoming: &Path, hints: &Arc<Hints>) -> Option<notify::RecommendedWatcher> {
+    let (name, dir, to) = (spool.to_owned(), incoming.to_owned(), Arc::clone(hints));
+    let handler = move |event| to.handle(&name, &dir, &event);
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(incoming, RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                spool,
+                dir = %incoming.display(),
+                error = %e,
+                "Cannot watch the spool directory: files are found by the periodic scan only."
+            );
+            None
+        }
+    }
+}
+
 /// Run one spool until cancelled.
 pub async fn run(
     spool: SpoolConfig,
@@ -132,6 +346,10 @@ pub async fn run(
             on_done: spool.on_done,
         },
     };
+    // Watch before the first listing, so that no rename falls between the
+    // two. Dropped (and stopped) when this returns.
+    let hints = Arc::new(Hints::default());
+    let _watcher = watch(&spool.name, &dirs.incoming, &hints);
     // Crash recovery: whatever is in working/ was never completed.
     for (name, ..) in list(&dirs.working)? {
         if cancel.is_cancelled() {
@@ -140,15 +358,17 @@ pub async fn run(
         tracing::warn!(spool = %spool.name, file = %name, "Resending a file interrupted by a restart.");
         take(&intake, &taking(&name), &telemetry, &cancel, &to_batch).await?;
     }
-    let mut seen: HashMap<String, (u64, SystemTime)> = HashMap::new();
+    let mut settling = Settling::new(spool.scan_interval);
     let mut last_depth = 0u64;
-    let mut tick = tokio::time::interval(spool.scan_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_scan = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
+            () = hints.wake.notified() => {}
+            () = tokio::time::sleep_until(next_scan) => {}
         }
+        let now = tokio::time::Instant::now();
+        next_scan = now + spool.scan_interval;
         let files = match list(&dirs.incoming) {
             Ok(f) => f,
             Err(e) => {
@@ -165,13 +385,16 @@ pub async fn run(
             .spool_depth
             .fetch_sub(last_depth, std::sync::atomic::Ordering::Relaxed);
         last_depth = depth;
-        let mut next_seen = HashMap::with_capacity(files.len());
-        for (name, size, mtime) in files {
-            let steady = seen.get(&name) == Some(&(size, mtime));
-            if !steady {
-                next_seen.insert(name, (size, mtime));
-                continue;
-            }
+        let ready = {
+            let marks = hints.marks.lock().unwrap_or_else(PoisonError::into_inner);
+            settling.handle_listing(now.into_std(), files, |name| {
+                marks.renamed_in.contains(name)
+            })
+        };
+        if let Some(due) = settling.poll_due() {
+            next_scan = next_scan.min(tokio::time::Instant::from_std(due));
+        }
+        for name in ready {
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -182,7 +405,6 @@ pub async fn run(
             }
             take(&intake, &file, &telemetry, &cancel, &to_batch).await?;
         }
-        seen = next_seen;
     }
 }
 
@@ -601,11 +823,165 @@ fn quarantine_file(dirs: &SpoolDirs, name: &str, working: &Path, reason: &str) {
 mod tests {
     use super::*;
 
+    use notify::event::{CreateKind, DataChange, Flag, RemoveKind};
+
     #[test]
     fn temporary_names_are_never_taken() {
         assert!(eligible_name("export_0800.json"));
         assert!(!eligible_name(".export_0800.json"));
         assert!(!eligible_name("export.json.tmp"));
         assert!(!eligible_name("export.json.part"));
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn file(name: &str, size: u64, mtime_s: u64) -> (String, u64, SystemTime) {
+        (
+            name.to_owned(),
+            size,
+            UNIX_EPOCH + Duration::from_secs(mtime_s),
+        )
+    }
+
+    #[test]
+    fn a_file_is_complete_once_steady_for_an_interval() {
+        let t0 = Instant::now();
+        let mut s = Settling::new(30 * SECOND);
+        let no = |_: &str| false;
+        assert!(s.handle_listing(t0, vec![file("a", 10, 1)], no).is_empty());
+        assert_eq!(s.poll_due(), Some(t0 + 30 * SECOND));
+        // Wake-up scans in between do not shorten the interval.
+        for k in 1..30 {
+            let at = t0 + k * SECOND;
+            assert!(s.handle_listing(at, vec![file("a", 10, 1)], no).is_empty());
+        }
+        assert_eq!(s.poll_due(), Some(t0 + 30 * SECOND));
+        assert_eq!(
+            s.handle_listing(t0 + 30 * SECOND, vec![file("a", 10, 1)], no),
+            vec!["a".to_owned()]
+        );
+        assert_eq!(s.poll_due(), None);
+    }
+
+    #[test]
+    fn a_change_restarts_the_interval_and_gone_files_are_forgotten() {
+        let t0 = Instant::now();
+        let mut s = Settling::new(SECOND);
+        let no = |_: &str| false;
+        let listing = |size, mtime| vec![file("a", size, mtime), file("b", 5, 1)];
+        assert!(s.handle_listing(t0, listing(10, 1), no).is_empty());
+        // `a` grew, `b` did not.
+        let t1 = t0 + SECOND;
+        assert_eq!(
+            s.handle_listing(t1, listing(20, 1), no),
+            vec!["b".to_owned()]
+        );
+        assert_eq!(s.poll_due(), Some(t1 + SECOND));
+        // Touched: same size, new mtime.
+        let t2 = t1 + SECOND;
+        assert!(s.handle_listing(t2, vec![file("a", 20, 2)], no).is_empty());
+        // Gone, then back: seen anew.
+        assert!(s.handle_listing(t2 + SECOND, vec![], no).is_empty());
+        assert_eq!(s.poll_due(), None);
+        let t3 = t2 + 2 * SECOND;
+        assert!(s.handle_listing(t3, vec![file("a", 20, 2)], no).is_empty());
+        assert_eq!(s.poll_due(), Some(t3 + SECOND));
+    }
+
+    #[test]
+    fn a_renamed_in_file_is_complete_at_once() {
+        let t0 = Instant::now();
+        let mut s = Settling::new(30 * SECOND);
+        let ready = s.handle_listing(t0, vec![file("a", 10, 1), file("b", 10, 1)], |n| n == "b");
+        assert_eq!(ready, vec!["b".to_owned()]);
+        assert_eq!(s.pending.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    fn event(kind: EventKind, path: &Path) -> notify::Event {
+        notify::Event::new(kind).add_path(path.to_owned())
+    }
+
+    #[test]
+    fn watcher_events_mark_renames_and_wake_only_when_useful() {
+        let dir = Path::new("/spool/incoming");
+        let a = dir.join("a.csv");
+        let mut m = Marks::default();
+        let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+
+        // Renamed in: marked, wakes.
+        assert!(m.handle_event(dir, &event(renamed_to, &a)));
+        assert!(m.renamed_in.contains("a.csv"));
+        // Written after the rename: unmarked, no wake-up per write.
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(!m.handle_event(dir, &event(write, &a)));
+        assert!(m.renamed_in.is_empty());
+        // Created in place: wakes (its interval starts), never marked.
+        assert!(m.handle_event(dir, &event(EventKind::Create(CreateKind::File), &a)));
+        assert!(m.renamed_in.is_empty());
+        // Closed after writing: wakes.
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(m.handle_event(dir, &event(closed, &a)));
+        // Renamed away (by the scan itself) or removed: unmarked, no wake.
+        assert!(m.handle_event(dir, &event(renamed_to, &a)));
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert!(!m.handle_event(dir, &event(from, &a)));
+        assert!(m.renamed_in.is_empty());
+        assert!(m.handle_event(dir, &event(renamed_to, &a)));
+        let removed = EventKind::Remove(RemoveKind::File);
+        assert!(!m.handle_event(dir, &event(removed, &a)));
+        assert!(m.renamed_in.is_empty());
+    }
+
+    #[test]
+    fn the_scan_does_not_wake_itself_and_temporary_names_are_ignored() {
+        let dir = Path::new("/spool/incoming");
+        let mut m = Marks::default();
+        // `read_dir` opens and closes the directory itself.
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!m.handle_event(dir, &event(kind, dir)));
+        }
+        let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(!m.handle_event(dir, &event(renamed_to, &dir.join("a.csv.part"))));
+        assert!(!m.handle_event(dir, &event(renamed_to, &dir.join(".hidden"))));
+        // The directory itself renamed: not an entry.
+        assert!(!m.handle_event(dir, &event(renamed_to, dir)));
+        assert!(m.renamed_in.is_empty());
+    }
+
+    #[test]
+    fn an_overflow_drops_every_mark_and_wakes() {
+        let dir = Path::new("/spool/incoming");
+        let mut m = Marks::default();
+        let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(m.handle_event(dir, &event(renamed_to, &dir.join("a.csv"))));
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(m.handle_event(dir, &overflow));
+        assert!(m.renamed_in.is_empty());
+    }
+
+    #[test]
+    fn watcher_errors_drop_marks_wake_and_are_logged_once() {
+        let dir = Path::new("/spool/incoming");
+        let hints = Hints::default();
+        let renamed_to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        hints.handle("s", dir, &Ok(event(renamed_to, &dir.join("a.csv"))));
+        assert!(
+            hints
+                .marks
+                .lock()
+                .expect("lock")
+                .renamed_in
+                .contains("a.csv")
+        );
+        for _ in 0..3 {
+            hints.handle("s", dir, &Err(notify::Error::generic("boom")));
+        }
+        let marks = hints.marks.lock().expect("lock");
+        assert!(marks.renamed_in.is_empty());
+        assert!(marks.error_logged);
+        assert!(!marks.overflow_logged);
     }
 }
