@@ -986,6 +986,13 @@ pub struct MqttConfig {
     /// Unacknowledged QoS 1 publishes in flight at once.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
+    /// Points per message: above 1, a block's points of one topic are sent
+    /// as a JSON array of up to this many point objects.
+    #[serde(default = "default_batch_points")]
+    pub batch_points: usize,
+    /// Also emit `ts_ms` (Unix milliseconds) in point payloads.
+    #[serde(default)]
+    pub ts_ms: bool,
     /// Keep-alive interval.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -1011,6 +1018,49 @@ fn default_gateway() -> String {
 }
 fn default_point_topic() -> String {
     "uns/v1/{site}/_unmapped/{source}/{tag}".into()
+}
+impl MqttConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let m = self;
+        if m.host.is_empty() {
+            return Err(bad("mqtt.host", "must not be empty"));
+        }
+        if m.client_id.is_empty() || m.client_id.len() > 64 {
+            return Err(bad("mqtt.client_id", "must be 1 to 64 characters"));
+        }
+        if !topic_segment_ok(&m.site) {
+            return Err(bad(
+                "mqtt.site",
+                "must be one topic segment without / + # or a leading $",
+            ));
+        }
+        if !topic_segment_ok(&m.gateway) {
+            return Err(bad(
+                "mqtt.gateway",
+                "must be one topic segment without / + # or a leading $",
+            ));
+        }
+        if !m.point_topic.contains("{tag}")
+            || m.point_topic.contains(['+', '#'])
+            || m.point_topic.starts_with('$')
+        {
+            return Err(bad(
+                "mqtt.point_topic",
+                "must contain {tag} and no wildcard or leading $",
+            ));
+        }
+        if m.inflight == 0 {
+            return Err(bad("mqtt.inflight", "must be positive"));
+        }
+        if !(1..=10_000).contains(&m.batch_points) {
+            return Err(bad("mqtt.batch_points", "must be between 1 and 10000"));
+        }
+        Ok(())
+    }
+}
+
+fn default_batch_points() -> usize {
+    1
 }
 fn default_inflight() -> u16 {
     100
@@ -1082,37 +1132,7 @@ impl RxConfig {
         if l.max_records == 0 {
             return Err(bad("limits.max_records", "must be positive"));
         }
-        let m = &self.mqtt;
-        if m.host.is_empty() {
-            return Err(bad("mqtt.host", "must not be empty"));
-        }
-        if m.client_id.is_empty() || m.client_id.len() > 64 {
-            return Err(bad("mqtt.client_id", "must be 1 to 64 characters"));
-        }
-        if !topic_segment_ok(&m.site) {
-            return Err(bad(
-                "mqtt.site",
-                "must be one topic segment without / + # or a leading $",
-            ));
-        }
-        if !topic_segment_ok(&m.gateway) {
-            return Err(bad(
-                "mqtt.gateway",
-                "must be one topic segment without / + # or a leading $",
-            ));
-        }
-        if !m.point_topic.contains("{tag}")
-            || m.point_topic.contains(['+', '#'])
-            || m.point_topic.starts_with('$')
-        {
-            return Err(bad(
-                "mqtt.point_topic",
-                "must contain {tag} and no wildcard or leading $",
-            ));
-        }
-        if m.inflight == 0 {
-            return Err(bad("mqtt.inflight", "must be positive"));
-        }
+        self.mqtt.check()?;
         self.outbox.check(l.max_block_bytes)?;
         let reassembly = ReassemblyLimits {
             max_block_bytes: l.max_block_bytes,
@@ -1387,6 +1407,8 @@ mod tests {
                 gateway: "gw".into(),
                 point_topic: default_point_topic(),
                 inflight: 10,
+                batch_points: 1,
+                ts_ms: false,
                 keep_alive: Duration::from_secs(5),
             },
             outbox: OutboxConfig::default(),

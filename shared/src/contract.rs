@@ -113,8 +113,68 @@ fn resolution_str(r: TsResolution) -> &'static str {
     }
 }
 
-/// The JSON payload of one point.
+/// Payload options from `[mqtt]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PayloadOptions {
+    /// Also emit `ts_ms` (Unix milliseconds) for Telegraf's `json_v2` and
+    /// similar consumers that cannot read RFC 3339 with nanoseconds.
+    pub ts_ms: bool,
+}
+
+/// The JSON payload of one point, default options.
 pub fn point_payload(session: SessionId, p: &Point) -> Vec<u8> {
+    point_payload_with(session, p, PayloadOptions::default())
+}
+
+/// Group per-topic payloads into JSON arrays of at most `max_points`
+/// elements and about `max_bytes` bytes, keeping each topic's order and
+/// the order in which topics first appear. With `max_points` 1 every
+/// payload stays a message of its own, unchanged.
+pub fn batch_by_topic(
+    items: Vec<(String, Vec<u8>)>,
+    max_points: usize,
+    max_bytes: usize,
+) -> Vec<(String, Vec<u8>)> {
+    if max_points <= 1 {
+        return items;
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: std::collections::HashMap<String, Vec<Vec<u8>>> =
+        std::collections::HashMap::new();
+    for (topic, payload) in items {
+        let g = groups.entry(topic).or_insert_with_key(|t| {
+            order.push(t.clone());
+            Vec::new()
+        });
+        g.push(payload);
+    }
+    let mut out = Vec::new();
+    for topic in order {
+        let Some(payloads) = groups.remove(&topic) else {
+            continue;
+        };
+        let mut cur: Vec<u8> = Vec::new();
+        let mut n = 0;
+        for p in payloads {
+            if n > 0 && (n == max_points || cur.len() + p.len() + 2 > max_bytes) {
+                cur.push(b']');
+                out.push((topic.clone(), std::mem::take(&mut cur)));
+                n = 0;
+            }
+            cur.push(if n == 0 { b'[' } else { b',' });
+            cur.extend_from_slice(&p);
+            n += 1;
+        }
+        if n > 0 {
+            cur.push(b']');
+            out.push((topic, cur));
+        }
+    }
+    out
+}
+
+/// The JSON payload of one point.
+pub fn point_payload_with(session: SessionId, p: &Point, opts: PayloadOptions) -> Vec<u8> {
     let (value, vtype) = value_json(&p.value);
     let mut src = Map::new();
     src.insert("sys".into(), json!(p.source.system.as_str()));
@@ -132,6 +192,9 @@ pub fn point_payload(session: SessionId, p: &Point) -> Vec<u8> {
     obj.insert("src".into(), Json::Object(src));
     obj.insert("ts".into(), json!(rfc3339_ns(p.ts_ns)));
     obj.insert("ts_ns".into(), json!(p.ts_ns));
+    if opts.ts_ms {
+        obj.insert("ts_ms".into(), json!(p.ts_ns.div_euclid(1_000_000)));
+    }
     obj.insert("value".into(), value);
     obj.insert("type".into(), json!(vtype));
     if let Some(u) = &p.unit {
@@ -325,5 +388,44 @@ mod tests {
             "2024-03-10T08:00:00.000000015Z"
         );
         assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn ts_ms_is_optional_and_floors_negative_times() {
+        let mut p = point();
+        p.ts_ns = -1;
+        let plain: Json =
+            serde_json::from_slice(&point_payload(SessionId([1; 16]), &p)).expect("json");
+        assert!(plain.get("ts_ms").is_none());
+        let opts = PayloadOptions { ts_ms: true };
+        let v: Json = serde_json::from_slice(&point_payload_with(SessionId([1; 16]), &p, opts))
+            .expect("json");
+        assert_eq!(v["ts_ms"], -1);
+    }
+
+    #[test]
+    fn batches_keep_topic_order_and_bounds() {
+        let items: Vec<(String, Vec<u8>)> =
+            [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("b", "5")]
+                .iter()
+                .map(|(t, p)| ((*t).to_owned(), p.as_bytes().to_vec()))
+                .collect();
+        assert_eq!(batch_by_topic(items.clone(), 1, 1 << 20), items);
+        let text = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, String)> {
+            v.into_iter()
+                .map(|(t, p)| (t, String::from_utf8(p).expect("utf8")))
+                .collect()
+        };
+        let by2 = text(batch_by_topic(items.clone(), 2, 1 << 20));
+        let want = [("a", "[1,3]"), ("a", "[4]"), ("b", "[2,5]")];
+        assert_eq!(by2, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
+        // A byte bound splits too, but never below one element.
+        let small = text(batch_by_topic(items, 100, 4));
+        assert_eq!(small.len(), 5);
+        assert!(
+            small
+                .iter()
+                .all(|(_, p)| p.starts_with('[') && p.ends_with(']'))
+        );
     }
 }

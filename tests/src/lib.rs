@@ -784,9 +784,8 @@ impl Site {
         cfg["link"]["rate_mbps"] = toml::Value::Float(200.0);
         cfg["keys"]["files"] =
             toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
-        cfg["alert_queue"]["path"] = toml::Value::String(
-            self.path("tx-alert-queue.redb").display().to_string(),
-        );
+        cfg["alert_queue"]["path"] =
+            toml::Value::String(self.path("tx-alert-queue.redb").display().to_string());
         if let Some(spools) = cfg.get_mut("spool").and_then(toml::Value::as_array_mut) {
             for s in spools.iter_mut() {
                 let name = s["name"].as_str().expect("spool name").to_owned();

@@ -6,7 +6,7 @@
 //!  tick ──> expire pending blocks, declare lost blocks ──> gap events ──> outbox
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use super::files::{FileWork, notify_lost};
 use super::open::{Gate, OpenError};
 use super::outbox::Item;
 use super::publish::Topics;
-use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_gap};
+use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_event};
 use crate::stats::{RxStats, add};
 
 /// How often pending blocks are expired and lost blocks reported.
@@ -33,6 +33,8 @@ pub struct Core {
     gate: Gate,
     /// Highest heartbeat sequence seen per session (heartbeat replay guard).
     hb_seq: HashMap<SessionId, u64>,
+    /// Sender sessions already reported on the audit topic.
+    seen: HashSet<SessionId>,
     max_sessions: usize,
     /// The file output, told of lost blocks (when `[files]` is configured).
     files: Option<Sender<FileWork>>,
@@ -45,6 +47,7 @@ impl Core {
             reassembler: Reassembler::new(limits),
             gate: Gate::new(keyring),
             hb_seq: HashMap::new(),
+            seen: HashSet::new(),
             max_sessions: limits.max_sessions,
             files: None,
         }
@@ -106,7 +109,11 @@ pub async fn run(
         for (header, start, len) in items {
             let payload = &mut buf[start..start + len];
             match header.kind {
-                Kind::Heartbeat => heartbeat(&mut core, &stats, &link, &header, payload),
+                Kind::Heartbeat => {
+                    if heartbeat(&mut core, &stats, &link, &header, payload) {
+                        first_sight(&mut core, &topics, &to_outbox, &header);
+                    }
+                }
                 Kind::Symbol => {
                     let t = now();
                     match core.reassembler.handle_symbol(t, &header, payload) {
@@ -124,6 +131,7 @@ pub async fn run(
                             match core.gate.open_block(&block.header, &mut block.sealed) {
                                 Ok(len) => {
                                     core.reassembler.confirm(t, key, block.header.key_id);
+                                    first_sight(&mut core, &topics, &to_outbox, &block.header);
                                     add(&stats.blocks_ok, 1);
                                     add(&stats.fec_repaired, u64::from(block.repaired));
                                     block.sealed.truncate(len);
@@ -171,10 +179,13 @@ fn heartbeat(
     link: &Mutex<LinkState>,
     header: &Header,
     payload: &[u8],
-) {
+) -> bool {
     let hb = match core.gate.open_heartbeat(header, payload) {
         Ok(hb) => hb,
-        Err(e) => return count_open_error(stats, e),
+        Err(e) => {
+            count_open_error(stats, e);
+            return false;
+        }
     };
     if core
         .hb_seq
@@ -182,7 +193,7 @@ fn heartbeat(
         .is_some_and(|&s| header.seq <= s)
     {
         add(&stats.drop_replay, 1);
-        return;
+        return false;
     }
     if core.hb_seq.len() >= core.max_sessions * 2 {
         core.hb_seq.clear();
@@ -196,6 +207,30 @@ fn heartbeat(
         l.skew_ms = hb.sent_unix_ms - unix_ms();
         l.last = Some((t, header.session, hb));
     }
+    true
+}
+
+/// Report a sender session the first time an authentic datagram of it
+/// arrives (a sender restart, or a second sender on the link).
+fn first_sight(core: &mut Core, topics: &Topics, to_outbox: &Sender<Item>, header: &Header) {
+    if core.seen.contains(&header.session) {
+        return;
+    }
+    if core.seen.len() >= core.max_sessions * 2 {
+        core.seen.clear();
+    }
+    core.seen.insert(header.session);
+    tracing::info!(session = %header.session.short_hex(), key_id = header.key_id.0, "New sender session.");
+    let body = serde_json::json!({
+        "type": "sender_session", "session": header.session.short_hex(), "key_id": header.key_id.0,
+        "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000)),
+    });
+    let msg = Message {
+        topic: topics.audit.clone(),
+        payload: body.to_string().into_bytes(),
+        retain: false,
+    };
+    send_event(to_outbox, msg);
 }
 
 fn shed(stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>, b: &OpenedBlock) {
@@ -212,7 +247,7 @@ fn shed(stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>, b: &OpenedBl
         payload: body.to_string().into_bytes(),
         retain: false,
     };
-    send_gap(to_outbox, gap);
+    send_event(to_outbox, gap);
 }
 
 fn report_lost(core: &mut Core, stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>) {
@@ -240,6 +275,6 @@ fn report_lost(core: &mut Core, stats: &RxStats, topics: &Topics, to_outbox: &Se
             payload: body.to_string().into_bytes(),
             retain: false,
         };
-        send_gap(to_outbox, msg);
+        send_event(to_outbox, msg);
     }
 }

@@ -63,7 +63,7 @@ use weir_shared::wire::SessionId;
 
 use super::outbox::Item;
 use super::publish::Topics;
-use super::{Message, OpenedBlock, StageError, now, send_gap};
+use super::{Message, OpenedBlock, StageError, now, send_event};
 use crate::stats::{RxStats, add};
 
 /// How often files are checked for timeouts.
@@ -577,7 +577,7 @@ impl Shell {
             retain: false,
         };
         if let Some(tx) = self.events.upgrade() {
-            send_gap(&tx, msg);
+            send_event(&tx, msg);
         } else {
             tracing::error!(event = %body, "Receiver stopping: file event not published.");
         }

@@ -147,18 +147,45 @@ impl RxHandle {
     }
 }
 
-/// Hand a gap report to the outbox without waiting; if its queue is full,
-/// a spawned task waits for room, so the report is never lost.
-pub(crate) fn send_gap(to_outbox: &Sender<outbox::Item>, msg: Message) {
+/// Hand an event (gap, audit) to the outbox without waiting; if its queue
+/// is full, a spawned task waits for room, so the report is never lost.
+pub(crate) fn send_event(to_outbox: &Sender<outbox::Item>, msg: Message) {
     if let Err(TrySendError::Full(m)) = to_outbox.try_send(outbox::Item::Event(msg)) {
         let tx = to_outbox.clone();
         tokio::spawn(async move { tx.send(m).await });
     }
 }
 
+/// Wall-clock time, Unix ns.
+pub(crate) fn unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// `now` for the sans-IO cores.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// The audit event a receiver start publishes.
+fn started_event(
+    cfg: &ValidRx,
+    keyring: &Keyring,
+    listen: std::net::SocketAddr,
+    topics: &publish::Topics,
+) -> Message {
+    let body = serde_json::json!({
+        "type": "receiver_started", "version": env!("CARGO_PKG_VERSION"),
+        "listen": listen.to_string(), "key_ids": keyring.ids().map(|k| k.0).collect::<Vec<_>>(),
+        "outbox": cfg.raw.outbox.path.display().to_string(),
+        "ts": weir_shared::contract::rfc3339_ns(unix_ns()),
+    });
+    Message {
+        topic: topics.audit.clone(),
+        payload: body.to_string().into_bytes(),
+        retain: false,
+    }
 }
 
 /// Start the receiver. Must be called inside a tokio runtime.
@@ -182,6 +209,8 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let (urgent_tx, urgent_rx) = mpsc::channel(64);
     let (bulk_tx, bulk_rx) = mpsc::channel(64);
     let topics = publish::Topics::new(&cfg.raw.mqtt);
+
+    send_event(&item_tx, started_event(&cfg, &keyring, local_addr, &topics));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));

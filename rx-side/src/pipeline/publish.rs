@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::MqttConfig;
-use weir_shared::contract::rfc3339_ns;
+use weir_shared::contract::{PayloadOptions, rfc3339_ns};
 
 use super::outbox::EntryRef;
 use super::{Delivery, LinkState, Message, StageError, now};
@@ -47,6 +47,12 @@ pub struct Topics {
     pub gaps: String,
     /// Prefix of alert topics (`…/alerts/{source}`).
     pub alerts: String,
+    /// Audit events (receiver start, sender sessions).
+    pub audit: String,
+    /// Point payload options.
+    pub payload: PayloadOptions,
+    /// Points per message (JSON array above 1).
+    pub batch_points: usize,
 }
 
 impl Topics {
@@ -59,6 +65,9 @@ impl Topics {
             status: format!("{base}/status"),
             gaps: format!("{base}/gaps"),
             alerts: format!("{base}/alerts"),
+            audit: format!("{base}/audit"),
+            payload: PayloadOptions { ts_ms: m.ts_ms },
+            batch_points: m.batch_points,
         }
     }
 }
@@ -426,12 +435,9 @@ pub async fn status(
             .last
             .as_ref()
             .is_some_and(|(at, ..)| t.duration_since(*at) < link_timeout);
-        let unix_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let body = serde_json::json!({
             "online": true,
-            "ts": rfc3339_ns(unix_ns),
+            "ts": rfc3339_ns(super::unix_ns()),
             "link_up": link_up,
             "sender": sender,
             "counters": stats.snapshot(),

@@ -13,14 +13,55 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc::{Receiver, Sender};
-use weir_shared::contract::{alert_payload, point_payload, point_topic};
+use weir_shared::contract::{alert_payload, batch_by_topic, point_payload_with, point_topic};
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
 use super::files::{self, FileWork};
 use super::outbox::{Body, Entry};
 use super::publish::Topics;
-use super::{Delivery, Message, StageError};
+use super::{Delivery, Message, OpenedBlock, StageError};
 use crate::stats::{RxStats, add};
+
+/// Largest batched point message, bytes (well under the client's 1 MiB).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// The MQTT messages of a block's records: points (batched per topic when
+/// configured), then alerts, in record order within each.
+fn messages(
+    topics: &Topics,
+    stats: &RxStats,
+    block: &OpenedBlock,
+    records: &[Record],
+) -> Vec<Message> {
+    let mut points = Vec::new();
+    let mut out = Vec::new();
+    for r in records {
+        match r {
+            Record::Point(p) => points.push((
+                point_topic(&topics.point_template, &topics.site, p),
+                point_payload_with(block.session, p, topics.payload),
+            )),
+            Record::Alert(a) => out.push(Message {
+                topic: format!("{}/{}", topics.alerts, a.source.as_str()),
+                payload: alert_payload(block.session, a),
+                retain: false,
+            }),
+            // Files are reassembled by the file output, not published.
+            Record::FileChunk(_) => add(&stats.file_chunks, 1),
+        }
+    }
+    let points = batch_by_topic(points, topics.batch_points, MAX_BATCH_BYTES);
+    let mut all: Vec<Message> = points
+        .into_iter()
+        .map(|(topic, payload)| Message {
+            topic,
+            payload,
+            retain: false,
+        })
+        .collect();
+    all.append(&mut out);
+    all
+}
 
 /// Run until the outbox reader closes.
 pub async fn run(
@@ -38,27 +79,7 @@ pub async fn run(
             Body::Block(block) => match decode_frame(&block.frame, limits) {
                 Ok(batch) => {
                     add(&stats.records, batch.records.len() as u64);
-                    let messages = batch
-                        .records
-                        .iter()
-                        .filter_map(|r| match r {
-                            Record::Point(p) => Some(Message {
-                                topic: point_topic(&topics.point_template, &topics.site, p),
-                                payload: point_payload(block.session, p),
-                                retain: false,
-                            }),
-                            Record::Alert(a) => Some(Message {
-                                topic: format!("{}/{}", topics.alerts, a.source.as_str()),
-                                payload: alert_payload(block.session, a),
-                                retain: false,
-                            }),
-                            // Files are reassembled by the file output, not published.
-                            Record::FileChunk(_) => {
-                                add(&stats.file_chunks, 1);
-                                None
-                            }
-                        })
-                        .collect();
+                    let messages = messages(&topics, &stats, &block, &batch.records);
                     files::forward(to_files.as_ref(), &block, batch.records).await?;
                     messages
                 }
