@@ -25,7 +25,7 @@ enum Command {
         #[arg(long, short, env = "WEIR_RX_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file (and its key files) and exit.
+    /// Validate a configuration file (and its key, TLS and password files) and exit.
     CheckConfig {
         /// Configuration file.
         #[arg(long, short)]
@@ -54,6 +54,9 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             let keys = weir_rx::keys::load_keyring(&cfg.raw.keys.files)?;
+            // TLS and password files: a bad one stops startup here, by key.
+            weir_rx::pipeline::mqtt_tls::Security::load(&cfg.raw.mqtt)
+                .with_context(|| format!("in {}", config.display()))?;
             let ids: Vec<u16> = keys.ids().map(|k| k.0).collect();
             println!(
                 "{}: ok (key ids {ids:?}, listen {})",
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = load(&config)?;
             let keys = weir_rx::keys::load_keyring(&cfg.raw.keys.files)?;
+            // TLS and password files: a bad one stops startup here, by key.
+            weir_rx::pipeline::mqtt_tls::Security::load(&cfg.raw.mqtt)
+                .with_context(|| format!("in {}", config.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -996,6 +996,91 @@ pub struct MqttConfig {
     /// Keep-alive interval.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// TLS to the broker; without this table the connection is plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTlsConfig>,
+    /// User name sent in CONNECT.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (mode 0600; one trailing newline is
+    /// ignored). Never inline in the config: configs get copied around.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[mqtt.tls]`: verify the broker against a private CA, optionally present
+/// a client certificate (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// PEM file of the CA certificate(s) the broker's certificate must
+    /// chain to. The system trust store is not used.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain, for brokers that require one; needs
+    /// `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Name the broker's certificate is checked against (and sent as SNI),
+    /// when `mqtt.host` is not that name (an IP address, an alias).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl MqttConfig {
+    /// The security keys: pairs that must come together, nothing empty.
+    /// Whether the files exist and parse is the shell's check at startup.
+    fn check_security(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.tls {
+            if t.ca_file.as_os_str().is_empty() {
+                return Err(bad("mqtt.tls.ca_file", "must name a PEM file"));
+            }
+            for (key, p) in [
+                ("mqtt.tls.cert_file", &t.cert_file),
+                ("mqtt.tls.key_file", &t.key_file),
+            ] {
+                if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(bad(key, "must name a PEM file"));
+                }
+            }
+            match (t.cert_file.is_some(), t.key_file.is_some()) {
+                (true, false) => {
+                    return Err(bad("mqtt.tls.key_file", "needed with mqtt.tls.cert_file"));
+                }
+                (false, true) => {
+                    return Err(bad("mqtt.tls.cert_file", "needed with mqtt.tls.key_file"));
+                }
+                _ => {}
+            }
+            if let Some(name) = &t.server_name
+                && (name.is_empty()
+                    || name.len() > 253
+                    || name.contains(|c: char| c.is_whitespace() || c == '/'))
+            {
+                return Err(bad(
+                    "mqtt.tls.server_name",
+                    "must be a DNS name or IP address",
+                ));
+            }
+        }
+        if let Some(user) = &self.username
+            && (user.is_empty() || user.len() > usize::from(u16::MAX) || user.contains('\0'))
+        {
+            return Err(bad("mqtt.username", "must be 1 to 65535 bytes without NUL"));
+        }
+        if let Some(p) = &self.password_file {
+            if p.as_os_str().is_empty() {
+                return Err(bad("mqtt.password_file", "must name a file"));
+            }
+            // MQTT 3.1.1 (3.1.2.9): no password without a user name.
+            if self.username.is_none() {
+                return Err(bad("mqtt.password_file", "needs mqtt.username"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_rcvbuf() -> usize {
@@ -1133,6 +1218,7 @@ impl RxConfig {
             return Err(bad("limits.max_records", "must be positive"));
         }
         self.mqtt.check()?;
+        self.mqtt.check_security()?;
         self.outbox.check(l.max_block_bytes)?;
         let reassembly = ReassemblyLimits {
             max_block_bytes: l.max_block_bytes,
@@ -1410,6 +1496,9 @@ mod tests {
                 batch_points: 1,
                 ts_ms: false,
                 keep_alive: Duration::from_secs(5),
+                tls: None,
+                username: None,
+                password_file: None,
             },
             outbox: OutboxConfig::default(),
             files: None,
@@ -1491,5 +1580,96 @@ mod tests {
             "mqtt": {"host": "h"}}"#;
         let c: RxConfig = serde_json::from_str(text).expect("parses");
         assert!(c.validate().expect("valid").files.is_none());
+    }
+
+    fn rx_with_mqtt(mqtt: &str) -> Result<ValidRx, ConfigError> {
+        let text = format!(
+            r#"{{"link": {{"listen": "127.0.0.1:4000"}}, "keys": {{"files": ["k"]}},
+                "mqtt": {mqtt}}}"#
+        );
+        let c: RxConfig = serde_json::from_str(&text).expect("rx config parses");
+        c.validate()
+    }
+
+    #[test]
+    fn mqtt_security_keys_parse_and_default_off() {
+        let v = rx_with_mqtt(r#"{"host": "h"}"#).expect("plain");
+        assert!(v.raw.mqtt.tls.is_none());
+        assert!(v.raw.mqtt.username.is_none() && v.raw.mqtt.password_file.is_none());
+        let v = rx_with_mqtt(
+            r#"{"host": "10.0.0.5", "port": 8883, "username": "weir",
+                "password_file": "/etc/weir/mqtt.pass",
+                "tls": {"ca_file": "/etc/weir/ca.pem", "cert_file": "/etc/weir/rx.pem",
+                        "key_file": "/etc/weir/rx.key", "server_name": "broker.example"}}"#,
+        )
+        .expect("full security");
+        let m = v.raw.mqtt;
+        let t = m.tls.expect("tls");
+        assert_eq!(t.ca_file, PathBuf::from("/etc/weir/ca.pem"));
+        assert_eq!(t.cert_file, Some(PathBuf::from("/etc/weir/rx.pem")));
+        assert_eq!(t.key_file, Some(PathBuf::from("/etc/weir/rx.key")));
+        assert_eq!(t.server_name.as_deref(), Some("broker.example"));
+        assert_eq!(m.username.as_deref(), Some("weir"));
+        assert_eq!(m.password_file, Some(PathBuf::from("/etc/weir/mqtt.pass")));
+        // CA only (server-authenticated TLS), and a user without password.
+        assert!(rx_with_mqtt(r#"{"host": "h", "tls": {"ca_file": "/ca.pem"}}"#).is_ok());
+        assert!(rx_with_mqtt(r#"{"host": "h", "username": "u"}"#).is_ok());
+        // Unknown keys are refused, and an inline password is not a key.
+        for mqtt in [
+            r#"{"host": "h", "tls": {"ca_file": "/ca.pem", "cafile": "/x"}}"#,
+            r#"{"host": "h", "tls": {"cert_file": "/c.pem"}}"#,
+            r#"{"host": "h", "username": "u", "password": "secret"}"#,
+        ] {
+            let text = format!(
+                r#"{{"link": {{"listen": "127.0.0.1:4000"}}, "keys": {{"files": ["k"]}},
+                    "mqtt": {mqtt}}}"#
+            );
+            assert!(serde_json::from_str::<RxConfig>(&text).is_err(), "{mqtt}");
+        }
+    }
+
+    #[test]
+    fn mqtt_security_errors_name_the_key() {
+        for (mqtt, key) in [
+            (
+                r#"{"host": "h", "tls": {"ca_file": ""}}"#,
+                "mqtt.tls.ca_file",
+            ),
+            (
+                r#"{"host": "h", "tls": {"ca_file": "/ca", "cert_file": "/c"}}"#,
+                "mqtt.tls.key_file",
+            ),
+            (
+                r#"{"host": "h", "tls": {"ca_file": "/ca", "key_file": "/k"}}"#,
+                "mqtt.tls.cert_file",
+            ),
+            (
+                r#"{"host": "h", "tls": {"ca_file": "/ca", "cert_file": "", "key_file": "/k"}}"#,
+                "mqtt.tls.cert_file",
+            ),
+            (
+                r#"{"host": "h", "tls": {"ca_file": "/ca", "server_name": ""}}"#,
+                "mqtt.tls.server_name",
+            ),
+            (
+                r#"{"host": "h", "tls": {"ca_file": "/ca", "server_name": "a b"}}"#,
+                "mqtt.tls.server_name",
+            ),
+            (r#"{"host": "h", "username": ""}"#, "mqtt.username"),
+            (
+                r#"{"host": "h", "password_file": "/p"}"#,
+                "mqtt.password_file",
+            ),
+            (
+                r#"{"host": "h", "username": "u", "password_file": ""}"#,
+                "mqtt.password_file",
+            ),
+        ] {
+            assert_eq!(
+                rx_with_mqtt(mqtt).map(|_| ()).map_err(|e| e.key),
+                Err(key),
+                "{mqtt}"
+            );
+        }
     }
 }

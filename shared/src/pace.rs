@@ -33,6 +33,33 @@ impl Pacer {
     /// instant to retry. A `len` above the burst size is admitted once the
     /// bucket is full, so it can never wait forever.
     pub fn poll_send(&mut self, now: Instant, len: u64) -> Result<(), Instant> {
+        self.poll_budget(now, len)?;
+        self.consume(len);
+        Ok(())
+    }
+
+    /// The bytes that may leave at `now` if at least `unit` may (nothing is
+    /// taken: send what fits, then [`Pacer::consume`] it), else the instant
+    /// `unit` bytes will. A caller sizing its burst from the budget sends
+    /// single datagrams on a slow link and full bursts on a fast one, so
+    /// nothing queued waits behind a long burst.
+    pub fn poll_budget(&mut self, now: Instant, unit: u64) -> Result<u64, Instant> {
+        self.refill(now);
+        let need = unit.min(self.burst);
+        if self.tokens >= need {
+            return Ok(self.tokens.max(need));
+        }
+        let wait_ns =
+            u128::from(need - self.tokens) * 1_000_000_000 / u128::from(self.bytes_per_sec) + 1;
+        Err(now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)))
+    }
+
+    /// Take `len` bytes of budget (all of it if `len` is more).
+    pub fn consume(&mut self, len: u64) {
+        self.tokens = self.tokens.saturating_sub(len);
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_nanos();
         let earned = elapsed * u128::from(self.bytes_per_sec) / 1_000_000_000;
         if earned > 0 {
@@ -46,14 +73,6 @@ impl Pacer {
                 self.last = now;
             }
         }
-        let need = len.min(self.burst);
-        if self.tokens >= need {
-            self.tokens -= need;
-            return Ok(());
-        }
-        let wait_ns =
-            u128::from(need - self.tokens) * 1_000_000_000 / u128::from(self.bytes_per_sec) + 1;
-        Err(now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)))
     }
 }
 
@@ -110,5 +129,20 @@ mod tests {
         assert!(p.poll_send(t0, 1_000_000).is_ok());
         let at = p.poll_send(t0, 1_000_000).expect_err("empty");
         assert!(p.poll_send(at, 1_000_000).is_ok());
+    }
+
+    #[test]
+    fn budget_sizes_bursts_to_the_tokens_earned() {
+        let t0 = Instant::now();
+        // 1 MB/s, bucket of 10 datagrams of 1000 bytes.
+        let mut p = Pacer::new(t0, 1_000_000, 10_000);
+        assert_eq!(p.poll_budget(t0, 1000), Ok(10_000));
+        p.consume(10_000);
+        let at = p.poll_budget(t0, 1000).expect_err("empty");
+        assert_eq!(at, t0 + Duration::from_millis(1) + Duration::from_nanos(1));
+        // One datagram's worth earned: a burst of one, not ten.
+        assert_eq!(p.poll_budget(at, 1000), Ok(1000));
+        p.consume(1000);
+        assert!(p.poll_budget(at, 1000).is_err());
     }
 }

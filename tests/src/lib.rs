@@ -242,14 +242,28 @@ impl Broker {
         }
     }
 
+    /// Start Mosquitto with `conf_extra` (config lines: more listeners,
+    /// TLS, authentication) written ahead of the plain anonymous listener
+    /// on [`Broker::port`]. Start it with `per_listener_settings true` to
+    /// keep its listeners' security apart from the plain one's. Needs
+    /// Mosquitto: there is no fallback.
+    pub fn mosquitto_with(conf_extra: &str) -> Self {
+        let bin = mosquitto_path().expect("this test needs mosquitto (apt-get install mosquitto)");
+        Self::mosquitto_conf(&bin, conf_extra)
+    }
+
     fn mosquitto(bin: &Path) -> Self {
+        Self::mosquitto_conf(bin, "")
+    }
+
+    fn mosquitto_conf(bin: &Path, conf_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         for _ in 0..5 {
             let port = free_tcp_port();
             let conf = dir.path().join("mosquitto.conf");
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"),
+                format!("{conf_extra}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"),
             )
             .expect("broker config");
             let conf_s = conf.to_string_lossy().into_owned();
@@ -317,6 +331,14 @@ impl Broker {
                 Instant::now() < deadline,
                 "mosquitto did not restart on port {port}"
             );
+        }
+    }
+
+    /// Mosquitto's log so far (the embedded broker keeps none).
+    pub fn log_text(&self) -> String {
+        match self {
+            Self::Mosquitto { process, .. } => process.log_text(),
+            Self::Embedded { .. } => String::new(),
         }
     }
 

@@ -132,6 +132,9 @@ pub async fn run(
                                 Ok(len) => {
                                     core.reassembler.confirm(t, key, block.header.key_id);
                                     first_sight(&mut core, &topics, &to_outbox, &block.header);
+                                    if let Ok(mut l) = link.lock() {
+                                        l.record_delivered(key.session, key.lane, key.seq);
+                                    }
                                     add(&stats.blocks_ok, 1);
                                     add(&stats.fec_repaired, u64::from(block.repaired));
                                     block.sealed.truncate(len);

@@ -4,7 +4,7 @@
 //!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> outbox (redb)
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
-//!    status ticker ──> publish (retained status, outside the outbox)
+//!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
 //!    validate ──file chunks──> files ──> staging ──> output dir  (decode ──lost blocks──> files)
 //! ```
 //!
@@ -20,10 +20,12 @@
 
 pub mod decode;
 pub mod files;
+pub mod mqtt_tls;
 pub mod open;
 pub mod outbox;
 pub mod publish;
 pub mod recv;
+pub mod status;
 pub mod validate;
 pub mod verify;
 
@@ -37,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidRx;
 use weir_shared::heartbeat::Heartbeat;
-use weir_shared::lane::Lane;
+use weir_shared::lane::{LANES, Lane};
 use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, SessionId};
 
@@ -105,13 +107,35 @@ pub struct Message {
     pub retain: bool,
 }
 
-/// What the receiver knows about the link, from heartbeats.
+/// What the receiver knows about the link, from heartbeats and deliveries.
 #[derive(Debug, Default, Clone)]
 pub struct LinkState {
     /// Last heartbeat and when it arrived.
     pub last: Option<(Instant, SessionId, Heartbeat)>,
     /// Sender clock minus receiver clock at the last heartbeat, ms.
     pub skew_ms: i64,
+    /// Last block delivered per lane, for the most recent session.
+    delivered: Option<(SessionId, [Option<u64>; LANES])>,
+}
+
+impl LinkState {
+    /// Note a delivered block.
+    pub fn record_delivered(&mut self, session: SessionId, lane: Lane, seq: u64) {
+        let d = match &mut self.delivered {
+            Some((s, d)) if *s == session => d,
+            other => &mut other.insert((session, [None; LANES])).1,
+        };
+        let slot = &mut d[lane.index()];
+        *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+    }
+
+    /// The last block delivered on `lane` of `session`.
+    pub fn delivered(&self, session: SessionId, lane: Lane) -> Option<u64> {
+        self.delivered
+            .as_ref()
+            .filter(|(s, _)| *s == session)
+            .and_then(|(_, d)| d[lane.index()])
+    }
 }
 
 /// A running receiver.
@@ -133,10 +157,16 @@ impl RxHandle {
         self.join().await
     }
 
-    /// Wait for the pipeline to end.
+    /// Wait for the pipeline to end. After a shutdown that gave up on the
+    /// broker, stages finding their successor gone is expected, not an error.
     pub async fn join(&mut self) -> anyhow::Result<()> {
         while let Some(r) = self.tasks.join_next().await {
-            r.map_err(|e| anyhow::anyhow!("stage panicked: {e}"))??;
+            match r.map_err(|e| anyhow::anyhow!("stage panicked: {e}"))? {
+                Err(StageError::Closed(stage)) if self.cancel.is_cancelled() => {
+                    tracing::debug!(stage, "Stage stopped with its successor gone.");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -188,6 +218,43 @@ fn started_event(
     }
 }
 
+/// One outbox reader and one validate task per table: an alert block
+/// never waits behind bulk blocks being turned into JSON.
+fn spawn_readers(
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+    cfg: &ValidRx,
+    store: &Arc<outbox::Outbox>,
+    (topics, stats): (&publish::Topics, &Arc<RxStats>),
+    (progress, rewind): (watch::Receiver<outbox::Progress>, watch::Receiver<u64>),
+    (urgent, bulk): (Sender<Delivery>, Sender<Delivery>),
+    files: Option<&Sender<files::FileWork>>,
+) {
+    for table in outbox::Table::ALL {
+        let (entry_tx, entry_rx) = mpsc::channel(cfg.raw.outbox.window_blocks);
+        tasks.spawn(outbox::read(
+            store.clone(),
+            table,
+            cfg.raw.outbox.window_blocks,
+            progress.clone(),
+            rewind.clone(),
+            entry_tx,
+        ));
+        let out = if table == outbox::Table::Bulk {
+            bulk.clone()
+        } else {
+            urgent.clone()
+        };
+        tasks.spawn(validate::run(
+            cfg.decode,
+            topics.clone(),
+            stats.clone(),
+            entry_rx,
+            out,
+            files.cloned(),
+        ));
+    }
+}
+
 /// Start the receiver. Must be called inside a tokio runtime.
 pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let store = Arc::new(
@@ -211,6 +278,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let topics = publish::Topics::new(&cfg.raw.mqtt);
 
     send_event(&item_tx, started_event(&cfg, &keyring, local_addr, &topics));
+    let status_events = item_tx.clone();
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
@@ -236,40 +304,24 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
             gaps_topic: topics.gaps.clone(),
         },
     ));
-    // One reader and one validate task per table: an alert block never
-    // waits behind bulk blocks being turned into JSON.
-    for table in outbox::Table::ALL {
-        let (entry_tx, entry_rx) = mpsc::channel(cfg.raw.outbox.window_blocks);
-        tasks.spawn(outbox::read(
-            store.clone(),
-            table,
-            cfg.raw.outbox.window_blocks,
-            progress_rx.clone(),
-            rewind_rx.clone(),
-            entry_tx,
-        ));
-        let out = if table == outbox::Table::Bulk {
-            bulk_tx.clone()
-        } else {
-            urgent_tx.clone()
-        };
-        tasks.spawn(validate::run(
-            cfg.decode,
-            topics.clone(),
-            stats.clone(),
-            entry_rx,
-            out,
-            files_tx.clone(),
-        ));
-    }
-    drop((urgent_tx, bulk_tx, files_tx));
-    tasks.spawn(publish::status(
+    spawn_readers(
+        &mut tasks,
+        &cfg,
+        &store,
+        (&topics, &stats),
+        (progress_rx, rewind_rx),
+        (urgent_tx, bulk_tx),
+        files_tx.as_ref(),
+    );
+    drop(files_tx);
+    tasks.spawn(status::run(
         topics.clone(),
         cfg.raw.link.link_timeout,
         stats.clone(),
         link.clone(),
         cancel.clone(),
         ephemeral_tx,
+        status_events,
     ));
     tasks.spawn(publish::run(
         cfg.raw.mqtt.clone(),
@@ -281,6 +333,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
             ephemeral: ephemeral_rx,
             acked: acked_tx,
             rewind: rewind_tx,
+            stop: cancel.clone(),
         },
     ));
     tracing::info!(listen = %local_addr, broker = %format!("{}:{}", cfg.raw.mqtt.host, cfg.raw.mqtt.port),

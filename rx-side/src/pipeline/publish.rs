@@ -5,7 +5,7 @@
 //!  Delivery (urgent: events, alert lane; then bulk) ──publish_tracked──> broker ──PUBACK──> count down
 //!      entry fully acknowledged ──EntryRef──> outbox (deleted after `retain_acked`)
 //!  broker came back without our session, or a publish failed ──> rewind: the outbox is read again
-//!  status ticker ──(retained, last-will "offline")──> diode/v1/{site}/{gw}/status
+//!  status (see `status`) ──(retained; last will "offline")──> diode/v1/{site}/{gw}/status
 //! ```
 //!
 //! The client keeps a persistent session (`clean_session = false`), so a
@@ -16,22 +16,22 @@
 //! de-duplicate.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, PublishNotice, PublishOptions,
     QoS,
 };
-use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
+use tokio::sync::mpsc::{self, Receiver, UnboundedSender};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::MqttConfig;
-use weir_shared::contract::{PayloadOptions, rfc3339_ns};
+use weir_shared::contract::PayloadOptions;
 
 use super::outbox::EntryRef;
-use super::{Delivery, LinkState, Message, StageError, now};
+use super::{Delivery, Message, StageError, now};
 use crate::stats::{RxStats, add};
 
 /// The topics of one receiver.
@@ -84,10 +84,15 @@ fn offline_payload() -> Vec<u8> {
         .into_bytes()
 }
 
-/// Client options from the `[mqtt]` config, with the retained "offline"
-/// status as last will.
-fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), (cfg.host.as_str(), cfg.port));
+/// Client options from the `[mqtt]` config (address, TLS and credentials
+/// from `mqtt_tls`), with the retained "offline" status as last will.
+fn mqtt_options(
+    cfg: &MqttConfig,
+    topics: &Topics,
+) -> Result<MqttOptions, super::mqtt_tls::SecurityError> {
+    let security = super::mqtt_tls::Security::load(cfg)?;
+    security.log(cfg);
+    let mut opts = security.options(cfg);
     opts.set_keep_alive(
         u16::try_from(cfg.keep_alive.as_secs())
             .unwrap_or(u16::MAX)
@@ -102,7 +107,7 @@ fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
         QoS::AtLeastOnce,
         true,
     ));
-    opts
+    Ok(opts)
 }
 
 /// The event loop drives the connection; it reconnects with backoff.
@@ -178,6 +183,8 @@ pub struct PublishIo {
     pub acked: UnboundedSender<EntryRef>,
     /// Bumped when every outbox entry must be published again.
     pub rewind: watch::Sender<u64>,
+    /// Shutdown: from then on, at most `DRAIN_LIMIT` more.
+    pub stop: CancellationToken,
 }
 
 /// A delivery waiting for its acknowledgements.
@@ -225,6 +232,22 @@ impl State {
             &mut self.bulk
         };
         q.extend(d.messages.into_iter().map(|m| (Some(id), m)));
+    }
+
+    /// Take what the urgent inputs hold now. Alert-lane messages overtake
+    /// the bulk backlog: an alarm must not wait behind thousands of
+    /// historian points on their way out.
+    fn take_urgent(&mut self, io: &mut PublishIo, urgent_open: &mut bool) {
+        while *urgent_open {
+            match io.urgent.try_recv() {
+                Ok(d) => self.take(d, true, &io.acked),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => *urgent_open = false,
+            }
+        }
+        while let Ok(ms) = io.ephemeral.try_recv() {
+            self.urgent.extend(ms.into_iter().map(|m| (None, m)));
+        }
     }
 
     /// Everything not yet acknowledged will come again from the outbox:
@@ -294,6 +317,26 @@ async fn say_offline(client: &AsyncClient, topics: &Topics) {
     let _ = client.disconnect().await;
 }
 
+/// The client, its connection task, and the connection's ups and downs.
+type Connection = (
+    AsyncClient,
+    JoinHandle<()>,
+    mpsc::UnboundedReceiver<Option<bool>>,
+);
+
+/// Build the client and start its connection.
+fn connect(cfg: &MqttConfig, topics: &Topics) -> Result<Connection, StageError> {
+    // `main` loaded the same files before starting: this fails only if
+    // they changed since.
+    let opts = mqtt_options(cfg, topics)
+        .map_err(|e| StageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let (client, eventloop) = AsyncClient::builder(opts)
+        .capacity(usize::from(cfg.inflight))
+        .build();
+    let (connack_tx, connack_rx) = mpsc::unbounded_channel::<Option<bool>>();
+    Ok((client, spawn_connection(eventloop, connack_tx), connack_rx))
+}
+
 /// Run until every input closed and everything taken was acknowledged
 /// (or `DRAIN_LIMIT` passed: what is left stays in the outbox).
 pub async fn run(
@@ -302,11 +345,7 @@ pub async fn run(
     stats: Arc<RxStats>,
     mut io: PublishIo,
 ) -> Result<(), StageError> {
-    let (client, eventloop) = AsyncClient::builder(mqtt_options(&cfg, &topics))
-        .capacity(usize::from(cfg.inflight))
-        .build();
-    let (connack_tx, mut connack_rx) = mpsc::unbounded_channel::<Option<bool>>();
-    let connection = spawn_connection(eventloop, connack_tx);
+    let (client, connection, mut connack_rx) = connect(&cfg, &topics)?;
 
     let (notice_tx, notice_rx) =
         mpsc::channel::<(PublishNotice, Option<u64>)>(usize::from(cfg.inflight) * 2);
@@ -315,39 +354,33 @@ pub async fn run(
 
     let mut st = State::default();
     let (mut urgent_open, mut bulk_open, mut eph_open) = (true, true, true);
-    let mut closed_at = None;
+    // Set once the inputs closed or shutdown began: the last moment to
+    // wait for the broker; what is left then stays in the outbox.
+    let mut give_up: Option<Instant> = None;
     loop {
+        if give_up.is_none() && io.stop.is_cancelled() {
+            give_up = Some(now() + DRAIN_LIMIT);
+        }
+        if give_up.is_some_and(|t| now() >= t) {
+            tracing::error!(
+                unacknowledged_blocks = st.tracked.len(),
+                "Stopping before the broker acknowledged everything; the rest stays in the outbox."
+            );
+            break;
+        }
         while let Ok(up) = connack_rx.try_recv() {
             st.connection(up, &io, &stats);
         }
         while let Ok((id, ok)) = done_rx.try_recv() {
             st.done(id, ok, &io, &stats);
         }
-        // Alert-lane messages overtake the bulk backlog: an alarm must not
-        // wait behind thousands of historian points on their way out.
-        while urgent_open {
-            match io.urgent.try_recv() {
-                Ok(d) => st.take(d, true, &io.acked),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => urgent_open = false,
-            }
-        }
-        while let Ok(ms) = io.ephemeral.try_recv() {
-            st.urgent.extend(ms.into_iter().map(|m| (None, m)));
-        }
+        st.take_urgent(&mut io, &mut urgent_open);
         if st.urgent.is_empty() && st.bulk.is_empty() {
             let inputs_open = urgent_open || bulk_open;
-            if !inputs_open && closed_at.is_none() {
-                closed_at = Some(now());
+            if !inputs_open && give_up.is_none() {
+                give_up = Some(now() + DRAIN_LIMIT);
             }
             if !inputs_open && st.tracked.is_empty() {
-                break;
-            }
-            if closed_at.is_some_and(|t: std::time::Instant| t.elapsed() > DRAIN_LIMIT) {
-                tracing::error!(
-                    unacknowledged_blocks = st.tracked.len(),
-                    "Stopping before the broker acknowledged everything; the rest stays in the outbox."
-                );
                 break;
             }
             tokio::select! {
@@ -368,7 +401,8 @@ pub async fn run(
                     Some(d) => st.take(d, false, &io.acked),
                     None => bulk_open = false,
                 },
-                () = tokio::time::sleep(Duration::from_millis(50)), if !(urgent_open || bulk_open) => {}
+                () = io.stop.cancelled(), if give_up.is_none() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)), if give_up.is_some() => {}
             }
             continue;
         }
@@ -379,14 +413,23 @@ pub async fn run(
             continue; // rewound: it comes again from the outbox
         }
         let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
-        match client
-            .publish_tracked(msg.topic.clone(), msg.payload.clone(), opts)
-            .await
-        {
+        // The client's queue is full while the broker is away: wait for it,
+        // but not past shutdown's limit.
+        let publish = client.publish_tracked(msg.topic.clone(), msg.payload.clone(), opts);
+        let Some(result) = bounded(publish, give_up, &io.stop).await else {
+            st.urgent.push_front((id, msg));
+            give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
+            continue;
+        };
+        match result {
             Ok(notice) => {
                 add(&stats.published, 1);
-                if notice_tx.send((notice, id)).await.is_err() {
-                    break;
+                match bounded(notice_tx.send((notice, id)), give_up, &io.stop).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => {
+                        give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
+                    }
                 }
             }
             Err(e) => {
@@ -396,59 +439,25 @@ pub async fn run(
             }
         }
     }
-    say_offline(&client, &topics).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), say_offline(&client, &topics)).await;
     drop(notice_tx);
-    let _ = acker.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
     connection.abort();
     Ok(())
 }
 
-/// Publish the retained link status every two seconds until cancelled.
-pub async fn status(
-    topics: Topics,
-    link_timeout: Duration,
-    stats: Arc<RxStats>,
-    link: Arc<Mutex<LinkState>>,
-    cancel: CancellationToken,
-    to_publish: Sender<Vec<Message>>,
-) -> Result<(), StageError> {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let t = now();
-        let link = link.lock().map(|l| l.clone()).unwrap_or_default();
-        let sender = link.last.as_ref().map(|(at, session, hb)| {
-            serde_json::json!({
-                "session": session.short_hex(),
-                "heartbeat_age_ms": t.duration_since(*at).as_millis() as u64,
-                "uptime_ms": hb.uptime_ms,
-                "last_block_sent": {"alert": hb.last_sent[0], "bulk": hb.last_sent[1]},
-                "counters": hb.counters,
-                "spool_depth": hb.spool_depth,
-                "clock_skew_ms": link.skew_ms,
-            })
-        });
-        let link_up = link
-            .last
-            .as_ref()
-            .is_some_and(|(at, ..)| t.duration_since(*at) < link_timeout);
-        let body = serde_json::json!({
-            "online": true,
-            "ts": rfc3339_ns(super::unix_ns()),
-            "link_up": link_up,
-            "sender": sender,
-            "counters": stats.snapshot(),
-        });
-        let msg = Message {
-            topic: topics.status.clone(),
-            payload: body.to_string().into_bytes(),
-            retain: true,
-        };
-        if to_publish.try_send(vec![msg]).is_err() {
-            tracing::debug!("Status skipped: publish queue full.");
-        }
+/// Run `f` until it ends, or `None` once `give_up` passes or, before any
+/// limit is set, shutdown begins.
+async fn bounded<F: std::future::Future>(
+    f: F,
+    give_up: Option<Instant>,
+    stop: &CancellationToken,
+) -> Option<F::Output> {
+    if let Some(t) = give_up {
+        return tokio::time::timeout_at(t.into(), f).await.ok();
+    }
+    tokio::select! {
+        r = f => Some(r),
+        () = stop.cancelled() => None,
     }
 }

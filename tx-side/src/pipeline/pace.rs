@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  alert blocks ──┐  strict priority
-//!                 ├──> burst (≤ burst_datagrams, one length) ──(token bucket)──> send
+//!                 ├──> burst (≤ burst_datagrams and the tokens earned, one length) ──> send
 //!  bulk blocks ───┘  symbols of up to `interleave_blocks` blocks round-robin
 //! ```
 //!
@@ -137,15 +137,41 @@ pub async fn run(
             }
             continue;
         };
+        // Size the burst from the tokens earned, waiting for one datagram's
+        // worth first: a slow link sends single datagrams, so an alert
+        // block arriving meanwhile waits behind one datagram, not a burst.
+        let unit = queues[lane.index()]
+            .active
+            .front()
+            .map_or(1, |a| a.block.datagram_len as u64);
+        let budget = match pacer.poll_budget(now(), unit) {
+            Ok(b) => b,
+            Err(at) => {
+                let [alert, _] = &mut queues[..] else {
+                    return Ok(());
+                };
+                if lane == Lane::Alert || !alert.open {
+                    tokio::time::sleep_until(at.into()).await;
+                } else {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        b = alert.rx.recv() => match b {
+                            Some(b) => alert.admit(b),
+                            None => alert.open = false,
+                        },
+                    }
+                }
+                continue;
+            }
+        };
+        let fits = usize::try_from(budget / unit.max(1)).unwrap_or(usize::MAX);
         let mut burst = Burst {
             buf: Vec::new(),
             segment: 0,
             done: Vec::new(),
         };
-        queues[lane.index()].take(burst_datagrams, &mut burst);
-        while let Err(at) = pacer.poll_send(now(), burst.buf.len() as u64) {
-            tokio::time::sleep_until(at.into()).await;
-        }
+        queues[lane.index()].take(fits.clamp(1, burst_datagrams), &mut burst);
+        pacer.consume(burst.buf.len() as u64);
         to_send
             .send(burst)
             .await

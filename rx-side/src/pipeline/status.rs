@@ -1,0 +1,164 @@
+//! The link status: what heartbeats and the pipeline say, published
+//! retained; changes of the link's state also go to the audit topic.
+//!
+//! ```text
+//!  heartbeats ──> LinkState (sender uptime, counters, last block sent per lane, clock skew)
+//!  decode     ──> LinkState (last block delivered per lane)
+//!  every 2 s ──> retained status (publish, outside the outbox)
+//!  link up ⇄ down ──> audit event (outbox)
+//! ```
+//!
+//! The link is up while heartbeats arrive within `link.link_timeout`. A
+//! block sent (per the sender's heartbeat) but not delivered here is what
+//! `lag_blocks` shows; the reassembler turns a lasting lag into a gap.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+use weir_shared::contract::rfc3339_ns;
+use weir_shared::lane::Lane;
+
+use super::outbox::Item;
+use super::publish::Topics;
+use super::{LinkState, Message, StageError, now, send_event, unix_ns};
+use crate::stats::RxStats;
+
+/// How often the retained status is published.
+const EVERY: Duration = Duration::from_secs(2);
+
+/// The status body at `t`, and whether the link is up.
+fn body(
+    link: &LinkState,
+    link_timeout: Duration,
+    stats: &RxStats,
+    t: std::time::Instant,
+) -> (serde_json::Value, bool) {
+    let sender = link.last.as_ref().map(|(at, session, hb)| {
+        let per_lane = |f: &dyn Fn(Lane) -> serde_json::Value| {
+            serde_json::json!({"alert": f(Lane::Alert), "bulk": f(Lane::Bulk)})
+        };
+        serde_json::json!({
+            "session": session.short_hex(),
+            "heartbeat_age_ms": t.duration_since(*at).as_millis() as u64,
+            "uptime_ms": hb.uptime_ms,
+            "last_block_sent": per_lane(&|l| serde_json::json!(hb.last_sent[l.index()])),
+            "last_block_delivered": per_lane(&|l| serde_json::json!(link.delivered(*session, l))),
+            "lag_blocks": per_lane(&|l| {
+                let sent = hb.last_sent[l.index()];
+                let got = link.delivered(*session, l);
+                serde_json::json!(match (sent, got) {
+                    (Some(s), Some(g)) => s.saturating_sub(g),
+                    (Some(s), None) => s + 1,
+                    (None, _) => 0,
+                })
+            }),
+            "counters": hb.counters,
+            "spool_depth": hb.spool_depth,
+            "config_fingerprint": format!("{:016x}", u64::from_be_bytes(hb.config_fingerprint)),
+            "clock_skew_ms": link.skew_ms,
+        })
+    });
+    let link_up = link
+        .last
+        .as_ref()
+        .is_some_and(|(at, ..)| t.duration_since(*at) < link_timeout);
+    let body = serde_json::json!({
+        "online": true,
+        "ts": rfc3339_ns(unix_ns()),
+        "link_up": link_up,
+        "sender": sender,
+        "counters": stats.snapshot(),
+    });
+    (body, link_up)
+}
+
+/// Publish the retained link status every two seconds until cancelled.
+pub async fn run(
+    topics: Topics,
+    link_timeout: Duration,
+    stats: Arc<RxStats>,
+    link: Arc<Mutex<LinkState>>,
+    cancel: CancellationToken,
+    to_publish: Sender<Vec<Message>>,
+    to_outbox: Sender<Item>,
+) -> Result<(), StageError> {
+    let mut tick = tokio::time::interval(EVERY);
+    let mut was_up: Option<bool> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let state = link.lock().map(|l| l.clone()).unwrap_or_default();
+        let (body, up) = body(&state, link_timeout, &stats, now());
+        if was_up.is_some_and(|w| w != up) || (was_up.is_none() && up) {
+            let kind = if up { "link_up" } else { "link_down" };
+            tracing::warn!(link = kind, "Link state changed.");
+            let ev = serde_json::json!({"type": kind, "ts": rfc3339_ns(unix_ns()), "sender": body["sender"]});
+            send_event(
+                &to_outbox,
+                Message {
+                    topic: topics.audit.clone(),
+                    payload: ev.to_string().into_bytes(),
+                    retain: false,
+                },
+            );
+        }
+        was_up = Some(up);
+        let msg = Message {
+            topic: topics.status.clone(),
+            payload: body.to_string().into_bytes(),
+            retain: true,
+        };
+        if to_publish.try_send(vec![msg]).is_err() {
+            tracing::debug!("Status skipped: publish queue full.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_shared::heartbeat::Heartbeat;
+    use weir_shared::wire::SessionId;
+
+    use super::*;
+
+    #[test]
+    fn lag_and_link_state_follow_heartbeats_and_deliveries() {
+        let t = std::time::Instant::now();
+        let s = SessionId([5; 16]);
+        let hb = Heartbeat {
+            sent_unix_ms: 0,
+            uptime_ms: 1000,
+            last_sent: [Some(3), Some(10)],
+            counters: weir_shared::heartbeat::TxCounters::default(),
+            spool_depth: 0,
+            config_fingerprint: [0; 8],
+        };
+        let mut link = LinkState {
+            last: Some((t, s, hb)),
+            ..LinkState::default()
+        };
+        link.record_delivered(s, Lane::Bulk, 7);
+        let stats = RxStats::default();
+        let (b, up) = body(
+            &link,
+            Duration::from_secs(3),
+            &stats,
+            t + Duration::from_secs(1),
+        );
+        assert!(up);
+        assert_eq!(b["sender"]["lag_blocks"]["bulk"], 3);
+        assert_eq!(b["sender"]["lag_blocks"]["alert"], 4);
+        assert_eq!(b["sender"]["last_block_delivered"]["bulk"], 7);
+        let (_, up) = body(
+            &link,
+            Duration::from_secs(3),
+            &stats,
+            t + Duration::from_secs(4),
+        );
+        assert!(!up, "no heartbeat for longer than the timeout");
+    }
+}
