@@ -34,24 +34,24 @@ use weir_shared::seal::KeyFileError;
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     /// The file cannot be read (missing, a directory, no permission).
-    #[error("config key `{key}`: cannot read {}: {source}", path.display())]
+    #[error("config key `{key}`: cannot read {}: {cause}", path.display())]
     Read {
         /// The key naming the file.
         key: &'static str,
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A secret file that group or others may access.
-    #[error("config key `{key}`: {} {source}", path.display())]
+    #[error("config key `{key}`: {} {cause}", path.display())]
     Permissions {
         /// The key naming the file.
         key: &'static str,
         /// The file.
         path: PathBuf,
         /// The mode check that failed.
-        source: KeyFileError,
+        cause: KeyFileError,
     },
     /// The file is not what the key asks for.
     #[error("config key `{key}`: {}: {reason}", path.display())]
@@ -65,12 +65,12 @@ pub enum SecurityError {
     },
     /// rustls refused the settings (a key that does not match its
     /// certificate, an unsupported key type).
-    #[error("config key `{key}`: {source}")]
+    #[error("config key `{key}`: {cause}")]
     Tls {
         /// The key most likely at fault.
         key: &'static str,
         /// What rustls said.
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     /// `server_name` (or `host`, without it) is not a valid TLS name.
     #[error("config key `{key}`: {name:?} is not a DNS name or IP address")]
@@ -109,10 +109,10 @@ impl std::fmt::Debug for Security {
 
 /// Bytes of a file, the error naming `key`.
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
-    std::fs::read(path).map_err(|source| SecurityError::Read {
+    std::fs::read(path).map_err(|cause| SecurityError::Read {
         key,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -120,10 +120,10 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
 /// may read or write it.
 fn read_secret(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
     let mode = std::fs::metadata(path)
-        .map_err(|source| SecurityError::Read {
+        .map_err(|cause| SecurityError::Read {
             key,
             path: path.to_owned(),
-            source,
+            cause,
         })?
         .permissions()
         .mode();
@@ -131,7 +131,7 @@ fn read_secret(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError>
         return Err(SecurityError::Permissions {
             key,
             path: path.to_owned(),
-            source: KeyFileError::Permissions(mode & 0o777),
+            cause: KeyFileError::Permissions(mode & 0o777),
         });
     }
     read(key, path)
@@ -201,7 +201,7 @@ fn client_config(t: &MqttTlsConfig) -> Result<ClientConfig, SecurityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|source| SecurityError::Tls { key: CA, source })?
+        .map_err(|cause| SecurityError::Tls { key: CA, cause })?
         .with_root_certificates(roots);
     match (&t.cert_file, &t.key_file) {
         (Some(cert), Some(key)) => {
@@ -210,9 +210,9 @@ fn client_config(t: &MqttTlsConfig) -> Result<ClientConfig, SecurityError> {
             // rustls checks here that the key belongs to the certificate.
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|source| SecurityError::Tls {
+                .map_err(|cause| SecurityError::Tls {
                     key: "mqtt.tls.key_file",
-                    source,
+                    cause,
                 })
         }
         // `validate` refuses one without the other.
