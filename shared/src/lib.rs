@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod config;
 pub mod contract;
+pub mod dq;
 pub mod fec;
 pub mod files;
 pub mod formats;

@@ -520,7 +520,11 @@ fn resolve(rule: &DqRule, scope: Scope) -> Result<Params, DqConfigError> {
         Some(d) => Some(
             nanos(d, scope, "expected_interval")?
                 .checked_mul(factor)
-                .ok_or(bad(scope, "expected_interval", "times stale_factor too long"))?,
+                .ok_or(bad(
+                    scope,
+                    "expected_interval",
+                    "times stale_factor too long",
+                ))?,
         ),
         None => None,
     };
@@ -528,11 +532,11 @@ fn resolve(rule: &DqRule, scope: Scope) -> Result<Params, DqConfigError> {
         Some(d) => Some(nanos(d, scope, "gap")?),
         None => stale_after_ns,
     };
-    let max_age = rule.max_age.unwrap_or(Duration::from_secs(7 * 86_400));
+    let max_age = rule.max_age.unwrap_or(Duration::from_hours(7 * 24));
     let max_age_ns = Some(nanos(max_age, scope, "max_age")?).filter(|&n| n > 0);
-    let future = rule.future_tolerance.unwrap_or(Duration::from_secs(600));
+    let future = rule.future_tolerance.unwrap_or(Duration::from_mins(10));
     let sigma_n = rule.roc_sigma.unwrap_or(3.0);
-    let window = rule.roc_window.unwrap_or(Duration::from_secs(25 * 3600));
+    let window = rule.roc_window.unwrap_or(Duration::from_hours(25));
     let sigma = (sigma_n > 0.0)
         .then(|| {
             nanos(window, scope, "roc_window").map(|window_ns| Sigma {
@@ -590,9 +594,7 @@ fn check_bands(range: Band, suspect: Band, scope: Scope) -> Result<(), DqConfigE
 
 fn resolve_flatline(rule: &DqRule, scope: Scope) -> Result<Option<Flatline>, DqConfigError> {
     let n = rule.flatline_n.unwrap_or(5);
-    let time = rule
-        .flatline_time
-        .unwrap_or(Duration::from_secs(30 * 60));
+    let time = rule.flatline_time.unwrap_or(Duration::from_mins(30));
     if n == 0 || time.is_zero() {
         return Ok(None);
     }
@@ -647,7 +649,10 @@ mod tests {
         );
         assert!(!p.range.is_set() && !p.suspect.is_set());
         assert_eq!((p.roc_max, p.spike, p.gap_ns), (None, None, None));
-        assert_eq!((p.stale_after_ns, p.unit.as_ref(), p.states.as_ref()), (None, None, None));
+        assert_eq!(
+            (p.stale_after_ns, p.unit.as_ref(), p.states.as_ref()),
+            (None, None, None)
+        );
         assert_eq!(v, ValidDqConfig::default());
     }
 
@@ -685,29 +690,62 @@ mod tests {
     fn dq_config_errors_name_the_key() {
         let cases = [
             (json!({"max_tags": 0}), "config key `dq.max_tags`"),
-            (json!({"defaults": {"lo": 5.0, "hi": 1.0}}), "`dq.defaults.hi`: below lo"),
-            (json!({"class": [{"kind": "analog"}]}), "`dq.class[0].match`: required"),
+            (
+                json!({"defaults": {"lo": 5.0, "hi": 1.0}}),
+                "`dq.defaults.hi`: below lo",
+            ),
+            (
+                json!({"class": [{"kind": "analog"}]}),
+                "`dq.class[0].match`: required",
+            ),
             (json!({"class": [{"match": ""}]}), "`dq.class[0].match`"),
             (
                 json!({"class": [{"match": "a"}, {"match": "b", "tag": "x"}]}),
                 "`dq.class[1].tag`",
             ),
             (json!({"tag": [{"hi": 1.0}]}), "`dq.tag[0].tag`: required"),
-            (json!({"tag": [{"tag": "a", "match": "a*"}]}), "`dq.tag[0].match`"),
+            (
+                json!({"tag": [{"tag": "a", "match": "a*"}]}),
+                "`dq.tag[0].match`",
+            ),
             (
                 json!({"tag": [{"tag": "a"}, {"tag": "a"}]}),
                 "`dq.tag[1].tag`: tag already has an override",
             ),
             (json!({"defaults": {"match": "x"}}), "`dq.defaults.match`"),
-            (json!({"defaults": {"roc_max": 0.0}}), "`dq.defaults.roc_max`"),
-            (json!({"defaults": {"roc_sigma": -1.0}}), "`dq.defaults.roc_sigma`"),
-            (json!({"defaults": {"spike_suspect": 5.0, "spike_fail": 2.0}}), "`dq.defaults.spike_suspect`"),
-            (json!({"defaults": {"suspect_lo": -10.0, "lo": 0.0}}), "`dq.defaults.suspect_lo`: below lo"),
-            (json!({"defaults": {"suspect_hi": 10.0, "hi": 5.0}}), "`dq.defaults.suspect_hi`: above hi"),
-            (json!({"defaults": {"stale_factor": 0}}), "`dq.defaults.stale_factor`"),
-            (json!({"defaults": {"expected_interval": "0s"}}), "`dq.defaults.expected_interval`"),
+            (
+                json!({"defaults": {"roc_max": 0.0}}),
+                "`dq.defaults.roc_max`",
+            ),
+            (
+                json!({"defaults": {"roc_sigma": -1.0}}),
+                "`dq.defaults.roc_sigma`",
+            ),
+            (
+                json!({"defaults": {"spike_suspect": 5.0, "spike_fail": 2.0}}),
+                "`dq.defaults.spike_suspect`",
+            ),
+            (
+                json!({"defaults": {"suspect_lo": -10.0, "lo": 0.0}}),
+                "`dq.defaults.suspect_lo`: below lo",
+            ),
+            (
+                json!({"defaults": {"suspect_hi": 10.0, "hi": 5.0}}),
+                "`dq.defaults.suspect_hi`: above hi",
+            ),
+            (
+                json!({"defaults": {"stale_factor": 0}}),
+                "`dq.defaults.stale_factor`",
+            ),
+            (
+                json!({"defaults": {"expected_interval": "0s"}}),
+                "`dq.defaults.expected_interval`",
+            ),
             (json!({"defaults": {"unit": ""}}), "`dq.defaults.unit`"),
-            (json!({"defaults": {"flatline_time": "100000000d"}}), "`dq.defaults.flatline_time`: too long"),
+            (
+                json!({"defaults": {"flatline_time": "100000000d"}}),
+                "`dq.defaults.flatline_time`: too long",
+            ),
             // The inconsistency appears only once the layers are merged.
             (
                 json!({"class": [{"match": "TT*", "lo": 0.0}], "tag": [{"tag": "TT1", "hi": -1.0}]}),

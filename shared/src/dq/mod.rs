@@ -35,7 +35,7 @@
 //!
 //! # What a tag's state costs
 //!
-//! Per tag the engine keeps a fixed-size [`TagState`](table) (about 20
+//! Per tag the engine keeps a fixed-size `TagState` (about 20
 //! words: newest and last-received sample keys, the last two values, the
 //! flatline run, running `Δv` statistics, unit and status bits) in a
 //! bounded LRU table (`max_tags`; the least recently seen tag is evicted and
