@@ -5,7 +5,13 @@
 //! two-line config in the harness's temporary directory and killed when the
 //! handle drops. The machine's own broker on 1883 is never touched, so a
 //! benchmark cannot disturb (or be disturbed by) anything else on it.
+//!
+//! The broker can be frozen (SIGSTOP) and thawed (SIGCONT): a frozen broker
+//! keeps its connections but acknowledges nothing, so the receiver's
+//! outbox fills as it would during an outage, and the drain that follows
+//! the thaw can be timed on its own.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ pub struct Mosquitto {
     child: Child,
     port: u16,
     log: PathBuf,
+    frozen: Cell<bool>,
 }
 
 impl Mosquitto {
@@ -43,7 +50,12 @@ impl Mosquitto {
             .stderr(out)
             .spawn()
             .context("starting `mosquitto` (Debian package `mosquitto`)")?;
-        let mut broker = Self { child, port, log };
+        let mut broker = Self {
+            child,
+            port,
+            log,
+            frozen: Cell::new(false),
+        };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let deadline = Instant::now() + timeout;
         loop {
@@ -74,6 +86,35 @@ impl Mosquitto {
     /// Its process id (for CPU accounting).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stop the process (SIGSTOP): connections stay open, nothing is
+    /// acknowledged until [`Self::thaw`].
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")?;
+        self.frozen.set(true);
+        Ok(())
+    }
+
+    /// Let a frozen broker run again (SIGCONT); does nothing otherwise.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        if self.frozen.get() {
+            self.signal("-CONT")?;
+            self.frozen.set(false);
+        }
+        Ok(())
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.pid().to_string())
+            .status()
+            .with_context(|| format!("running `kill {sig}`"))?;
+        if !status.success() {
+            bail!("`kill {sig} {}` failed: {status}", self.pid());
+        }
+        Ok(())
     }
 }
 

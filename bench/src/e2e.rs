@@ -15,10 +15,32 @@
 //!
 //! - **decoded**: the receiver's `records` counter reached the point count
 //!   (blocks received, FEC-decoded, authenticated, frames decoded);
-//! - **delivered**: additionally every publish was acknowledged
-//!   (`acked == published` and `acked ≥ records`). `acked` also counts the
-//!   receiver's retained status message (one every 2 s), so this is exact
-//!   to within a handful of messages, i.e. microseconds.
+//! - **delivered**: additionally every publish was acknowledged by the
+//!   broker. `acked` counts QoS 1 PUBACKs (the receiver bumps it when
+//!   rumqttc resolves a publish's notice with the broker's PUBACK), in
+//!   *messages*; `records` counts points. With `--batch-points` above 1 a
+//!   message carries many points, so the two cannot be compared: instead
+//!   the run is delivered at the first poll where every point was
+//!   validated and `acked == published`, provided no more than one further
+//!   message (a status message) is published in the next [`CONFIRM`]. That
+//!   rules out the instant between the last block's records being counted
+//!   and its messages reaching the publisher (a few ms), and makes the mark
+//!   exact to within one poll.
+//!
+//! Figures are given in points/s and in messages/s acknowledged, over the
+//! whole run and over the part after the sender finished (the receiver
+//! then has the machine to itself apart from the broker). Messages include
+//! the receiver's status (one every 2 s) and audit events, a handful.
+//!
+//! With `--drain` the broker is frozen (SIGSTOP) from the sender's start
+//! until every block is committed to the receiver's outbox, and thawed
+//! (SIGCONT) then: what follows is the receiver draining a backlog from
+//! its outbox into MQTT with the machine to itself, as after a broker
+//! outage. Rates and CPU are then measured from the thaw, so they are the
+//! delivery path's alone (outbox read, validate, JSON, publish, PUBACK).
+//! The MQTT connection survives the freeze as long as it stays well under
+//! the 30 s keep-alive; the sender's part takes a few seconds per million
+//! points.
 //!
 //! Every wait is bounded. Lost or shed blocks leave `records` short
 //! forever: the run ends as `Incomplete` once every block is delivered,
@@ -59,6 +81,9 @@ const MAIN_THREADS: &str = "weir-bench";
 const ROWS_PER_FILE: u64 = 100_000;
 /// Counter polling interval.
 const POLL: Duration = Duration::from_millis(5);
+/// How long "everything published is acknowledged" must hold, with no new
+/// messages beyond one status message, before the run counts as delivered.
+const CONFIRM: Duration = Duration::from_millis(100);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -73,6 +98,12 @@ pub struct Options {
     pub loss_pct: f64,
     /// MQTT publishes in flight.
     pub inflight: u16,
+    /// Points per MQTT message (receiver `mqtt.batch_points`; 1: one
+    /// message per point).
+    pub batch_points: usize,
+    /// Freeze the broker until every block is in the outbox, then time
+    /// the drain alone.
+    pub drain: bool,
     /// Worker threads per runtime (0: tokio's default, one per core).
     pub workers: usize,
     /// Generator and loss seed.
@@ -95,11 +126,12 @@ impl Options {
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
         let mut c = format!(
-            "cargo run --release -p weir-bench -- e2e --points {} --files {} --rate-mbps {} --inflight {} --seed {}",
+            "cargo run --release -p weir-bench -- e2e --points {} --files {} --rate-mbps {} --inflight {} --batch-points {} --seed {}",
             self.points,
             self.file_count(),
             self.rate_mbps,
             self.inflight,
+            self.batch_points,
             self.seed
         );
         if self.loss_pct > 0.0 {
@@ -107,6 +139,9 @@ impl Options {
         }
         if self.workers > 0 {
             let _ = write!(c, " --workers {}", self.workers);
+        }
+        if self.drain {
+            c.push_str(" --drain");
         }
         c
     }
@@ -140,8 +175,25 @@ pub struct Marks {
     pub decoded: Option<Duration>,
     /// Every publish acknowledged.
     pub delivered: Option<Duration>,
+    /// With `--drain`: every block was in the outbox and the broker was
+    /// thawed.
+    pub released: Option<Duration>,
     /// When polling stopped.
     pub end: Duration,
+}
+
+/// The receiver's `acked` counter (broker PUBACKs, in messages) at the
+/// instants of [`Marks`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AckedAt {
+    /// When the sender started (the receiver's own start-up messages).
+    pub start: u64,
+    /// When the last block was sent.
+    pub tx_done: Option<u64>,
+    /// When the broker was thawed (`--drain`).
+    pub released: Option<u64>,
+    /// When everything was delivered.
+    pub delivered: Option<u64>,
 }
 
 /// Everything measured.
@@ -157,6 +209,8 @@ pub struct Report {
     pub generate: Duration,
     /// Instants.
     pub marks: Marks,
+    /// Messages acknowledged by then.
+    pub acked_at: AckedAt,
     /// Sender counters at the end.
     pub tx: TxCounters,
     /// Sender repair symbols sent.
@@ -169,7 +223,8 @@ pub struct Report {
     pub rx: RxSnapshot,
     /// Forwarder (forwarded, dropped), when `--loss` was given.
     pub lossy: Option<(u64, u64)>,
-    /// CPU used between the sender's start and the end of polling.
+    /// CPU used between the sender's start (with `--drain`: the broker's
+    /// thaw) and the end of polling.
     pub cpu: CpuSample,
     /// Datagrams the kernel dropped because a UDP receive buffer was full
     /// (machine-wide `RcvbufErrors`, over the run).
@@ -197,16 +252,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let keyring = weir_tx::keys::load_keyring(&[&key])?;
 
     let spool = dir.path().join("spool");
-    let generated = Instant::now();
-    let spool_bytes = write_spool(&spool, opts)?;
-    let generate = generated.elapsed();
-    eprintln!(
-        "spool: {} points in {} files, {:.1} MB, generated in {:.1} s",
-        opts.points,
-        opts.file_count(),
-        f(spool_bytes) / 1e6,
-        generate.as_secs_f64()
-    );
+    let (spool_bytes, generate) = generate_spool(&spool, opts)?;
 
     let outbox = dir.path().join("rx-outbox.redb");
     let rx_cfg = rx_config(
@@ -215,6 +261,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         &outbox,
         broker.port(),
         opts.inflight,
+        opts.batch_points,
     )?;
     let rx = rx_rt.block_on(weir_rx::run(rx_cfg, keyring.clone()))?;
     let proxy = (opts.loss_pct > 0.0)
@@ -229,24 +276,49 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let tx_cfg = tx_config(destination, &key, &spool, opts.rate_mbps)?;
     let groups = [TX_THREADS, RX_THREADS, lossy::THREAD_NAME, MAIN_THREADS];
+    if opts.drain {
+        broker.freeze()?;
+    }
     let cpu_start = cpu::sample(&groups, Some(broker.pid()));
     let rcvbuf_start = udp_rcvbuf_errors();
+    let acked_at_start = rx.stats.acked.load(Ordering::Relaxed);
     let t0 = Instant::now();
+    // On an error the broker is killed frozen or not.
     let tx = tx_rt.block_on(weir_tx::run(tx_cfg, keyring, *b"weirbnch"))?;
 
-    let (outcome, mut marks, wire_at_done) = watch(opts, &tx, &rx, t0, &interrupted);
-    marks.end = t0.elapsed();
-    let cpu = cpu::sample(&groups, Some(broker.pid())).since(&cpu_start);
+    let thaw = || {
+        let at = cpu::sample(&groups, Some(broker.pid()));
+        broker.thaw().map(|()| at)
+    };
+    let w = watch(
+        opts,
+        &tx,
+        &rx,
+        t0,
+        &interrupted,
+        opts.drain.then_some(&thaw),
+    );
+    // Thawed on every path, so shutdown can reach the broker.
+    broker.thaw()?;
+    let cpu = cpu::sample(&groups, Some(broker.pid()))
+        .since(w.cpu_at_release.as_ref().unwrap_or(&cpu_start));
     let report = Report {
         options: opts.clone(),
-        outcome,
+        outcome: w.outcome,
         spool_bytes,
         generate,
-        marks,
+        marks: Marks {
+            end: t0.elapsed(),
+            ..w.marks
+        },
+        acked_at: AckedAt {
+            start: acked_at_start,
+            ..w.acked_at
+        },
         tx: tx.telemetry.counters(),
         tx_repair_symbols: tx.telemetry.repair_symbols.load(Ordering::Relaxed),
         tx_send_errors: tx.telemetry.send_errors.load(Ordering::Relaxed),
-        tx_wire_bytes_at_done: wire_at_done,
+        tx_wire_bytes_at_done: w.wire_at_done,
         rx: rx.stats.snapshot(),
         lossy: proxy.as_ref().map(|p| {
             (
@@ -288,19 +360,36 @@ async fn interrupt_flag(flag: Arc<AtomicBool>) {
     flag.store(true, Ordering::Relaxed);
 }
 
+/// What [`watch`] saw.
+struct Watched {
+    outcome: Outcome,
+    marks: Marks,
+    acked_at: AckedAt,
+    /// Wire bytes when the last block was sent.
+    wire_at_done: u64,
+    /// CPU when the broker was thawed (`--drain`).
+    cpu_at_release: Option<CpuSample>,
+}
+
 /// Poll both sides' counters until everything was delivered or accounted
 /// as lost, nothing moved for `opts.stall`, `opts.timeout` passed, or the
-/// user interrupted. Returns how it ended, the instants seen and the wire
-/// bytes when the last block was sent.
+/// user interrupted. With `release` (`--drain`), call it once every block
+/// the sender sent is committed to the outbox.
 fn watch(
     opts: &Options,
     tx: &weir_tx::TxHandle,
     rx: &weir_rx::RxHandle,
     t0: Instant,
     interrupted: &AtomicBool,
-) -> (Outcome, Marks, u64) {
+    release: Option<&dyn Fn() -> anyhow::Result<CpuSample>>,
+) -> Watched {
+    let mut cpu_at_release = None;
     let mut marks = Marks::default();
+    let mut acked_at = AckedAt::default();
     let mut wire_at_done = 0;
+    // First poll of the current "all published messages acknowledged"
+    // stretch: (offset, published then, acked then).
+    let mut quiet_since: Option<(Duration, u64, u64)> = None;
     let mut last_progress = (t0, 0u64);
     // When the receiver's output (records decoded, records acked) last moved.
     let mut last_output = (t0, (0u64, 0u64));
@@ -316,15 +405,42 @@ fn watch(
         }
         if marks.tx_done.is_none() && t.records >= opts.points {
             marks.tx_done = Some(at);
+            acked_at.tx_done = Some(r.acked);
             wire_at_done = t.wire_bytes;
+        }
+        // Every block the sender sent is authentic (or shed, or lost) and
+        // every kept one committed (events are committed too, so this can
+        // run a couple of entries early: far under a millisecond).
+        let all_stored = marks.tx_done.is_some()
+            && r.blocks_ok + r.blocks_lost >= t.blocks
+            && r.outbox_committed + r.blocks_shed >= r.blocks_ok;
+        if let Some(release) = release
+            && marks.released.is_none()
+            && all_stored
+        {
+            match release() {
+                Ok(cpu) => cpu_at_release = Some(cpu),
+                Err(e) => eprintln!("warning: {e:#}"),
+            }
+            marks.released = Some(t0.elapsed());
+            acked_at.released = Some(rx.stats.acked.load(Ordering::Relaxed));
         }
         if marks.decoded.is_none() && r.records >= opts.points {
             marks.decoded = Some(at);
         }
-        let all_acked = r.acked >= r.records && r.acked == r.published;
+        let all_acked = r.acked == r.published;
+        // More than one new message (a status message) since the stretch
+        // began: it was a pause between blocks, not the end.
+        if quiet_since.is_some_and(|(_, published, _)| r.published > published + 1) {
+            quiet_since = None;
+        }
         if r.records >= opts.points && all_acked {
-            marks.delivered = Some(at);
-            break Outcome::Complete;
+            let (since, _, acked) = *quiet_since.get_or_insert((at, r.published, r.acked));
+            if at.saturating_sub(since) >= CONFIRM {
+                marks.delivered = Some(since);
+                acked_at.delivered = Some(acked);
+                break Outcome::Complete;
+            }
         }
         // Acks beyond `records` are the periodic status message: not
         // progress. Nor are datagram counts, which heartbeats keep moving.
@@ -356,17 +472,24 @@ fn watch(
         if now.duration_since(last_print) >= Duration::from_secs(2) {
             last_print = now;
             eprintln!(
-                "{:6.1} s  tx records {:>9}  rx records {:>9}  acked {:>9}  lost blocks {}  shed {}",
+                "{:6.1} s  tx records {:>9}  rx records {:>9}  published {:>9}  acked {:>9}  lost blocks {}  shed {}",
                 at.as_secs_f64(),
                 t.records,
                 r.records,
+                r.published,
                 r.acked,
                 r.blocks_lost,
                 r.blocks_shed
             );
         }
     };
-    (outcome, marks, wire_at_done)
+    Watched {
+        outcome,
+        marks,
+        acked_at,
+        wire_at_done,
+        cpu_at_release,
+    }
 }
 
 /// Orderly shutdown, sender first; each step bounded.
@@ -388,6 +511,21 @@ fn shutdown(
     tx_rt.shutdown_timeout(Duration::from_secs(2));
     rx_rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// [`write_spool`], timed and reported on stderr: (bytes, time taken).
+fn generate_spool(spool: &Path, opts: &Options) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let bytes = write_spool(spool, opts)?;
+    let took = started.elapsed();
+    eprintln!(
+        "spool: {} points in {} files, {:.1} MB, generated in {:.1} s",
+        opts.points,
+        opts.file_count(),
+        f(bytes) / 1e6,
+        took.as_secs_f64()
+    );
+    Ok((bytes, took))
 }
 
 /// Write `opts.points` rows of AVEVA CSV into `spool/incoming/`, each file
@@ -454,6 +592,7 @@ fn rx_config(
     outbox: &Path,
     mqtt_port: u16,
     inflight: u16,
+    batch_points: usize,
 ) -> anyhow::Result<ValidRx> {
     let text = format!(
         r#"
@@ -469,6 +608,7 @@ port = {mqtt_port}
 client_id = "weir-bench-rx"
 site = "bench"
 inflight = {inflight}
+batch_points = {batch_points}
 
 [outbox]
 path = {outbox}
@@ -566,6 +706,55 @@ impl Report {
         rate(self.options.points, self.marks.delivered)
     }
 
+    /// Messages the broker acknowledged during the run (PUBACKs, status
+    /// and audit messages included).
+    pub fn messages_acked(&self) -> Option<u64> {
+        self.acked_at
+            .delivered
+            .map(|n| n.saturating_sub(self.acked_at.start))
+    }
+
+    /// Messages per second until the broker had acknowledged them all.
+    pub fn delivered_message_rate(&self) -> Option<f64> {
+        rate(self.messages_acked()?, self.marks.delivered)
+    }
+
+    /// Points per acknowledged message, over the run.
+    pub fn points_per_message(&self) -> Option<f64> {
+        self.messages_acked()
+            .filter(|&n| n > 0)
+            .map(|n| f(self.options.points) / f(n))
+    }
+
+    /// With `--drain`: (points/s, messages/s) from the broker's thaw to the
+    /// last acknowledgement. Exact: nothing was acknowledged while the
+    /// broker was frozen.
+    pub fn drain_rates(&self) -> Option<(f64, f64)> {
+        let over = self.marks.delivered?.checked_sub(self.marks.released?)?;
+        let n = self
+            .acked_at
+            .delivered?
+            .checked_sub(self.acked_at.released?)?;
+        Some((rate(self.options.points, Some(over))?, rate(n, Some(over))?))
+    }
+
+    /// Messages per second acknowledged between the last block sent and
+    /// the last acknowledgement: the receiver's delivery rate without the
+    /// sender competing for the CPU (none if that stretch is too short to
+    /// time, under 100 ms).
+    pub fn receiver_alone_message_rate(&self) -> Option<f64> {
+        let over = self
+            .marks
+            .delivered?
+            .checked_sub(self.marks.tx_done?)
+            .filter(|d| *d >= Duration::from_millis(100))?;
+        let n = self
+            .acked_at
+            .delivered?
+            .checked_sub(self.acked_at.tx_done?)?;
+        rate(n, Some(over))
+    }
+
     /// Wire Mbit/s while the sender was sending (first datagram to last
     /// block), from its `wire_bytes` counter.
     pub fn wire_mbps(&self) -> Option<f64> {
@@ -605,14 +794,64 @@ impl Report {
             ("first datagram at", secs(m.first_datagram)),
             ("last block sent at", secs(m.tx_done)),
             ("all decoded at", secs(m.decoded)),
+            ("broker thawed at", secs(m.released)),
             ("all acked at", secs(m.delivered)),
             (
                 "decode rate",
                 per_sec(self.decode_rate(), "points/s (rx records)"),
             ),
             (
+                "MQTT batching",
+                format!(
+                    "batch_points {}, inflight {}",
+                    self.options.batch_points, self.options.inflight
+                ),
+            ),
+            (
+                "acked messages",
+                self.messages_acked().map_or_else(
+                    || "-".to_owned(),
+                    |n| {
+                        format!(
+                            "{n} broker PUBACKs ({:.1} points/message; incl. status and audit messages)",
+                            self.points_per_message().unwrap_or(0.0)
+                        )
+                    },
+                ),
+            ),
+            (
                 "published+acked rate",
-                per_sec(self.delivered_rate(), "points/s"),
+                match (self.delivered_rate(), self.delivered_message_rate()) {
+                    (Some(p), Some(m)) if self.options.drain => format!(
+                        "{p:.0} points/s, {m:.0} messages/s (from the sender's start: includes the frozen broker)"
+                    ),
+                    (Some(p), Some(m)) => format!("{p:.0} points/s, {m:.0} messages/s"),
+                    _ => "-".to_owned(),
+                },
+            ),
+            (
+                "  after last block sent",
+                match (
+                    self.receiver_alone_message_rate(),
+                    self.points_per_message(),
+                ) {
+                    (Some(m), Some(ppm)) => format!(
+                        "{m:.0} messages/s ≈ {:.0} points/s (receiver without the sender running)",
+                        m * ppm
+                    ),
+                    _ => "- (stretch under 100 ms)".to_owned(),
+                },
+            ),
+            (
+                "outbox drain rate",
+                self.drain_rates().map_or_else(
+                    || "- (only with --drain)".to_owned(),
+                    |(p, m)| {
+                        format!(
+                            "{p:.0} points/s, {m:.0} messages/s (thaw to last PUBACK, receiver alone)"
+                        )
+                    },
+                ),
             ),
             (
                 "sender rate",
@@ -698,7 +937,12 @@ impl Report {
     }
 
     fn cpu_rows(&self) -> Vec<(&'static str, String)> {
-        let wall = self.marks.end.as_secs_f64();
+        // With `--drain`, CPU is sampled from the thaw on.
+        let wall = self
+            .marks
+            .end
+            .saturating_sub(self.marks.released.unwrap_or_default())
+            .as_secs_f64();
         let points = f(self.options.points);
         let row = |d: Duration| {
             format!(

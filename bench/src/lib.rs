@@ -1,6 +1,6 @@
 //! `weir-bench`: how fast Weir moves plant data, and where the time goes.
 //!
-//! Two instruments share this crate:
+//! Three instruments share this crate:
 //!
 //! - `benches/stages.rs` (criterion) times each sans-IO stage of
 //!   `weir-shared` on realistic sizes, one stage at a time, so a regression
@@ -8,13 +8,16 @@
 //! - the `weir-bench e2e` binary runs the real sender and receiver
 //!   in-process over loopback into a throwaway Mosquitto and reports what
 //!   an operator cares about: points per second end to end, Mbit/s on the
-//!   wire, and CPU per component.
+//!   wire, and CPU per component;
+//! - the `weir-bench outbox` subcommand times the receiver's durable redb
+//!   outbox on its own: group commits with fsync, read back, delete.
 //!
-//! Both draw their inputs from [`synth`], which writes historian exports
-//! shaped like `tests/fixtures/` in any size.
+//! The first two draw their inputs from [`synth`], which writes historian
+//! exports shaped like `tests/fixtures/` in any size.
 
 pub mod broker;
 pub mod cpu;
 pub mod e2e;
 pub mod lossy;
+pub mod outbox;
 pub mod synth;

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p weir-bench -- e2e --points 2000000
+//! cargo run --release -p weir-bench -- e2e --points 1000000 --batch-points 50
+//! cargo run --release -p weir-bench -- outbox
 //! ```
 //!
 //! Stage micro-benchmarks are not here: they are `cargo bench -p weir-bench`.
@@ -10,11 +12,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir_bench::e2e::{self, Options, Outcome};
+use weir_bench::outbox;
 
 #[derive(Parser)]
 #[command(
     name = "weir-bench",
-    about = "Weir benchmarks: end-to-end throughput over loopback"
+    about = "Weir benchmarks: end-to-end throughput over loopback, outbox commit throughput"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +45,14 @@ enum Command {
         /// MQTT publishes in flight (receiver `mqtt.inflight`).
         #[arg(long, default_value_t = 100)]
         inflight: u16,
+        /// Points per MQTT message (receiver `mqtt.batch_points`; 1: one
+        /// message per point, above 1: a JSON array per topic and block).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_points: u64,
+        /// Freeze the broker (SIGSTOP) until every block is in the
+        /// receiver's outbox, then thaw it and time the drain alone.
+        #[arg(long)]
+        drain: bool,
         /// Worker threads per runtime (0: one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
@@ -54,6 +65,33 @@ enum Command {
         /// Give up when no counter moved for this many seconds.
         #[arg(long, default_value_t = 20)]
         stall_secs: u64,
+    },
+    /// Durable group commits into the receiver's redb outbox, then reading
+    /// back and deleting, through the real writer and reader tasks; reports
+    /// entries/s and MiB/s per entry size.
+    Outbox {
+        /// Entry payload sizes, bytes (alert block, bulk frames).
+        #[arg(long, value_delimiter = ',', default_value = "1024,65536,1048576")]
+        sizes: Vec<usize>,
+        /// Payload bytes per size in the back-to-back phases.
+        #[arg(long, default_value_t = 256 << 20)]
+        bytes_per_size: u64,
+        /// Fewest entries per back-to-back phase.
+        #[arg(long, default_value_t = 256)]
+        min_count: u64,
+        /// Most entries per back-to-back phase.
+        #[arg(long, default_value_t = 20_000)]
+        max_count: u64,
+        /// Entries committed one at a time (one fsync each).
+        #[arg(long, default_value_t = 100)]
+        single: u64,
+        /// Reader window (receiver `outbox.window_blocks`).
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Directory on the disk to measure (not tmpfs); default: the
+        /// system's temporary directory.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -72,6 +110,8 @@ fn main() -> anyhow::Result<()> {
             rate_mbps,
             loss,
             inflight,
+            batch_points,
+            drain,
             workers,
             seed,
             timeout_secs,
@@ -83,6 +123,8 @@ fn main() -> anyhow::Result<()> {
                 rate_mbps,
                 loss_pct: loss,
                 inflight,
+                batch_points: usize::try_from(batch_points)?,
+                drain,
                 workers,
                 seed,
                 timeout: Duration::from_secs(timeout_secs),
@@ -93,6 +135,27 @@ fn main() -> anyhow::Result<()> {
             if report.outcome != Outcome::Complete {
                 anyhow::bail!("run incomplete: {:?}", report.outcome);
             }
+            Ok(())
+        }
+        Command::Outbox {
+            sizes,
+            bytes_per_size,
+            min_count,
+            max_count,
+            single,
+            window,
+            dir,
+        } => {
+            let report = outbox::run(&outbox::Options {
+                sizes,
+                bytes_per_size,
+                min_count,
+                max_count,
+                single,
+                window,
+                dir,
+            })?;
+            print!("{}", report.table());
             Ok(())
         }
     }

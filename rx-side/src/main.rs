@@ -38,8 +38,32 @@ fn load(path: &Path) -> anyhow::Result<ValidRx> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let raw: RxConfig =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    raw.dq
+        .validate()
+        .with_context(|| format!("in {}", path.display()))?;
     raw.validate()
         .with_context(|| format!("in {}", path.display()))
+}
+
+/// On SIGHUP, read the config again and apply its `[dq]` section (other
+/// sections need a restart). A config that does not load is logged and
+/// the running one kept.
+async fn reload_on_hangup(path: PathBuf, reload: weir_rx::pipeline::DqReload) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load(&path).and_then(|c| Ok(c.raw.dq.validate()?)) {
+            Ok(dq) => {
+                reload.apply(dq);
+                tracing::info!(config = %path.display(), "SIGHUP: [dq] reloaded; other sections apply at the next start.");
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = format!("{e:#}"), "SIGHUP: config not reloaded; keeping the running one.");
+            }
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +100,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(async move {
                 let mut handle = weir_rx::run(cfg, keys).await?;
+                tokio::spawn(reload_on_hangup(config.clone(), handle.dq_reload()));
                 let cancel = handle.cancel_token();
                 tokio::spawn(async move {
                     shutdown_signal().await;

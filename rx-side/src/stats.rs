@@ -101,6 +101,14 @@ counters! {
     outbox_refused,
     /// Block bytes held in the outbox now (a gauge).
     outbox_bytes,
+    /// Data-quality events (flatline, stale, range, gap, …) published.
+    dq_events,
+    /// Tags whose data-quality state is tracked now (a gauge).
+    dq_tags,
+    /// Points withheld as exact duplicates of points already published.
+    dq_duplicates,
+    /// Points sent to the quarantine topic instead of the live one.
+    dq_quarantined,
 }
 
 /// Add `n` to a counter.

@@ -749,6 +749,9 @@ pub struct RxConfig {
     /// The durable outbox between decode and MQTT.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// Data-quality checks (on, with the defaults, when absent).
+    #[serde(default)]
+    pub dq: crate::dq::DqConfig,
 }
 
 /// `[outbox]` of the receiver: decoded blocks wait here, on disk, until the
@@ -1501,6 +1504,7 @@ mod tests {
                 password_file: None,
             },
             outbox: OutboxConfig::default(),
+            dq: crate::dq::DqConfig::default(),
             files: None,
         };
         assert!(c.clone().validate().is_ok());

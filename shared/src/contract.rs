@@ -175,6 +175,35 @@ pub fn batch_by_topic(
 
 /// The JSON payload of one point.
 pub fn point_payload_with(session: SessionId, p: &Point, opts: PayloadOptions) -> Vec<u8> {
+    serde_json::to_vec(&Json::Object(point_object(session, p, opts))).unwrap_or_default()
+}
+
+/// The JSON payload of one point with its data-quality verdict: `dq` holds
+/// the worst flag, the flag of each check that ran, and the effective
+/// quality (the worse of the source's and the checks'); `late` marks a
+/// point older than its tag's newest.
+pub fn point_payload_dq(
+    session: SessionId,
+    p: &Point,
+    opts: PayloadOptions,
+    verdict: &crate::dq::Verdict,
+) -> Vec<u8> {
+    let mut obj = point_object(session, p, opts);
+    let mut dq = crate::dq::verdict_json(verdict);
+    if let Json::Object(m) = &mut dq {
+        m.insert(
+            "q".into(),
+            json!({"code": verdict.effective_status, "sev": severity(verdict.effective_status)}),
+        );
+    }
+    obj.insert("dq".into(), dq);
+    if verdict.late {
+        obj.insert("late".into(), json!(true));
+    }
+    serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+}
+
+fn point_object(session: SessionId, p: &Point, opts: PayloadOptions) -> Map<String, Json> {
     let (value, vtype) = value_json(&p.value);
     let mut src = Map::new();
     src.insert("sys".into(), json!(p.source.system.as_str()));
@@ -231,7 +260,7 @@ pub fn point_payload_with(session: SessionId, p: &Point, opts: PayloadOptions) -
         let attrs: Map<String, Json> = p.attrs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         obj.insert("attrs".into(), Json::Object(attrs));
     }
-    serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+    obj
 }
 
 /// Severity band of a 1–1000 severity (OPC UA A&C bands).

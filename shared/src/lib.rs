@@ -24,6 +24,7 @@ pub mod pace;
 pub mod reassembly;
 pub mod record;
 pub mod seal;
+pub mod sparkplug;
 pub mod wire;
 
 #[cfg(test)]

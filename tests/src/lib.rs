@@ -9,14 +9,18 @@
 //! * [`LossyLink`] is a UDP relay between the two programs with seeded
 //!   random drop, duplication, reordering, burst drop and corruption.
 //! * [`Subscriber`] collects what a real MQTT client receives.
-//! * [`Process`] runs a program and kills it when dropped.
+//! * [`Process`] runs a program and kills it when dropped; [`start_rx`] and
+//!   [`start_tx`] run `weir-rx run` and `weir-tx run` with a config, and
+//!   [`stop_rx`] reads the receiver's final counters.
+//! * [`Site`] holds one test's keys, configs and spools, and writes the
+//!   example configs pointed at them.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -79,6 +83,11 @@ pub fn free_udp_port() -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("free udp port")
+}
+
+/// A free UDP address on 127.0.0.1 (where a receiver can listen).
+pub fn free_udp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_udp_port()))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -195,6 +204,90 @@ impl Drop for Process {
 pub fn write_key(path: &Path, id: u16, secret: [u8; 32]) {
     std::fs::write(path, Psk::new(KeyId(id), secret).to_file_text()).expect("write key");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+}
+
+/// How long [`start_rx`] waits for the receiver to say it started.
+const RX_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Start `weir-rx run --config <config>`, its stderr in `log` inside the
+/// site, and wait (at most 20 s) until it logs `Receiver started.`: its
+/// socket is bound and its pipeline runs (the broker need not be reachable
+/// yet). That line is logged at `info`, the default of `WEIR_TEST_LOG`.
+///
+/// # Panics
+/// If the receiver does not say it started in time, with its log.
+pub fn start_rx(site: &Site, config: &Path, log: &str) -> Process {
+    let rx = Process::start(
+        "weir-rx",
+        &binaries().rx,
+        &["run", "--config", &config.display().to_string()],
+        site.path(log),
+    );
+    let deadline = Instant::now() + RX_START_TIMEOUT;
+    while !rx.log_text().contains("Receiver started.") {
+        assert!(
+            Instant::now() < deadline,
+            "weir-rx did not start:\n{}",
+            rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rx
+}
+
+/// Start `weir-tx run --config <config>`, its stderr in `log` inside the
+/// site. Returns at once: wait for what the test needs (a listener, a
+/// file in `done/`) where it matters.
+pub fn start_tx(site: &Site, config: &Path, log: &str) -> Process {
+    Process::start(
+        "weir-tx",
+        &binaries().tx,
+        &["run", "--config", &config.display().to_string()],
+        site.path(log),
+    )
+}
+
+/// Stop the receiver (SIGTERM, at most 20 s) and read the final counters
+/// it prints as its last JSON line.
+///
+/// # Panics
+/// If it printed none, with its log.
+pub fn stop_rx(rx: &mut Process) -> serde_json::Value {
+    let out = rx.terminate(Duration::from_secs(20));
+    last_json_line(&out)
+        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", rx.log_text()))
+}
+
+/// Run `cmd` to its end with stdin closed and stdout and stderr captured;
+/// kill it if it is still running after `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", cmd.get_program().display()));
+    let deadline = Instant::now() + timeout;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collecting output")
+}
+
+/// Wait until `f` holds (polled every 100 ms); false on timeout.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 /// An MQTT broker on a free loopback port.
@@ -371,7 +464,9 @@ pub async fn start_embedded_broker() -> std::io::Result<u16> {
     Ok(port)
 }
 
-fn wait_tcp(port: u16, timeout: Duration) -> bool {
+/// Wait until something accepts TCP connections on 127.0.0.1:`port`
+/// (polled every 50 ms); false on timeout.
+pub fn wait_tcp(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -819,6 +914,16 @@ impl Site {
         cfg
     }
 
+    /// The sender config for `weir-tx send`: [`Site::tx_config`] without
+    /// its spools, with a heartbeat every 200 ms (so the last ones follow
+    /// the data quickly).
+    pub fn send_config(&self, destination: SocketAddr, key: &Path) -> toml::Table {
+        let mut cfg = self.tx_config(destination, key);
+        cfg.remove("spool");
+        cfg["link"]["heartbeat_interval"] = toml::Value::String("200ms".into());
+        cfg
+    }
+
     /// Write a TOML table inside the site.
     pub fn write_toml(&self, name: &str, table: &toml::Table) -> PathBuf {
         self.write(name, &toml::to_string(table).expect("toml"))
@@ -829,6 +934,27 @@ impl Default for Site {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Add a `[[syslog]]` listener named `syslog` to a sender config, taking
+/// RFC 3164/5424 messages on 127.0.0.1 at UDP port `udp` and/or TCP port
+/// `tcp`, their local times read as UTC.
+pub fn add_syslog(cfg: &mut toml::Table, udp: Option<u16>, tcp: Option<u16>) {
+    let mut listener = toml::Table::new();
+    listener.insert("name".into(), "syslog".into());
+    if let Some(port) = udp {
+        listener.insert("udp".into(), format!("127.0.0.1:{port}").into());
+    }
+    if let Some(port) = tcp {
+        listener.insert("tcp".into(), format!("127.0.0.1:{port}").into());
+    }
+    listener.insert("tz".into(), "UTC".into());
+    let listeners = cfg
+        .entry("syslog")
+        .or_insert_with(|| toml::Value::Array(Vec::new()))
+        .as_array_mut()
+        .expect("`syslog` is an array of tables");
+    listeners.push(toml::Value::Table(listener));
 }
 
 /// An AVEVA History export of `rows` rows (at most 86 400) of three tags,

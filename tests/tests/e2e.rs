@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Impairment, LossyLink, Process, Site, Subscriber, aveva_export, binaries, fixture,
-    free_udp_port, last_json_line, write_key,
+    Broker, Impairment, LossyLink, Process, Site, Subscriber, add_syslog, aveva_export, fixture,
+    free_udp_port, start_rx, start_tx, stop_rx, wait_tcp, wait_until, write_key,
 };
 
 const KEY_A: [u8; 32] = [0x11; 32];
@@ -27,26 +27,14 @@ fn tx_config_with(
     key: &Path,
     repair_ratio: f64,
     syslog: Option<(u16, u16)>,
-) -> std::path::PathBuf {
+) -> PathBuf {
     let mut cfg = site.tx_config(destination, key);
     if let Some((udp, tcp)) = syslog {
-        let listener: toml::Table = toml::from_str(&format!(
-            "name = \"syslog\"\nudp = \"127.0.0.1:{udp}\"\ntcp = \"127.0.0.1:{tcp}\"\ntz = \"UTC\"\n"
-        ))
-        .expect("syslog table");
-        cfg.insert(
-            "syslog".into(),
-            toml::Value::Array(vec![toml::Value::Table(listener)]),
-        );
+        add_syslog(&mut cfg, Some(udp), Some(tcp));
     }
     cfg["lanes"]["bulk"]["repair_ratio"] = toml::Value::Float(repair_ratio);
     cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
-    site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
-}
-
-fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> PathBuf {
-    let id = format!("weir-rx-{}", std::process::id());
-    site.write_toml("rx.toml", &site.rx_config(listen, key, broker_port, &id))
+    site.write_toml("tx.toml", &cfg)
 }
 
 struct Pair {
@@ -76,7 +64,6 @@ fn start_pair_with(
     repair_ratio: f64,
     syslog: Option<(u16, u16)>,
 ) -> Pair {
-    let bins = binaries();
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port(), &["uns/#", "diode/#"]);
     let (ktx, krx) = (site.path("tx.key"), site.path("rx.key"));
@@ -84,21 +71,15 @@ fn start_pair_with(
     write_key(&krx, 1, rx_key);
     let rx_port = free_udp_port();
     let rx_addr = SocketAddr::from(([127, 0, 0, 1], rx_port));
-    let rx_cfg = rx_config(site, rx_addr, &krx, broker.port());
-    let rx = Process::start(
-        "weir-rx",
-        &bins.rx,
-        &["run", "--config", &rx_cfg.display().to_string()],
-        site.path("rx.log"),
+    let id = format!("weir-rx-{}", std::process::id());
+    let rx_cfg = site.write_toml(
+        "rx.toml",
+        &site.rx_config(rx_addr, &krx, broker.port(), &id),
     );
+    let rx = start_rx(site, &rx_cfg, "rx.log");
     let link = LossyLink::start(rx_addr, imp);
     let tx_cfg = tx_config_with(site, link.input, &ktx, repair_ratio, syslog);
-    let tx = Process::start(
-        "weir-tx",
-        &bins.tx,
-        &["run", "--config", &tx_cfg.display().to_string()],
-        site.path("tx.log"),
-    );
+    let tx = start_tx(site, &tx_cfg, "tx.log");
     Pair {
         _broker: broker,
         sub,
@@ -116,12 +97,10 @@ fn points(sub: &Subscriber) -> Vec<Json> {
         .collect()
 }
 
-fn stop(pair: &mut Pair) -> (String, Json) {
+/// Stop the sender, then the receiver; the receiver's final counters.
+fn stop(pair: &mut Pair) -> Json {
     let _ = pair.tx.terminate(Duration::from_secs(15));
-    let out = pair.rx.terminate(Duration::from_secs(20));
-    let stats = last_json_line(&out)
-        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", pair.rx.log_text()));
-    (out, stats)
+    stop_rx(&mut pair.rx)
 }
 
 #[test]
@@ -142,7 +121,9 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
     site.drop_file("pi", "TT101.PV.json", &fixture("pi_webapi_recorded.json"));
     site.drop_file("aveva", "aveva_history.csv", &fixture("aveva_history.csv"));
     site.drop_file("aveva", "bulk_0001.csv", aveva_export(1, BIG).as_bytes());
-    let expected = 7 + 8 + BIG;
+    // PI line 7 is an exact duplicate of line 6: the data-quality checks
+    // withhold it (EXPECTED.md), and count it.
+    let expected = 7 + 8 + BIG - 1;
 
     let arrived = pair.sub.wait_for(Duration::from_mins(2), |m| {
         m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= expected
@@ -189,9 +170,11 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
     assert_eq!(p["q"]["code"], 0x8031_0000u32);
     assert_eq!(
         by_tag_ts[&("TT101.PV".into(), "2024-03-10T08:02:00Z".into())].len(),
-        2,
-        "both Shutdown rows crossed"
+        1,
+        "the exact duplicate Shutdown row is withheld"
     );
+    // Every point carries its data-quality verdict.
+    assert!(pts.iter().all(|p| p["dq"]["flag"].is_u64() && p["dq"]["q"]["code"].is_u64()));
     // AVEVA: fall-back hour resolved by file order.
     assert_eq!(one("FIC101.PV", "2024-11-03T06:30:00Z")["value"], 42.31);
     assert_eq!(one("FIC101.PV", "2024-11-03T07:30:00Z")["value"], 41.95);
@@ -232,7 +215,7 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         .stats
         .dropped
         .load(std::sync::atomic::Ordering::Relaxed);
-    let (_, stats) = stop(&mut pair);
+    let stats = stop(&mut pair);
     println!("relay dropped {link_dropped} datagrams; receiver counters: {stats}");
     assert!(link_dropped > 0, "the relay really dropped datagrams");
     assert_eq!(stats["blocks_lost"], 0, "FEC recovered every block");
@@ -240,7 +223,8 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         stats["fec_repaired"].as_u64() > Some(0),
         "repair symbols were needed and used"
     );
-    assert_eq!(stats["records"].as_u64(), Some(expected as u64));
+    assert_eq!(stats["records"].as_u64(), Some(expected as u64 + 1));
+    assert_eq!(stats["dq_duplicates"], 1, "the withheld duplicate is counted");
     assert!(
         stats["acked"].as_u64() >= Some(expected as u64),
         "every point acknowledged by the broker"
@@ -278,7 +262,7 @@ fn wrong_key_publishes_nothing_and_is_counted() {
         "sender never finished the file"
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (_, stats) = stop(&mut pair);
+    let stats = stop(&mut pair);
     assert_eq!(
         points(&pair.sub).len(),
         0,
@@ -322,7 +306,7 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
         std::thread::sleep(Duration::from_micros(200));
     }
     std::thread::sleep(Duration::from_secs(3));
-    let (_, stats) = stop(&mut pair);
+    let stats = stop(&mut pair);
     assert_eq!(
         points(&pair.sub).len(),
         before,
@@ -361,9 +345,7 @@ fn syslog_from_logger_arrives_with_severity_and_time() {
     };
     let mut pair = start_pair_with(&site, imp, KEY_A, KEY_A, 0.25, Some((udp, tcp)));
     // Wait for the listeners (the sender binds them at start).
-    assert!(wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
-    }));
+    assert!(wait_tcp(tcp, Duration::from_secs(20)));
     let before = chrono_now_ns();
     let logger = |args: &[&str]| {
         let st = std::process::Command::new("logger")
@@ -485,7 +467,7 @@ fn syslog_from_logger_arrives_with_severity_and_time() {
         Some(1),
         "the invalid PRI was counted by the sender and reported in its heartbeat"
     );
-    let (_, stats) = stop(&mut pair);
+    let stats = stop(&mut pair);
     assert_eq!(stats["blocks_lost"], 0);
 }
 
@@ -493,15 +475,4 @@ fn chrono_now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0))
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }

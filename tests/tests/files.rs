@@ -9,9 +9,8 @@
 // Long, linear test scripts read best as they are.
 #![allow(clippy::too_many_lines)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use serde_json::Value as Json;
 use weir_shared::lane::Lane;
 use weir_tests::{
     BlockDrop, Broker, Impairment, LossyLink, Process, Received, Site, Subscriber, binaries,
-    free_udp_port, last_json_line, write_key,
+    free_udp_addr, run_bounded, start_rx, stop_rx, write_key,
 };
 
 const KEY: [u8; 32] = [0x3c; 32];
@@ -43,12 +42,11 @@ struct Link {
 }
 
 fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
-    let bins = binaries();
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port(), &["diode/#"]);
     let key = site.path("weir.key");
     write_key(&key, 1, KEY);
-    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let rx_addr = free_udp_addr();
     let out = site.path("out");
     let id = format!("weir-rx-files-{}", std::process::id());
     let mut cfg = site.rx_config(rx_addr, &key, broker.port(), &id);
@@ -62,33 +60,13 @@ fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
     .expect("files table");
     cfg.insert("files".into(), toml::Value::Table(files));
     let rx_cfg = site.write_toml("rx.toml", &cfg);
-    let rx = Process::start(
-        "weir-rx",
-        &bins.rx,
-        &["run", "--config", &rx_cfg.display().to_string()],
-        site.path("rx.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rx.log_text().contains("Receiver started.") {
-        assert!(
-            Instant::now() < deadline,
-            "weir-rx did not start:\n{}",
-            rx.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rx = start_rx(site, &rx_cfg, "rx.log");
     let relay = match drop {
         Some(blocks) => LossyLink::start_dropping(rx_addr, imp, blocks),
         None => LossyLink::start(rx_addr, imp),
     };
-    let example = include_str!("../../systemd/weir-tx.toml");
-    let mut tx: toml::Table = toml::from_str(example).expect("example tx config parses");
-    tx.remove("spool");
-    tx["link"]["destination"] = toml::Value::String(relay.input.to_string());
-    tx["link"]["bind"] = toml::Value::String("127.0.0.1:0".into());
+    let mut tx = site.send_config(relay.input, &key);
     tx["link"]["rate_mbps"] = toml::Value::Float(RATE_MBPS);
-    tx["link"]["heartbeat_interval"] = toml::Value::String("200ms".into());
-    tx["keys"]["files"] = toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
     let tx_config = site.write_toml("tx.toml", &tx);
     Link {
         _broker: broker,
@@ -102,26 +80,15 @@ fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
 
 /// Run `weir-tx send --quiet FILES…` to its end (bounded).
 fn send(link: &Link, files: &[&Path]) -> Output {
-    let mut child = Command::new(&binaries().tx)
-        .arg("send")
-        .arg("--quiet")
-        .arg("--config")
-        .arg(&link.tx_config)
-        .args(files)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weir-tx send");
-    let deadline = Instant::now() + Duration::from_mins(2);
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("weir-tx send output");
+    let out = run_bounded(
+        Command::new(&binaries().tx)
+            .arg("send")
+            .arg("--quiet")
+            .arg("--config")
+            .arg(&link.tx_config)
+            .args(files),
+        Duration::from_mins(2),
+    );
     assert!(
         out.status.success(),
         "weir-tx send failed ({})\nstdout:\n{}\nstderr:\n{}",
@@ -152,7 +119,7 @@ fn wait_for_file(link: &mut Link, path: &Path, timeout: Duration) {
         if Instant::now() > deadline {
             let seen = link.relay.stats.seen.load(Ordering::Relaxed);
             let dropped = link.relay.stats.dropped.load(Ordering::Relaxed);
-            let stats = stop(link);
+            let stats = stop_rx(&mut link.rx);
             panic!(
                 "{} did not appear within {timeout:?}; relay saw {seen}, dropped {dropped}; \
                  rx counters: {stats}\nrx log:\n{}",
@@ -176,13 +143,6 @@ fn events_in(messages: &[Received]) -> Vec<Json> {
         .filter_map(|m| serde_json::from_slice::<Json>(&m.payload).ok())
         .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("file_")))
         .collect()
-}
-
-/// Stop the receiver and read its final counters.
-fn stop(link: &mut Link) -> Json {
-    let out = link.rx.terminate(Duration::from_secs(20));
-    last_json_line(&out)
-        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", link.rx.log_text()))
 }
 
 fn part_files(out: &Path) -> Vec<PathBuf> {
@@ -233,7 +193,7 @@ fn a_50_mb_file_crosses_5_percent_loss_byte_identical() {
     assert!(part_files(&link.out).is_empty(), "nothing left in staging");
 
     let dropped = link.relay.stats.dropped.load(Ordering::Relaxed);
-    let stats = stop(&mut link);
+    let stats = stop_rx(&mut link.rx);
     println!("relay dropped {dropped} datagrams; receiver counters: {stats}");
     assert!(dropped > 1000, "the relay really dropped datagrams");
     assert_eq!(stats["files_done"], 1);
@@ -317,7 +277,7 @@ fn a_file_with_an_unrecoverable_block_is_reported_incomplete() {
         .collect();
     assert!(entries.is_empty(), "output dir holds {entries:?}");
     assert!(part_files(&link.out).is_empty(), "staging file removed");
-    let stats = stop(&mut link);
+    let stats = stop_rx(&mut link.rx);
     println!("receiver counters: {stats}");
     assert_eq!(stats["files_incomplete"], 1);
     assert_eq!(stats["files_done"], 0);
@@ -349,7 +309,7 @@ fn existing_files_are_kept_replays_are_not_rewritten_and_hidden_names_are_refuse
         "no file_refused event; rx log:\n{}",
         link.rx.log_text()
     );
-    let stats = stop(&mut link);
+    let stats = stop_rx(&mut link.rx);
     println!(
         "receiver counters: {stats}; events: {:?}",
         file_events(&link)

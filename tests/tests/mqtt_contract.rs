@@ -21,15 +21,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Process, Site, aveva_export, binaries, fixture, free_udp_port, mosquitto_path,
-    write_key,
+    Broker, Process, Site, add_syslog, aveva_export, fixture, free_udp_addr, free_udp_port,
+    mosquitto_path, start_rx, start_tx, write_key,
 };
 
 const KEY: [u8; 32] = [0x44; 32];
@@ -349,7 +349,6 @@ struct Run {
 
 fn start(name: &str, rx_tweak: impl FnOnce(&mut toml::Table)) -> Run {
     mosquitto_sub();
-    let bins = binaries();
     let site = Site::new();
     let broker = Broker::start();
     let port = broker.port();
@@ -363,33 +362,16 @@ fn start(name: &str, rx_tweak: impl FnOnce(&mut toml::Table)) -> Run {
     );
     let key = site.path("psk.key");
     write_key(&key, 1, KEY);
-    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let rx_addr = free_udp_addr();
     let mut rx_table = site.rx_config(rx_addr, &key, port, &format!("weir-rx-{id}"));
     rx_tweak(&mut rx_table);
     let rx_cfg = site.write_toml("rx.toml", &rx_table);
-    let rx = Process::start(
-        "weir-rx",
-        &bins.rx,
-        &["run", "--config", &rx_cfg.display().to_string()],
-        site.path("rx.log"),
-    );
+    let rx = start_rx(&site, &rx_cfg, "rx.log");
     let syslog_port = free_udp_port();
     let mut tx_table = site.tx_config(rx_addr, &key);
-    let listener: toml::Table = toml::from_str(&format!(
-        "name = \"syslog\"\nudp = \"127.0.0.1:{syslog_port}\"\ntz = \"UTC\"\n"
-    ))
-    .expect("syslog table");
-    tx_table.insert(
-        "syslog".into(),
-        toml::Value::Array(vec![toml::Value::Table(listener)]),
-    );
+    add_syslog(&mut tx_table, Some(syslog_port), None);
     let tx_cfg = site.write_toml("tx.toml", &tx_table);
-    let tx = Process::start(
-        "weir-tx",
-        &bins.tx,
-        &["run", "--config", &tx_cfg.display().to_string()],
-        site.path("tx.log"),
-    );
+    let tx = start_tx(&site, &tx_cfg, "tx.log");
     Run {
         verbose,
         qos,

@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Process, Site, Subscriber, aveva_export, binaries, free_tcp_port, free_udp_port,
-    last_json_line, mosquitto_path, write_key,
+    Broker, Process, Site, Subscriber, add_syslog, aveva_export, binaries, free_tcp_port,
+    free_udp_addr, mosquitto_path, start_rx, start_tx, stop_rx, wait_tcp, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x5a; 32];
@@ -203,15 +203,11 @@ fn tls_broker(dir: &Path, pki: &Pki) -> (Broker, u16) {
         pki.server_cert.display(),
         pki.server_key.display(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto's TLS listener did not open; log:\n{}",
-            broker.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_tcp(tls_port, Duration::from_secs(10)),
+        "mosquitto's TLS listener did not open; log:\n{}",
+        broker.log_text()
+    );
     (broker, tls_port)
 }
 
@@ -252,46 +248,14 @@ fn rx_config(site: &Site, pki: &Pki, tls_port: u16, listen: SocketAddr, o: &RxTl
     site.write_toml(&format!("{}.toml", o.gateway), &cfg)
 }
 
-fn start_rx(site: &Site, cfg: &Path, gateway: &str) -> Process {
-    Process::start(
-        "weir-rx",
-        &binaries().rx,
-        &["run", "--config", &cfg.display().to_string()],
-        site.path(&format!("{gateway}.log")),
-    )
-}
-
 /// A sender to `rx` with an RFC 5424 syslog listener on TCP `syslog`.
-fn start_tx(site: &Site, rx: SocketAddr, syslog: Option<u16>) -> Process {
+fn start_sender(site: &Site, rx: SocketAddr, syslog: Option<u16>) -> Process {
     let mut cfg = site.tx_config(rx, &site.path("psk.key"));
     if let Some(port) = syslog {
-        let listener: toml::Table = toml::from_str(&format!(
-            "name = \"syslog\"\ntcp = \"127.0.0.1:{port}\"\ntz = \"UTC\"\n"
-        ))
-        .expect("syslog table");
-        cfg.insert(
-            "syslog".into(),
-            toml::Value::Array(vec![toml::Value::Table(listener)]),
-        );
+        add_syslog(&mut cfg, None, Some(port));
     }
     let path = site.write_toml("tx.toml", &cfg);
-    Process::start(
-        "weir-tx",
-        &binaries().tx,
-        &["run", "--config", &path.display().to_string()],
-        site.path("tx.log"),
-    )
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    start_tx(site, &path, "tx.log")
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -304,7 +268,7 @@ fn points_and_alerts_arrive_over_mutual_tls_with_a_password() {
     let pki = make_pki(&site.path("pki"));
     let (broker, tls_port) = tls_broker(site.dir.path(), &pki);
     let sub = Subscriber::start(broker.port(), &["uns/#", "diode/#"]);
-    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let rx_addr = free_udp_addr();
     let gw = "tls-ok";
     let cfg = rx_config(
         &site,
@@ -319,16 +283,14 @@ fn points_and_alerts_arrive_over_mutual_tls_with_a_password() {
     );
     let (ok, out) = check_config(&cfg);
     assert!(ok, "check-config accepts the TLS config: {out}");
-    let mut rx = start_rx(&site, &cfg, gw);
+    let mut rx = start_rx(&site, &cfg, &format!("{gw}.log"));
     let syslog = free_tcp_port();
-    let mut tx = start_tx(&site, rx_addr, Some(syslog));
+    let mut tx = start_sender(&site, rx_addr, Some(syslog));
 
     let rows = 3_000;
     site.drop_file("aveva", "day1.csv", aveva_export(1, rows).as_bytes());
     assert!(
-        wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", syslog)).is_ok()
-        }),
+        wait_tcp(syslog, Duration::from_secs(20)),
         "sender's syslog listener; tx log:\n{}",
         tx.log_text()
     );
@@ -376,8 +338,7 @@ fn points_and_alerts_arrive_over_mutual_tls_with_a_password() {
     assert_eq!(count(&rlog, "MQTT connection error"), 0, "{rlog}");
 
     let _ = tx.terminate(Duration::from_secs(15));
-    let out = rx.terminate(Duration::from_secs(20));
-    let stats = last_json_line(&out).unwrap_or_else(|| panic!("no counters; log:\n{rlog}"));
+    let stats = stop_rx(&mut rx);
     assert!(
         stats["acked"].as_u64().unwrap_or(0) >= rows as u64,
         "{stats}"
@@ -392,7 +353,7 @@ fn wrong_ca_or_password_delivers_nothing_and_keeps_retrying() {
     let sub = Subscriber::start(broker.port(), &["uns/#", "diode/#"]);
 
     // Wrong password, with a sender feeding it points.
-    let pw_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let pw_addr = free_udp_addr();
     let pw_cfg = rx_config(
         &site,
         &pki,
@@ -404,12 +365,12 @@ fn wrong_ca_or_password_delivers_nothing_and_keeps_retrying() {
             password: "wrong",
         },
     );
-    let mut pw_rx = start_rx(&site, &pw_cfg, "bad-pw");
-    let tx = start_tx(&site, pw_addr, None);
+    let mut pw_rx = start_rx(&site, &pw_cfg, "bad-pw.log");
+    let tx = start_sender(&site, pw_addr, None);
     site.drop_file("aveva", "day1.csv", aveva_export(1, 500).as_bytes());
 
     // A CA that did not sign the broker's certificate.
-    let ca_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let ca_addr = free_udp_addr();
     let ca_cfg = rx_config(
         &site,
         &pki,
@@ -421,7 +382,7 @@ fn wrong_ca_or_password_delivers_nothing_and_keeps_retrying() {
             password: PASSWORD,
         },
     );
-    let mut ca_rx = start_rx(&site, &ca_cfg, "bad-ca");
+    let mut ca_rx = start_rx(&site, &ca_cfg, "bad-ca.log");
 
     // Backoff doubles from 100 ms: four errors take about 1.5 s, so both
     // have been retrying for a while (and the status ticker, every 2 s,

@@ -5,14 +5,13 @@
 //! be restarted, so these tests fail loudly without it.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Process, Site, Subscriber, aveva_export, binaries, free_udp_port, last_json_line,
-    mosquitto_path, write_key,
+    Broker, Process, Site, Subscriber, aveva_export, free_udp_addr, mosquitto_path, start_rx,
+    start_tx, stop_rx, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x33; 32];
@@ -32,12 +31,11 @@ fn start(site: &Site, tx_rate_mbps: f64, rx_tweak: impl FnOnce(&mut toml::Table)
         mosquitto_path().is_some(),
         "these tests need mosquitto (apt-get install mosquitto)"
     );
-    let bins = binaries();
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port(), &["uns/#", "diode/#"]);
     let key = site.path("psk.key");
     write_key(&key, 1, KEY);
-    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let rx_addr = free_udp_addr();
     let mut rx_table = site.rx_config(rx_addr, &key, broker.port(), "weir-rx-outbox");
     rx_tweak(&mut rx_table);
     let rx_cfg = site.write_toml("rx.toml", &rx_table);
@@ -46,12 +44,7 @@ fn start(site: &Site, tx_rate_mbps: f64, rx_tweak: impl FnOnce(&mut toml::Table)
     tx_table["link"]["rate_mbps"] = toml::Value::Float(tx_rate_mbps);
     tx_table["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
     let tx_cfg = site.write_toml("tx.toml", &tx_table);
-    let tx = Process::start(
-        "weir-tx",
-        &bins.tx,
-        &["run", "--config", &tx_cfg.display().to_string()],
-        site.path("tx.log"),
-    );
+    let tx = start_tx(site, &tx_cfg, "tx.log");
     Pair {
         broker,
         sub,
@@ -59,15 +52,6 @@ fn start(site: &Site, tx_rate_mbps: f64, rx_tweak: impl FnOnce(&mut toml::Table)
         rx_cfg,
         tx,
     }
-}
-
-fn start_rx(site: &Site, cfg: &std::path::Path, log: &str) -> Process {
-    Process::start(
-        "weir-rx",
-        &binaries().rx,
-        &["run", "--config", &cfg.display().to_string()],
-        site.path(log),
-    )
 }
 
 /// Distinct (tag, timestamp) points and distinct record ids received.
@@ -83,14 +67,7 @@ fn distinct(sub: &Subscriber) -> (usize, usize) {
 }
 
 fn wait_points(pair: &Pair, at_least: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if distinct(&pair.sub).0 >= at_least {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    wait_until(timeout, || distinct(&pair.sub).0 >= at_least)
 }
 
 fn gap_events(sub: &Subscriber) -> Vec<Json> {
@@ -99,12 +76,6 @@ fn gap_events(sub: &Subscriber) -> Vec<Json> {
         .filter(|m| m.topic.ends_with("/gaps"))
         .map(|m| serde_json::from_slice(&m.payload).expect("gap payload is JSON"))
         .collect()
-}
-
-fn rx_counters(rx: &mut Process) -> Json {
-    let out = rx.terminate(Duration::from_secs(20));
-    last_json_line(&out)
-        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", rx.log_text()))
 }
 
 /// Restart the broker with both programs paused, so the subscriber is
@@ -150,7 +121,7 @@ fn broker_restarts_without_persistence_lose_no_record() {
     let complete = wait_points(&pair, total, Duration::from_mins(3));
     let (points, ids) = distinct(&pair.sub);
     let _ = pair.tx.terminate(Duration::from_secs(15));
-    let c = rx_counters(&mut pair.rx);
+    let c = stop_rx(&mut pair.rx);
     assert!(
         complete,
         "{points} of {total} points after two broker restarts; counters {c}"
@@ -193,7 +164,7 @@ fn receiver_killed_mid_stream_loses_nothing_it_committed() {
     let complete = wait_points(&pair, rows, Duration::from_mins(3));
     let (points, ids) = distinct(&pair.sub);
     let _ = pair.tx.terminate(Duration::from_secs(15));
-    let c = rx_counters(&mut pair.rx);
+    let c = stop_rx(&mut pair.rx);
     assert!(
         complete,
         "{points} of {rows} points after a SIGKILL with {before} published; counters {c}; log:\n{}",
@@ -214,11 +185,10 @@ fn full_outbox_counts_and_reports_lost_blocks_and_recovers() {
     site.drop_file("aveva", "day4.csv", aveva_export(4, 40_000).as_bytes());
     // Wait for the sender to finish the file (it lands in done/).
     let done = site.path("spool/aveva/done/day4.csv");
-    let deadline = Instant::now() + Duration::from_mins(2);
-    while !done.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(done.exists(), "sender finished the file");
+    assert!(
+        wait_until(Duration::from_mins(2), || done.exists()),
+        "sender finished the file"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(pair.rx.running(), "receiver survived a full outbox");
 
@@ -249,7 +219,7 @@ fn full_outbox_counts_and_reports_lost_blocks_and_recovers() {
     let _ = pair.tx.terminate(Duration::from_secs(15));
     std::thread::sleep(Duration::from_secs(1));
     let gaps = gap_events(&pair.sub);
-    let c = rx_counters(&mut pair.rx);
+    let c = stop_rx(&mut pair.rx);
     let refused = c["outbox_refused"].as_u64().expect("outbox_refused");
     assert!(refused > 0, "blocks refused by the full outbox: {c}");
     let full: Vec<&Json> = gaps.iter().filter(|g| g["type"] == "outbox_full").collect();

@@ -2,31 +2,17 @@
 //! running `weir-rx`, prints its summary and exits 0 once every block (and
 //! the last heartbeats) went out.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use weir_tests::{
-    Broker, Impairment, LossyLink, Process, Site, Subscriber, binaries, fixture, free_udp_port,
-    last_json_line, write_key,
+    Broker, Impairment, LossyLink, Process, Site, Subscriber, binaries, fixture, free_udp_addr,
+    run_bounded, start_rx, stop_rx, write_key,
 };
 
 const KEY: [u8; 32] = [0x5a; 32];
 const CHUNK: usize = 64 * 1024;
-
-/// The example sender config without its spools, sending to `destination`.
-fn tx_config(site: &Site, destination: SocketAddr, key: &Path) -> PathBuf {
-    let mut cfg = site.tx_config(destination, key);
-    cfg.remove("spool");
-    cfg["link"]["heartbeat_interval"] = toml::Value::String("200ms".into());
-    site.write("tx.toml", &toml::to_string(&cfg).expect("tx toml"))
-}
-
-fn rx_config(site: &Site, listen: SocketAddr, key: &Path, broker_port: u16) -> PathBuf {
-    let id = format!("weir-rx-send-{}", std::process::id());
-    site.write_toml("rx.toml", &site.rx_config(listen, key, broker_port, &id))
-}
 
 /// A receiver behind a lossy relay, and the sender's config pointing at it.
 struct Link {
@@ -37,29 +23,18 @@ struct Link {
 }
 
 fn start_link(site: &Site, imp: Impairment) -> Link {
-    let bins = binaries();
     let broker = Broker::start();
     let key = site.path("weir.key");
     write_key(&key, 1, KEY);
-    let rx_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let rx_cfg = rx_config(site, rx_addr, &key, broker.port());
-    let rx = Process::start(
-        "weir-rx",
-        &bins.rx,
-        &["run", "--config", &rx_cfg.display().to_string()],
-        site.path("rx.log"),
+    let rx_addr = free_udp_addr();
+    let id = format!("weir-rx-send-{}", std::process::id());
+    let rx_cfg = site.write_toml(
+        "rx.toml",
+        &site.rx_config(rx_addr, &key, broker.port(), &id),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rx.log_text().contains("Receiver started.") {
-        assert!(
-            Instant::now() < deadline,
-            "weir-rx did not start:\n{}",
-            rx.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rx = start_rx(site, &rx_cfg, "rx.log");
     let relay = LossyLink::start(rx_addr, imp);
-    let tx_config = tx_config(site, relay.input, &key);
+    let tx_config = site.write_toml("tx.toml", &site.send_config(relay.input, &key));
     Link {
         broker,
         rx,
@@ -70,23 +45,10 @@ fn start_link(site: &Site, imp: Impairment) -> Link {
 
 /// Run `weir-tx send` to its end (bounded), stdout and stderr captured.
 fn send(args: &[&str]) -> Output {
-    let mut child = Command::new(&binaries().tx)
-        .arg("send")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weir-tx send");
-    let deadline = Instant::now() + Duration::from_mins(2);
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("weir-tx send output")
+    run_bounded(
+        Command::new(&binaries().tx).arg("send").args(args),
+        Duration::from_mins(2),
+    )
 }
 
 /// Deterministic bytes that do not compress to nothing.
@@ -182,9 +144,7 @@ fn send_pushes_opaque_files_across_a_lossy_link() {
         .stats
         .dropped
         .load(std::sync::atomic::Ordering::Relaxed);
-    let rx_out = link.rx.terminate(Duration::from_secs(20));
-    let stats = last_json_line(&rx_out)
-        .unwrap_or_else(|| panic!("rx printed no final counters; log:\n{}", link.rx.log_text()));
+    let stats = stop_rx(&mut link.rx);
     println!("relay dropped {dropped} datagrams; receiver counters: {stats}");
     assert!(dropped > 0, "the relay really dropped datagrams");
     assert_eq!(
@@ -228,7 +188,7 @@ fn send_with_a_format_parses_historian_files() {
         "the 8 points were published; rx log:\n{}",
         link.rx.log_text()
     );
-    let stats = last_json_line(&link.rx.terminate(Duration::from_secs(20))).expect("rx counters");
+    let stats = stop_rx(&mut link.rx);
     assert_eq!(stats["records"], 8);
     assert_eq!(stats["file_chunks"], 0);
     assert_eq!(stats["blocks_lost"], 0);

@@ -143,6 +143,7 @@ pub async fn run(
                                         lane: key.lane,
                                         seq: key.seq,
                                         frame: block.sealed,
+                                        verdicts: None,
                                     };
                                     // Never wait on the outbox writer: a slow
                                     // disk must not hold up the next alert
@@ -152,7 +153,7 @@ pub async fn run(
                                         Err(TrySendError::Full(Item::Block(b))) => {
                                             shed(&stats, &topics, &to_outbox, &b);
                                         }
-                                        Ok(()) | Err(TrySendError::Full(Item::Event(_))) => {}
+                                        Ok(()) | Err(TrySendError::Full(_)) => {}
                                         Err(TrySendError::Closed(_)) => {
                                             return Err(StageError::Closed("decode"));
                                         }

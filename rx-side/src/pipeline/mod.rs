@@ -1,7 +1,7 @@
 //! The receiver pipeline: stages, the messages between them, and `run`.
 //!
 //! ```text
-//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> outbox (redb)
+//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
@@ -19,6 +19,7 @@
 //! disk, bounded by `outbox.max_bytes`.
 
 pub mod decode;
+pub mod dq;
 pub mod files;
 pub mod mqtt_tls;
 pub mod open;
@@ -38,6 +39,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidRx;
+use weir_shared::dq::{Engine, ValidDqConfig};
 use weir_shared::heartbeat::Heartbeat;
 use weir_shared::lane::{LANES, Lane};
 use weir_shared::seal::Keyring;
@@ -82,6 +84,9 @@ pub struct OpenedBlock {
     lane: Lane,
     seq: u64,
     frame: Vec<u8>,
+    /// Data-quality verdicts of its points (`weir_shared::dq::encode_verdicts`),
+    /// computed once before the block is stored.
+    verdicts: Option<Vec<u8>>,
 }
 
 /// The messages made from one outbox entry; the entry is done when the
@@ -148,9 +153,26 @@ pub struct RxHandle {
     pub local_addr: std::net::SocketAddr,
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<Result<(), StageError>>,
+    dq_reload: DqReload,
+}
+
+/// Applies a new `[dq]` config to a running receiver; per-tag state is kept.
+#[derive(Clone)]
+pub struct DqReload(Arc<watch::Sender<Option<ValidDqConfig>>>);
+
+impl DqReload {
+    /// Apply `cfg`.
+    pub fn apply(&self, cfg: ValidDqConfig) {
+        self.0.send_replace(Some(cfg));
+    }
 }
 
 impl RxHandle {
+    /// A handle to reload the `[dq]` config (on SIGHUP).
+    pub fn dq_reload(&self) -> DqReload {
+        self.dq_reload.clone()
+    }
+
     /// Stop receiving, publish what was decoded, and wait.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cancel.cancel();
@@ -284,14 +306,16 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
     tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
+    let (dq_tx, dq_reload) = start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     tasks.spawn(decode::run(
         decode::Core::new(cfg.reassembly, keyring).with_files(files_tx.clone()),
         stats.clone(),
         link.clone(),
         topics.clone(),
         ver_rx,
-        item_tx,
+        dq_tx,
     ));
+    drop(item_tx);
     tasks.spawn(outbox::write(
         store.clone(),
         cfg.raw.outbox.clone(),
@@ -344,5 +368,41 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         local_addr,
         cancel,
         tasks,
+        dq_reload: DqReload(Arc::new(dq_reload)),
     })
+}
+
+/// The data-quality stage, its engine restored from the state the outbox
+/// kept; returns its input and its reload handle.
+#[allow(clippy::type_complexity)] // two channel ends, named at the call site
+fn start_dq(
+    cfg: &ValidRx,
+    store: &outbox::Outbox,
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+    (topics, stats): (&publish::Topics, &Arc<RxStats>),
+    to_outbox: &Sender<outbox::Item>,
+) -> anyhow::Result<(Sender<outbox::Item>, watch::Sender<Option<ValidDqConfig>>)> {
+    let dq_cfg = cfg.raw.dq.validate()?;
+    let engine = match store.dq_state() {
+        Ok(Some(bytes)) => Engine::restore(dq_cfg.clone(), &bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Data-quality state not restored; starting afresh.");
+            Engine::new(dq_cfg)
+        }),
+        Ok(None) => Engine::new(dq_cfg),
+        Err(e) => return Err(e).context("reading the data-quality state from the outbox"),
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let (reload_tx, reload_rx) = watch::channel(None);
+    tasks.spawn(dq::run(
+        engine,
+        cfg.decode,
+        topics.clone(),
+        stats.clone(),
+        dq::DqIo {
+            from_decode: rx,
+            to_outbox: to_outbox.clone(),
+            reload: reload_rx,
+        },
+    ));
+    Ok((tx, reload_tx))
 }

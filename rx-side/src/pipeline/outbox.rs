@@ -110,9 +110,16 @@ pub struct EntryRef {
 pub enum Item {
     /// An authentic block.
     Block(OpenedBlock),
-    /// A gap or audit event.
+    /// A gap, audit or data-quality event.
     Event(Message),
+    /// The data-quality engine's state, kept (replaced) for the next start.
+    DqState(Vec<u8>),
 }
+
+/// Table of single values kept beside the queue (not published).
+const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+/// Key of the data-quality state in [`META`].
+const DQ_STATE: &str = "dq_state";
 
 /// What an entry holds.
 #[derive(Debug)]
@@ -135,17 +142,28 @@ pub struct Entry {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Block entry layout: version 1, session (16), lane (1), seq (u64 LE), frame.
+/// Block entry layout: version (1), session (16), lane (1), seq (u64 LE),
+/// then for version 1 the frame; for version 2 the verdicts' length (u32
+/// LE), the verdicts, then the frame.
 const BLOCK_HEAD: usize = 1 + 16 + 1 + 8;
 
 fn encode_item(item: &Item) -> (Table, Vec<u8>) {
     match item {
+        // Kept in the meta table by `plan`, never queued.
+        Item::DqState(_) => (Table::Events, Vec::new()),
         Item::Block(b) => {
-            let mut v = Vec::with_capacity(BLOCK_HEAD + b.frame.len());
-            v.push(1);
+            let verdicts = b.verdicts.as_deref();
+            let extra = verdicts.map_or(0, |d| 4 + d.len());
+            let mut v = Vec::with_capacity(BLOCK_HEAD + extra + b.frame.len());
+            v.push(if verdicts.is_some() { 2 } else { 1 });
             v.extend_from_slice(&b.session.0);
             v.push(b.lane as u8);
             v.extend_from_slice(&b.seq.to_le_bytes());
+            if let Some(d) = verdicts {
+                let len = u32::try_from(d.len()).unwrap_or(u32::MAX);
+                v.extend_from_slice(&len.to_le_bytes());
+                v.extend_from_slice(d);
+            }
             v.extend_from_slice(&b.frame);
             (Table::for_lane(b.lane), v)
         }
@@ -179,7 +197,7 @@ fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
             retain: retain != 0,
         }));
     }
-    if v.len() < BLOCK_HEAD || v[0] != 1 {
+    if v.len() < BLOCK_HEAD || !matches!(v[0], 1 | 2) {
         return Err(bad());
     }
     let mut session = [0u8; 16];
@@ -187,11 +205,24 @@ fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
     let lane = Lane::from_u8(v[17]).ok_or_else(bad)?;
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&v[18..26]);
+    let rest = &v[BLOCK_HEAD..];
+    let (verdicts, frame) = if v[0] == 2 {
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(bad());
+        }
+        let (d, frame) = rest.split_at(len);
+        (Some(d.to_vec()), frame)
+    } else {
+        (None, rest)
+    };
     Ok(Body::Block(OpenedBlock {
         session: SessionId(session),
         lane,
         seq: u64::from_le_bytes(seq),
-        frame: v[BLOCK_HEAD..].to_vec(),
+        frame: frame.to_vec(),
+        verdicts,
     }))
 }
 
@@ -211,8 +242,16 @@ impl Outbox {
         for t in Table::ALL {
             txn.open_table(t.def()).map_err(db_err)?;
         }
+        txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
+    }
+
+    /// The data-quality state the last run kept, if any.
+    pub fn dq_state(&self) -> Result<Option<Vec<u8>>, OutboxError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(META).map_err(db_err)?;
+        Ok(t.get(DQ_STATE).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
     /// Next free key and the bytes held by block tables.
@@ -238,9 +277,18 @@ impl Outbox {
     /// Store `puts` and delete `dels` in one durable transaction; returns
     /// the block bytes the deletions freed (an entry already gone frees
     /// nothing, so acknowledging twice is harmless).
-    fn commit(&self, puts: &[(EntryRef, Vec<u8>)], dels: &[EntryRef]) -> Result<u64, OutboxError> {
+    fn commit(
+        &self,
+        puts: &[(EntryRef, Vec<u8>)],
+        dels: &[EntryRef],
+        dq_state: Option<&[u8]>,
+    ) -> Result<u64, OutboxError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        if let Some(state) = dq_state {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(DQ_STATE, state).map_err(db_err)?;
+        }
         let mut freed = 0;
         for t in Table::ALL {
             let mut table = txn.open_table(t.def()).map_err(db_err)?;
@@ -332,6 +380,8 @@ struct Group {
     puts: Vec<(EntryRef, Vec<u8>)>,
     dels: Vec<EntryRef>,
     added: u64,
+    /// The newest data-quality state in the batch.
+    dq_state: Option<Vec<u8>>,
 }
 
 impl Writer {
@@ -354,6 +404,13 @@ impl Writer {
             g.dels.push(r);
         }
         for item in batch {
+            let item = match item {
+                Item::DqState(s) => {
+                    g.dq_state = Some(s);
+                    continue;
+                }
+                other => other,
+            };
             let (table, v) = encode_item(&item);
             let n = v.len() as u64;
             if table != Table::Events && self.bytes + g.added + n > self.cfg.max_bytes {
@@ -383,11 +440,16 @@ impl Writer {
     /// Commit a group; on failure its blocks are lost (counted, reported
     /// through `fallback`) and its deletions retried later.
     async fn commit(&mut self, g: Group, io: &WriterIo) -> Result<(), StageError> {
-        let Group { puts, dels, added } = g;
+        let Group {
+            puts,
+            dels,
+            added,
+            dq_state,
+        } = g;
         let stored = puts.len() as u64;
         let db = self.outbox.clone();
         let (r, puts, dels) = tokio::task::spawn_blocking(move || {
-            let r = db.commit(&puts, &dels);
+            let r = db.commit(&puts, &dels, dq_state.as_deref());
             (r, puts, dels)
         })
         .await
@@ -480,7 +542,7 @@ pub async fn write(
             w.retained.push_back((now(), a));
         }
         let g = w.plan(batch, !items_open, &io.gaps_topic);
-        if !g.puts.is_empty() || !g.dels.is_empty() {
+        if !g.puts.is_empty() || !g.dels.is_empty() || g.dq_state.is_some() {
             w.commit(g, &io).await?;
         }
     }
@@ -576,6 +638,7 @@ mod tests {
             lane,
             seq,
             frame: frame.to_vec(),
+            verdicts: (lane == Lane::Bulk).then(|| b"dq".to_vec()),
         })
     }
 
@@ -628,16 +691,19 @@ mod tests {
             let o = Outbox::open(&path).expect("open");
             let (_, va) = encode_item(&block(Lane::Alert, 1, b"alert"));
             let (_, vb) = encode_item(&block(Lane::Bulk, 1, b"bulk!!"));
-            o.commit(&[(a, va), (b, vb)], &[]).expect("commit");
+            o.commit(&[(a, va), (b, vb)], &[], Some(b"state"))
+                .expect("commit");
         }
         let o = Outbox::open(&path).expect("reopen");
         let (next, bytes) = o.scan().expect("scan");
         assert_eq!(next, 2);
-        assert_eq!(bytes, (2 * BLOCK_HEAD + 11) as u64);
+        // The bulk block carries 2 bytes of verdicts behind a 4-byte length.
+        assert_eq!(bytes, (2 * BLOCK_HEAD + 11 + 6) as u64);
         assert_eq!(o.read(Table::Bulk, None, 10).expect("read").len(), 1);
         assert_eq!(o.read(Table::Bulk, Some(1), 10).expect("read").len(), 0);
-        o.commit(&[], &[a]).expect("delete");
+        o.commit(&[], &[a], None).expect("delete");
+        assert_eq!(o.dq_state().expect("meta").as_deref(), Some(&b"state"[..]));
         assert_eq!(o.len(Table::Alert).expect("len"), 0);
-        assert_eq!(o.scan().expect("scan").1, (BLOCK_HEAD + 6) as u64);
+        assert_eq!(o.scan().expect("scan").1, (BLOCK_HEAD + 6 + 6) as u64);
     }
 }

@@ -49,6 +49,10 @@ pub struct Topics {
     pub alerts: String,
     /// Audit events (receiver start, sender sessions).
     pub audit: String,
+    /// Data-quality events.
+    pub dq: String,
+    /// Points the data-quality checks keep off the live topics.
+    pub quarantine: String,
     /// Point payload options.
     pub payload: PayloadOptions,
     /// Points per message (JSON array above 1).
@@ -66,6 +70,8 @@ impl Topics {
             gaps: format!("{base}/gaps"),
             alerts: format!("{base}/alerts"),
             audit: format!("{base}/audit"),
+            dq: format!("{base}/dq"),
+            quarantine: format!("{base}/quarantine"),
             payload: PayloadOptions { ts_ms: m.ts_ms },
             batch_points: m.batch_points,
         }

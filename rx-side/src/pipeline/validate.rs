@@ -13,7 +13,10 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc::{Receiver, Sender};
-use weir_shared::contract::{alert_payload, batch_by_topic, point_payload_with, point_topic};
+use weir_shared::contract::{
+    alert_payload, batch_by_topic, point_payload_dq, point_payload_with, point_topic,
+};
+use weir_shared::dq::{Withhold, decode_verdicts};
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
 use super::files::{self, FileWork};
@@ -26,21 +29,62 @@ use crate::stats::{RxStats, add};
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// The MQTT messages of a block's records: points (batched per topic when
-/// configured), then alerts, in record order within each.
+/// configured), then alerts, in record order within each. Points carry the
+/// verdicts stored with the block; an exact duplicate is withheld (counted)
+/// and a point the checks quarantine goes to the quarantine topic.
 fn messages(
     topics: &Topics,
     stats: &RxStats,
     block: &OpenedBlock,
     records: &[Record],
 ) -> Vec<Message> {
+    let n_points = records
+        .iter()
+        .filter(|r| matches!(r, Record::Point(_)))
+        .count();
+    let verdicts = block
+        .verdicts
+        .as_deref()
+        .and_then(|d| match decode_verdicts(d, n_points) {
+            Ok(v) if v.len() == n_points => Some(v),
+            Ok(_) | Err(_) => {
+                tracing::error!(
+                    seq = block.seq,
+                    "Stored verdicts do not match the block; published without them."
+                );
+                None
+            }
+        });
+    let mut verdicts = verdicts.into_iter().flatten();
     let mut points = Vec::new();
     let mut out = Vec::new();
     for r in records {
         match r {
-            Record::Point(p) => points.push((
-                point_topic(&topics.point_template, &topics.site, p),
-                point_payload_with(block.session, p, topics.payload),
-            )),
+            Record::Point(p) => {
+                let Some(v) = verdicts.next() else {
+                    points.push((
+                        point_topic(&topics.point_template, &topics.site, p),
+                        point_payload_with(block.session, p, topics.payload),
+                    ));
+                    continue;
+                };
+                let payload = point_payload_dq(block.session, p, topics.payload, &v);
+                match v.withhold {
+                    None => points.push((
+                        point_topic(&topics.point_template, &topics.site, p),
+                        payload,
+                    )),
+                    Some(Withhold::Duplicate) => add(&stats.dq_duplicates, 1),
+                    Some(Withhold::Quarantine(_)) => {
+                        add(&stats.dq_quarantined, 1);
+                        out.push(Message {
+                            topic: topics.quarantine.clone(),
+                            payload,
+                            retain: false,
+                        });
+                    }
+                }
+            }
             Record::Alert(a) => out.push(Message {
                 topic: format!("{}/{}", topics.alerts, a.source.as_str()),
                 payload: alert_payload(block.session, a),

@@ -46,6 +46,7 @@ mod checks;
 mod config;
 mod glob;
 mod json;
+mod packed;
 mod snapshot;
 mod table;
 
@@ -60,6 +61,7 @@ pub use config::{
 };
 pub use glob::glob_match;
 pub use json::{event_json, verdict_json};
+pub use packed::{VerdictsError, decode_verdicts, encode_verdicts};
 pub use snapshot::SnapshotError;
 
 use std::cmp::Ordering;
