@@ -577,6 +577,9 @@ impl LossyLink {
 
     fn start_with(output: SocketAddr, imp: Impairment, blocks: Option<BlockDrop>) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("relay socket");
+        // A diode does not drop what arrives within its rate: give the relay
+        // room for the sender's bursts, so the only loss is the impairment.
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(8 << 20);
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let input = sock.local_addr().expect("relay addr");

@@ -174,7 +174,10 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         "the exact duplicate Shutdown row is withheld"
     );
     // Every point carries its data-quality verdict.
-    assert!(pts.iter().all(|p| p["dq"]["flag"].is_u64() && p["dq"]["q"]["code"].is_u64()));
+    assert!(
+        pts.iter()
+            .all(|p| p["dq"]["flag"].is_u64() && p["dq"]["q"]["code"].is_u64())
+    );
     // AVEVA: fall-back hour resolved by file order.
     assert_eq!(one("FIC101.PV", "2024-11-03T06:30:00Z")["value"], 42.31);
     assert_eq!(one("FIC101.PV", "2024-11-03T07:30:00Z")["value"], 41.95);
@@ -224,7 +227,10 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         "repair symbols were needed and used"
     );
     assert_eq!(stats["records"].as_u64(), Some(expected as u64 + 1));
-    assert_eq!(stats["dq_duplicates"], 1, "the withheld duplicate is counted");
+    assert_eq!(
+        stats["dq_duplicates"], 1,
+        "the withheld duplicate is counted"
+    );
     assert!(
         stats["acked"].as_u64() >= Some(expected as u64),
         "every point acknowledged by the broker"

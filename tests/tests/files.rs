@@ -28,7 +28,7 @@ const CHUNK: usize = 64 * 1024;
 /// Pacing cap of the sender: far above the ~100 Mbit/s a debug-build
 /// `weir-tx` reaches on loopback, so 50 MB cross in seconds (the default
 /// example rate of 100 Mbit/s would be the limit otherwise).
-const RATE_MBPS: f64 = 400.0;
+const RATE_MBPS: f64 = 200.0;
 
 /// A receiver with a file output behind a relay, and a sender config
 /// pointing at the relay.

@@ -120,6 +120,9 @@ pub enum Item {
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
 /// Key of the data-quality state in [`META`].
 const DQ_STATE: &str = "dq_state";
+/// Key of the Sparkplug bdSeq the next start connects with (u64 LE), in
+/// [`META`].
+const BD_SEQ: &str = "sparkplug_bd_seq";
 
 /// What an entry holds.
 #[derive(Debug)]
@@ -254,6 +257,26 @@ impl Outbox {
         Ok(t.get(DQ_STATE).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
+    /// The Sparkplug bdSeq the next start connects with, if one was kept.
+    pub fn bd_seq(&self) -> Result<Option<u64>, OutboxError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(META).map_err(db_err)?;
+        let v = t.get(BD_SEQ).map_err(db_err)?;
+        Ok(v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    /// Keep (durably) the Sparkplug bdSeq the next start connects with.
+    pub fn set_bd_seq(&self, bd_seq: u64) -> Result<(), OutboxError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(BD_SEQ, bd_seq.to_le_bytes().as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// Next free key and the bytes held by block tables.
     fn scan(&self) -> Result<(u64, u64), OutboxError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -345,6 +368,17 @@ pub struct Progress {
 
 /// Most entries in one group commit.
 const GROUP: usize = 512;
+/// Most bytes in one group commit: a bigger transaction only costs more
+/// copying per byte.
+const GROUP_BYTES: usize = 8 << 20;
+
+fn item_bytes(i: &Item) -> usize {
+    match i {
+        Item::Block(b) => b.frame.len(),
+        Item::Event(m) => m.payload.len(),
+        Item::DqState(s) => s.len(),
+    }
+}
 /// How often acknowledged entries past their retention are deleted.
 const SWEEP: Duration = Duration::from_millis(100);
 
@@ -532,9 +566,13 @@ pub async fn write(
             },
             _ = sweep.tick() => {}
         }
-        while batch.len() < GROUP {
+        let mut bytes: usize = batch.iter().map(item_bytes).sum();
+        while batch.len() < GROUP && bytes < GROUP_BYTES {
             match io.items.try_recv() {
-                Ok(i) => batch.push(i),
+                Ok(i) => {
+                    bytes += item_bytes(&i);
+                    batch.push(i);
+                }
                 Err(_) => break,
             }
         }
@@ -703,6 +741,11 @@ mod tests {
         assert_eq!(o.read(Table::Bulk, Some(1), 10).expect("read").len(), 0);
         o.commit(&[], &[a], None).expect("delete");
         assert_eq!(o.dq_state().expect("meta").as_deref(), Some(&b"state"[..]));
+        assert_eq!(o.bd_seq().expect("meta"), None);
+        o.set_bd_seq(201).expect("bd_seq");
+        drop(o);
+        let o = Outbox::open(&path).expect("reopen");
+        assert_eq!(o.bd_seq().expect("meta"), Some(201));
         assert_eq!(o.len(Table::Alert).expect("len"), 0);
         assert_eq!(o.scan().expect("scan").1, (BLOCK_HEAD + 6 + 6) as u64);
     }
