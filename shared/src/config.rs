@@ -752,6 +752,11 @@ pub struct RxConfig {
     /// Data-quality checks (on, with the defaults, when absent).
     #[serde(default)]
     pub dq: crate::dq::DqConfig,
+    /// Sparkplug B output: when present, points are published as a
+    /// Sparkplug edge node (`spBv1.0/{group_id}/...`) instead of on the JSON
+    /// point topics; alerts, gaps, audit, dq and status stay JSON.
+    #[serde(default)]
+    pub sparkplug: Option<crate::sparkplug::SparkplugConfig>,
 }
 
 /// `[outbox]` of the receiver: decoded blocks wait here, on disk, until the
@@ -1223,6 +1228,9 @@ impl RxConfig {
         self.mqtt.check()?;
         self.mqtt.check_security()?;
         self.outbox.check(l.max_block_bytes)?;
+        if let Some(sparkplug) = &self.sparkplug {
+            sparkplug.validate()?;
+        }
         let reassembly = ReassemblyLimits {
             max_block_bytes: l.max_block_bytes,
             max_pending_blocks: l.max_pending_blocks,
@@ -1506,8 +1514,15 @@ mod tests {
             outbox: OutboxConfig::default(),
             dq: crate::dq::DqConfig::default(),
             files: None,
+            sparkplug: None,
         };
         assert!(c.clone().validate().is_ok());
+        let mut s = c.clone();
+        s.sparkplug = Some(crate::sparkplug::SparkplugConfig::new("plant1", "gw/01"));
+        assert_eq!(
+            s.validate().map(|_| ()).map_err(|e| e.key),
+            Err("sparkplug.edge_node_id")
+        );
         let mut o = c.clone();
         o.outbox.max_bytes = 10;
         assert_eq!(

@@ -5,6 +5,7 @@
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
+//!    with [sparkplug]: validate ──points──> publish ──> sparkplug (own MQTT session) ──> spBv1.0/...
 //!    validate ──file chunks──> files ──> staging ──> output dir  (decode ──lost blocks──> files)
 //! ```
 //!
@@ -26,6 +27,7 @@ pub mod open;
 pub mod outbox;
 pub mod publish;
 pub mod recv;
+pub mod sparkplug;
 pub mod status;
 pub mod validate;
 pub mod verify;
@@ -97,6 +99,8 @@ pub struct Delivery {
     pub at: outbox::EntryRef,
     /// Its messages (may be empty).
     pub messages: Vec<Message>,
+    /// Its points for the Sparkplug publisher (empty without `[sparkplug]`).
+    pub points: Vec<weir_shared::record::Point>,
     /// Its place in the outbox reader's window.
     pub permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -266,14 +270,24 @@ fn spawn_readers(
         } else {
             urgent.clone()
         };
-        tasks.spawn(validate::run(
+        let run = validate::run(
             cfg.decode,
             topics.clone(),
             stats.clone(),
+            cfg.raw.sparkplug.is_some(),
             entry_rx,
             out,
             files.cloned(),
-        ));
+        );
+        if table == outbox::Table::Bulk {
+            // Turning a backlog of points into JSON is the receiver's
+            // heaviest work: it runs on its own thread, so the runtime's
+            // workers stay free for the alert path.
+            let rt = tokio::runtime::Handle::current();
+            tasks.spawn_blocking(move || rt.block_on(run));
+        } else {
+            tasks.spawn(run);
+        }
     }
 }
 
@@ -298,6 +312,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let (urgent_tx, urgent_rx) = mpsc::channel(64);
     let (bulk_tx, bulk_rx) = mpsc::channel(64);
     let topics = publish::Topics::new(&cfg.raw.mqtt);
+    let sparkplug = sparkplug::Shell::for_config(&cfg, &store, &link, &stats)?;
 
     send_event(&item_tx, started_event(&cfg, &keyring, local_addr, &topics));
     let status_events = item_tx.clone();
@@ -358,6 +373,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
             acked: acked_tx,
             rewind: rewind_tx,
             stop: cancel.clone(),
+            sparkplug,
         },
     ));
     tracing::info!(listen = %local_addr, broker = %format!("{}:{}", cfg.raw.mqtt.host, cfg.raw.mqtt.port),

@@ -6,6 +6,7 @@
 //!      entry fully acknowledged ──EntryRef──> outbox (deleted after `retain_acked`)
 //!  broker came back without our session, or a publish failed ──> rewind: the outbox is read again
 //!  status (see `status`) ──(retained; last will "offline")──> diode/v1/{site}/{gw}/status
+//!  with [sparkplug]: Delivery.points ──Batch──> sparkplug (own session) ──done (PUBACK; flushed at data_qos 0)──> count down
 //! ```
 //!
 //! The client keeps a persistent session (`clean_session = false`), so a
@@ -152,8 +153,8 @@ fn spawn_connection(
 }
 
 /// Notices are awaited in order by a second task, which reports each
-/// outcome back to the publish loop.
-fn spawn_acker(
+/// outcome back to the publish loop (or to the Sparkplug publisher).
+pub(super) fn spawn_acker(
     mut notice_rx: Receiver<(PublishNotice, Option<u64>)>,
     done_tx: UnboundedSender<(Option<u64>, bool)>,
     ack_stats: Arc<RxStats>,
@@ -191,6 +192,9 @@ pub struct PublishIo {
     pub rewind: watch::Sender<u64>,
     /// Shutdown: from then on, at most `DRAIN_LIMIT` more.
     pub stop: CancellationToken,
+    /// The Sparkplug publisher to start, with `[sparkplug]`: it takes the
+    /// deliveries' points.
+    pub sparkplug: Option<super::sparkplug::Shell>,
 }
 
 /// A delivery waiting for its acknowledgements.
@@ -214,22 +218,52 @@ struct State {
     connected: bool,
     /// A delivery failed while disconnected: rewind on the next connect.
     lost: bool,
+    /// The Sparkplug publisher (with `[sparkplug]`).
+    sparkplug: Option<super::sparkplug::Handle>,
 }
 
 impl State {
-    fn take(&mut self, d: Delivery, urgent: bool, acked: &UnboundedSender<EntryRef>) {
+    fn new(sparkplug: Option<super::sparkplug::Handle>) -> Self {
+        Self {
+            sparkplug,
+            ..Self::default()
+        }
+    }
+
+    /// Track a delivery: its messages are queued here, its points (if any)
+    /// go to the Sparkplug publisher as one more thing to acknowledge.
+    fn take(&mut self, d: Delivery, urgent: bool, io: &PublishIo) {
         let id = self.next_id;
         self.next_id += 1;
-        if d.messages.is_empty() {
-            let _ = acked.send(d.at);
+        let Delivery {
+            at,
+            messages,
+            points,
+            permit,
+        } = d;
+        let mut remaining = messages.len();
+        if !points.is_empty() {
+            if let Some(sp) = &self.sparkplug {
+                sp.send(super::sparkplug::Batch {
+                    id,
+                    rewinds: *io.rewind.borrow(),
+                    points,
+                });
+                remaining += 1;
+            } else {
+                tracing::error!("Points for Sparkplug without a Sparkplug publisher: dropped.");
+            }
+        }
+        if remaining == 0 {
+            let _ = io.acked.send(at);
             return;
         }
         self.tracked.insert(
             id,
             Tracked {
-                at: d.at,
-                remaining: d.messages.len(),
-                _permit: d.permit,
+                at,
+                remaining,
+                _permit: permit,
             },
         );
         let q = if urgent {
@@ -237,7 +271,7 @@ impl State {
         } else {
             &mut self.bulk
         };
-        q.extend(d.messages.into_iter().map(|m| (Some(id), m)));
+        q.extend(messages.into_iter().map(|m| (Some(id), m)));
     }
 
     /// Take what the urgent inputs hold now. Alert-lane messages overtake
@@ -246,7 +280,7 @@ impl State {
     fn take_urgent(&mut self, io: &mut PublishIo, urgent_open: &mut bool) {
         while *urgent_open {
             match io.urgent.try_recv() {
-                Ok(d) => self.take(d, true, &io.acked),
+                Ok(d) => self.take(d, true, io),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => *urgent_open = false,
             }
@@ -323,6 +357,15 @@ async fn say_offline(client: &AsyncClient, topics: &Topics) {
     let _ = client.disconnect().await;
 }
 
+/// Shutdown, bounded: say offline, and let the Sparkplug publisher send
+/// its death certificate.
+async fn close(client: &AsyncClient, topics: &Topics, sparkplug: Option<super::sparkplug::Handle>) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), say_offline(client, topics)).await;
+    if let Some(sp) = sparkplug {
+        let _ = tokio::time::timeout(Duration::from_secs(5), sp.finish()).await;
+    }
+}
+
 /// The client, its connection task, and the connection's ups and downs.
 type Connection = (
     AsyncClient,
@@ -356,9 +399,10 @@ pub async fn run(
     let (notice_tx, notice_rx) =
         mpsc::channel::<(PublishNotice, Option<u64>)>(usize::from(cfg.inflight) * 2);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let sparkplug = io.sparkplug.take();
+    let mut st = State::new(sparkplug.map(|sp| sp.spawn(done_tx.clone(), io.rewind.subscribe())));
     let acker = spawn_acker(notice_rx, done_tx, stats.clone());
 
-    let mut st = State::default();
     let (mut urgent_open, mut bulk_open, mut eph_open) = (true, true, true);
     // Set once the inputs closed or shutdown began: the last moment to
     // wait for the broker; what is left then stays in the outbox.
@@ -396,7 +440,7 @@ pub async fn run(
                 },
                 d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, &io, &stats) },
                 d = io.urgent.recv(), if urgent_open => match d {
-                    Some(d) => st.take(d, true, &io.acked),
+                    Some(d) => st.take(d, true, &io),
                     None => urgent_open = false,
                 },
                 m = io.ephemeral.recv(), if eph_open => match m {
@@ -404,7 +448,7 @@ pub async fn run(
                     None => eph_open = false,
                 },
                 d = io.bulk.recv(), if bulk_open => match d {
-                    Some(d) => st.take(d, false, &io.acked),
+                    Some(d) => st.take(d, false, &io),
                     None => bulk_open = false,
                 },
                 () = io.stop.cancelled(), if give_up.is_none() => {}
@@ -445,7 +489,7 @@ pub async fn run(
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), say_offline(&client, &topics)).await;
+    close(&client, &topics, st.sparkplug.take()).await;
     drop(notice_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
     connection.abort();
