@@ -1118,8 +1118,9 @@ impl MqttConfig {
         if m.host.is_empty() {
             return Err(bad("mqtt.host", "must not be empty"));
         }
-        if m.client_id.is_empty() || m.client_id.len() > 64 {
-            return Err(bad("mqtt.client_id", "must be 1 to 64 characters"));
+        // The bulk session adds `-bulk` to it (and Sparkplug `-spb`).
+        if m.client_id.is_empty() || m.client_id.len() > 59 {
+            return Err(bad("mqtt.client_id", "must be 1 to 59 characters"));
         }
         if !topic_segment_ok(&m.site) {
             return Err(bad(

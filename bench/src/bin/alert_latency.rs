@@ -35,6 +35,7 @@ struct Args {
     interval_ms: u64,
     rate_mbps: f64,
     bulk_rows: usize,
+    batch_points: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -43,6 +44,7 @@ fn args() -> anyhow::Result<Args> {
         interval_ms: 50,
         rate_mbps: 20.0,
         bulk_rows: 3_000_000,
+        batch_points: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -52,6 +54,7 @@ fn args() -> anyhow::Result<Args> {
             "--interval-ms" => a.interval_ms = v()?.parse()?,
             "--rate-mbps" => a.rate_mbps = v()?.parse()?,
             "--bulk-rows" => a.bulk_rows = v()?.parse()?,
+            "--batch-points" => a.batch_points = v()?.parse()?,
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -102,8 +105,9 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{e}"))?]);
     let (rx_port, syslog_port) = (free_udp_port(), free_udp_port());
     let rx_cfg: RxConfig = toml::from_str(&format!(
-        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\n[outbox]\npath = \"{}\"\n",
+        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\nbatch_points = {}\n[outbox]\npath = \"{}\"\n",
         broker.port(),
+        a.batch_points,
         dir.path().join("rx-outbox.redb").display()
     ))?;
     let rx = weir_rx::run(rx_cfg.validate()?, keyring.clone()).await?;

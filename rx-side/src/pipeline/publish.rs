@@ -96,10 +96,15 @@ fn offline_payload() -> Vec<u8> {
 fn mqtt_options(
     cfg: &MqttConfig,
     topics: &Topics,
+    role: Role,
 ) -> Result<MqttOptions, super::mqtt_tls::SecurityError> {
     let security = super::mqtt_tls::Security::load(cfg)?;
-    security.log(cfg);
-    let mut opts = security.options(cfg);
+    if role == Role::Urgent {
+        security.log(cfg);
+    }
+    let mut cfg = cfg.clone();
+    cfg.client_id.push_str(role.suffix());
+    let mut opts = security.options(&cfg);
     opts.set_keep_alive(
         u16::try_from(cfg.keep_alive.as_secs())
             .unwrap_or(u16::MAX)
@@ -108,19 +113,42 @@ fn mqtt_options(
     opts.set_inflight(cfg.inflight);
     opts.set_clean_session(false);
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    opts.set_last_will(LastWill::new(
-        topics.status.clone(),
-        offline_payload(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    if role == Role::Urgent {
+        opts.set_last_will(LastWill::new(
+            topics.status.clone(),
+            offline_payload(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     Ok(opts)
+}
+
+/// The publisher's two MQTT sessions. Alerts, events and the status have a
+/// connection of their own, so an alarm never queues behind thousands of
+/// bulk points in the client, on the socket or in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Alerts, gap/audit/dq events, status; carries the last will.
+    Urgent = 0,
+    /// Points.
+    Bulk = 1,
+}
+
+impl Role {
+    fn suffix(self) -> &'static str {
+        match self {
+            Role::Urgent => "",
+            Role::Bulk => "-bulk",
+        }
+    }
 }
 
 /// The event loop drives the connection; it reconnects with backoff.
 fn spawn_connection(
     mut eventloop: EventLoop,
-    connacks: UnboundedSender<Option<bool>>,
+    role: Role,
+    connacks: UnboundedSender<(Role, Option<bool>)>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -130,13 +158,14 @@ fn spawn_connection(
                     backoff = Duration::from_millis(100);
                     tracing::info!(
                         session_present = ack.session_present,
+                        connection = ?role,
                         "Connected to the MQTT broker."
                     );
-                    let _ = connacks.send(Some(ack.session_present));
+                    let _ = connacks.send((role, Some(ack.session_present)));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = connacks.send(None);
+                    let _ = connacks.send((role, None));
                     // Exponential backoff with jitter: half the step fixed,
                     // half spread, so many receivers don't reconnect in step.
                     let spread = std::time::SystemTime::now()
@@ -212,10 +241,10 @@ struct State {
     /// Messages to publish, with their delivery id (none: ephemeral).
     urgent: VecDeque<(Option<u64>, Message)>,
     bulk: VecDeque<(Option<u64>, Message)>,
-    /// Connects the broker acknowledged.
-    connects: u64,
-    /// Connected now.
-    connected: bool,
+    /// Connects the broker acknowledged, per connection ([`Role`]).
+    connects: [u64; 2],
+    /// Connected now, per connection.
+    connected: [bool; 2],
     /// A delivery failed while disconnected: rewind on the next connect.
     lost: bool,
     /// The Sparkplug publisher (with `[sparkplug]`).
@@ -305,14 +334,15 @@ impl State {
     /// The connection went up (`Some(session_present)`) or down. A broker
     /// that lost our session (after the first connect) also lost what it
     /// held for subscribers.
-    fn connection(&mut self, up: Option<bool>, io: &PublishIo, stats: &RxStats) {
+    fn connection(&mut self, role: Role, up: Option<bool>, io: &PublishIo, stats: &RxStats) {
+        let i = role as usize;
         let Some(present) = up else {
-            self.connected = false;
+            self.connected[i] = false;
             return;
         };
-        self.connects += 1;
-        self.connected = true;
-        if (!present && self.connects > 1) || self.lost {
+        self.connects[i] += 1;
+        self.connected[i] = true;
+        if (!present && self.connects[i] > 1) || self.lost {
             self.rewind(io, stats);
         }
     }
@@ -323,7 +353,7 @@ impl State {
         let Some(id) = id else { return };
         if !ok {
             if self.tracked.contains_key(&id) {
-                if self.connected {
+                if self.connected == [true; 2] {
                     self.rewind(io, stats);
                 } else {
                     self.tracked.remove(&id);
@@ -366,42 +396,169 @@ async fn close(client: &AsyncClient, topics: &Topics, sparkplug: Option<super::s
     }
 }
 
-/// The client, its connection task, and the connection's ups and downs.
-type Connection = (
-    AsyncClient,
-    JoinHandle<()>,
-    mpsc::UnboundedReceiver<Option<bool>>,
-);
+/// Where connections report going up (`Some(session_present)`) or down.
+type ConnEvents = UnboundedSender<(Role, Option<bool>)>;
+/// Where ackers report each message's outcome.
+type Outcomes = UnboundedSender<(Option<u64>, bool)>;
 
-/// Build the client and start its connection.
-fn connect(cfg: &MqttConfig, topics: &Topics) -> Result<Connection, StageError> {
-    // `main` loaded the same files before starting: this fails only if
-    // they changed since.
-    let opts = mqtt_options(cfg, topics)
-        .map_err(|e| StageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let (client, eventloop) = AsyncClient::builder(opts)
-        .capacity(usize::from(cfg.inflight))
-        .build();
-    let (connack_tx, connack_rx) = mpsc::unbounded_channel::<Option<bool>>();
-    Ok((client, spawn_connection(eventloop, connack_tx), connack_rx))
+/// What the loop does after a publishing pass.
+enum Pass {
+    /// Go on.
+    Next,
+    /// Start the loop again (something was put back).
+    Again,
+    /// The session's acker is gone: stop.
+    Stop,
+}
+
+/// Publish every urgent message now, awaiting the client if it is full
+/// (never past `give_up`).
+async fn publish_urgent(
+    st: &mut State,
+    s: &Session,
+    give_up: &mut Option<Instant>,
+    stop: &CancellationToken,
+    stats: &RxStats,
+) -> Pass {
+    while let Some((id, msg)) = st.urgent.pop_front() {
+        if id.is_some_and(|id| !st.tracked.contains_key(&id)) {
+            continue; // rewound: it comes again from the outbox
+        }
+        let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
+        let publish = s
+            .client
+            .publish_tracked(msg.topic.clone(), msg.payload.clone(), opts);
+        match bounded(publish, *give_up, stop).await {
+            None => {
+                st.urgent.push_front((id, msg));
+                give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
+                return Pass::Again;
+            }
+            Some(Ok(notice)) => {
+                add(&stats.published, 1);
+                if !track(s, notice, id, give_up, stop).await {
+                    return Pass::Stop;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "MQTT client refused a publish; retrying.");
+                st.urgent.push_front((id, msg));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Pass::Again;
+            }
+        }
+    }
+    Pass::Next
+}
+
+/// Offer bulk messages until the client's queue is full; `Some(full)`.
+async fn offer_bulk(
+    st: &mut State,
+    s: &Session,
+    give_up: &mut Option<Instant>,
+    stop: &CancellationToken,
+    stats: &RxStats,
+) -> Option<bool> {
+    while let Some((id, msg)) = st.bulk.pop_front() {
+        if id.is_some_and(|id| !st.tracked.contains_key(&id)) {
+            continue;
+        }
+        let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
+        let Ok(notice) = s
+            .client
+            .try_publish_tracked(msg.topic.clone(), msg.payload.clone(), opts)
+        else {
+            st.bulk.push_front((id, msg));
+            return Some(true);
+        };
+        add(&stats.published, 1);
+        if !track(s, notice, id, give_up, stop).await {
+            return None;
+        }
+    }
+    Some(false)
+}
+
+/// One MQTT session: its client, connection task, and in-order acker.
+struct Session {
+    client: AsyncClient,
+    connection: JoinHandle<()>,
+    notices: mpsc::Sender<(PublishNotice, Option<u64>)>,
+    acker: JoinHandle<()>,
+}
+
+impl Session {
+    /// Build the client, start its connection and its acker.
+    fn open(
+        cfg: &MqttConfig,
+        topics: &Topics,
+        role: Role,
+        (events, done): (&ConnEvents, &Outcomes),
+        stats: &Arc<RxStats>,
+    ) -> Result<Self, StageError> {
+        // `main` loaded the same files before starting: this fails only if
+        // they changed since.
+        let opts = mqtt_options(cfg, topics, role).map_err(|e| {
+            StageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let (client, eventloop) = AsyncClient::builder(opts)
+            .capacity(usize::from(cfg.inflight))
+            .build();
+        let (notices, notice_rx) = mpsc::channel(usize::from(cfg.inflight) * 2);
+        Ok(Self {
+            client,
+            connection: spawn_connection(eventloop, role, events.clone()),
+            notices,
+            acker: spawn_acker(notice_rx, done.clone(), stats.clone()),
+        })
+    }
+
+    async fn close(self) {
+        drop(self.notices);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.acker).await;
+        self.connection.abort();
+    }
+}
+
+/// Hand a published message's notice to its session's acker.
+async fn track(
+    s: &Session,
+    notice: PublishNotice,
+    id: Option<u64>,
+    give_up: &mut Option<Instant>,
+    stop: &CancellationToken,
+) -> bool {
+    match bounded(s.notices.send((notice, id)), *give_up, stop).await {
+        Some(Ok(())) => true,
+        Some(Err(_)) => false,
+        None => {
+            give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
+            true
+        }
+    }
 }
 
 /// Run until every input closed and everything taken was acknowledged
 /// (or `DRAIN_LIMIT` passed: what is left stays in the outbox).
+///
+/// Urgent messages are published on their session as they come (awaiting
+/// the client if it is full). Bulk messages are offered to theirs without
+/// waiting: when its queue is full, the loop goes back to listening, so an
+/// alert arriving meanwhile is never stuck behind the bulk backlog.
 pub async fn run(
     cfg: MqttConfig,
     topics: Topics,
     stats: Arc<RxStats>,
     mut io: PublishIo,
 ) -> Result<(), StageError> {
-    let (client, connection, mut connack_rx) = connect(&cfg, &topics)?;
-
-    let (notice_tx, notice_rx) =
-        mpsc::channel::<(PublishNotice, Option<u64>)>(usize::from(cfg.inflight) * 2);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let urgent_s = Session::open(&cfg, &topics, Role::Urgent, (&events_tx, &done_tx), &stats)?;
+    let bulk_s = Session::open(&cfg, &topics, Role::Bulk, (&events_tx, &done_tx), &stats)?;
+    drop(events_tx);
     let sparkplug = io.sparkplug.take();
     let mut st = State::new(sparkplug.map(|sp| sp.spawn(done_tx.clone(), io.rewind.subscribe())));
-    let acker = spawn_acker(notice_rx, done_tx, stats.clone());
+    drop(done_tx);
 
     let (mut urgent_open, mut bulk_open, mut eph_open) = (true, true, true);
     // Set once the inputs closed or shutdown began: the last moment to
@@ -418,81 +575,59 @@ pub async fn run(
             );
             break;
         }
-        while let Ok(up) = connack_rx.try_recv() {
-            st.connection(up, &io, &stats);
+        while let Ok((role, up)) = events.try_recv() {
+            st.connection(role, up, &io, &stats);
         }
         while let Ok((id, ok)) = done_rx.try_recv() {
             st.done(id, ok, &io, &stats);
         }
         st.take_urgent(&mut io, &mut urgent_open);
-        if st.urgent.is_empty() && st.bulk.is_empty() {
-            let inputs_open = urgent_open || bulk_open;
-            if !inputs_open && give_up.is_none() {
-                give_up = Some(now() + DRAIN_LIMIT);
-            }
-            if !inputs_open && st.tracked.is_empty() {
-                break;
-            }
-            tokio::select! {
-                biased;
-                c = connack_rx.recv() => if let Some(up) = c {
-                    st.connection(up, &io, &stats);
-                },
-                d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, &io, &stats) },
-                d = io.urgent.recv(), if urgent_open => match d {
-                    Some(d) => st.take(d, true, &io),
-                    None => urgent_open = false,
-                },
-                m = io.ephemeral.recv(), if eph_open => match m {
-                    Some(ms) => st.urgent.extend(ms.into_iter().map(|m| (None, m))),
-                    None => eph_open = false,
-                },
-                d = io.bulk.recv(), if bulk_open => match d {
-                    Some(d) => st.take(d, false, &io),
-                    None => bulk_open = false,
-                },
-                () = io.stop.cancelled(), if give_up.is_none() => {}
-                () = tokio::time::sleep(Duration::from_millis(50)), if give_up.is_some() => {}
-            }
-            continue;
+        // Urgent first, all of it; then bulk, as much as its client takes.
+        match publish_urgent(&mut st, &urgent_s, &mut give_up, &io.stop, &stats).await {
+            Pass::Next => {}
+            Pass::Again => continue,
+            Pass::Stop => break,
         }
-        let Some((id, msg)) = st.urgent.pop_front().or_else(|| st.bulk.pop_front()) else {
-            continue;
+        let Some(bulk_full) = offer_bulk(&mut st, &bulk_s, &mut give_up, &io.stop, &stats).await
+        else {
+            break;
         };
-        if id.is_some_and(|id| !st.tracked.contains_key(&id)) {
-            continue; // rewound: it comes again from the outbox
+        let inputs_open = urgent_open || bulk_open;
+        if !inputs_open && give_up.is_none() {
+            give_up = Some(now() + DRAIN_LIMIT);
         }
-        let opts = PublishOptions::new(QoS::AtLeastOnce).retain(msg.retain);
-        // The client's queue is full while the broker is away: wait for it,
-        // but not past shutdown's limit.
-        let publish = client.publish_tracked(msg.topic.clone(), msg.payload.clone(), opts);
-        let Some(result) = bounded(publish, give_up, &io.stop).await else {
-            st.urgent.push_front((id, msg));
-            give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
-            continue;
-        };
-        match result {
-            Ok(notice) => {
-                add(&stats.published, 1);
-                match bounded(notice_tx.send((notice, id)), give_up, &io.stop).await {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => break,
-                    None => {
-                        give_up.get_or_insert_with(|| now() + DRAIN_LIMIT);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "MQTT client refused a publish; retrying.");
-                st.urgent.push_front((id, msg));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        if !inputs_open && st.tracked.is_empty() && st.bulk.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            c = events.recv() => if let Some((role, up)) = c {
+                st.connection(role, up, &io, &stats);
+            },
+            d = done_rx.recv() => if let Some((id, ok)) = d { st.done(id, ok, &io, &stats) },
+            d = io.urgent.recv(), if urgent_open => match d {
+                Some(d) => st.take(d, true, &io),
+                None => urgent_open = false,
+            },
+            m = io.ephemeral.recv(), if eph_open => match m {
+                Some(ms) => st.urgent.extend(ms.into_iter().map(|m| (None, m))),
+                None => eph_open = false,
+            },
+            // Take more bulk only when the client has room for what we hold.
+            d = io.bulk.recv(), if bulk_open && st.bulk.is_empty() => match d {
+                Some(d) => st.take(d, false, &io),
+                None => bulk_open = false,
+            },
+            () = io.stop.cancelled(), if give_up.is_none() => {}
+            // The bulk client frees room as acknowledgements arrive.
+            () = tokio::time::sleep(Duration::from_millis(1)), if bulk_full => {}
+            () = tokio::time::sleep(Duration::from_millis(50)), if give_up.is_some() => {}
         }
     }
-    close(&client, &topics, st.sparkplug.take()).await;
-    drop(notice_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
-    connection.abort();
+    close(&urgent_s.client, &topics, st.sparkplug.take()).await;
+    let _ = bulk_s.client.disconnect().await;
+    urgent_s.close().await;
+    bulk_s.close().await;
     Ok(())
 }
 

@@ -5,6 +5,10 @@
 //!  (one batcher per lane)
 //! ```
 //!
+//! The alert lane flushes as soon as no other alert is queued behind the
+//! one it took (`max_age` only bounds a burst); the bulk lane fills blocks
+//! up to `max_batch_bytes` or `max_age`.
+//!
 //! Every record gets the next per-session sequence number here. A
 //! file-done marker rides with the batch holding the file's last records,
 //! so the file is completed only after that block was sent. Full-queue
@@ -113,7 +117,10 @@ pub async fn run(
         }
         b.oldest.get_or_insert_with(now);
         let full = b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize;
-        if full {
+        // The alert lane does not wait for company: once nothing more is
+        // queued behind this alert, it leaves (a burst still shares blocks).
+        let alone = lane == Lane::Alert && from_source.is_empty();
+        if full || alone {
             send(&to_seal, b.flush(lane)?).await?;
         }
     }
