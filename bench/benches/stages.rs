@@ -43,8 +43,7 @@ use weir_shared::formats::Format;
 use weir_shared::lane::Lane;
 use weir_shared::pace::Pacer;
 use weir_shared::record::{
-    BatchBuilder, DecodeLimits, NativeQuality, Point, PointFlags, Record, SourceRef, SourceSystem,
-    TsResolution, Value, decode_frame,
+    BatchBuilder, DecodeLimits, NativeQuality, Point, Record, SourceSystem, Value, decode_frame,
 };
 use weir_shared::seal::{KEY_LEN, Psk, SessionKey};
 use weir_shared::wire::{self, Header, KeyId, Kind, SessionId};
@@ -434,21 +433,14 @@ impl DqFeed {
         let points = (0..tags)
             .map(|i| Point {
                 seq: i as u64,
-                tag: format!("TIGER.LINE{}.TT_{i:05}.F_CV", i % 8),
-                ts_ns: 0,
-                value: Value::F64(0.0),
-                status: 0,
                 native_quality: NativeQuality::OpcDa(192),
                 unit: Some("degC".into()),
-                source: SourceRef {
-                    system: SourceSystem::PiWebApi,
-                    file: None,
-                    line: None,
-                },
-                ts_raw: None,
-                ts_resolution: TsResolution::Exact,
-                flags: PointFlags::default(),
-                attrs: Vec::new(),
+                ..Point::new(
+                    SourceSystem::PiWebApi,
+                    format!("TIGER.LINE{}.TT_{i:05}.F_CV", i % 8),
+                    0,
+                    Value::F64(0.0),
+                )
             })
             .collect();
         let levels = (0..tags).map(|_| rng.random_range(20.0..200.0)).collect();

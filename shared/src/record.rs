@@ -49,6 +49,32 @@ pub struct Point {
     pub attrs: Vec<(String, String)>,
 }
 
+impl Point {
+    /// A Good point of `system` with a tag, a time and a value, and nothing
+    /// else (no unit, native quality, raw time or attributes; sequence 0).
+    /// The fields are public: adjust the rest with struct update syntax.
+    pub fn new(system: SourceSystem, tag: impl Into<String>, ts_ns: i64, value: Value) -> Self {
+        Self {
+            seq: 0,
+            tag: tag.into(),
+            ts_ns,
+            value,
+            status: 0,
+            native_quality: NativeQuality::None,
+            unit: None,
+            source: SourceRef {
+                system,
+                file: None,
+                line: None,
+            },
+            ts_raw: None,
+            ts_resolution: TsResolution::Exact,
+            flags: PointFlags::default(),
+            attrs: Vec::new(),
+        }
+    }
+}
+
 /// A point value. Numbers keep their native width class; digital states
 /// keep both code and name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1422,7 +1422,6 @@ fn native_text(q: &NativeQuality) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{PointFlags, SourceRef, TsResolution};
 
     const NOW: u64 = 1_710_057_700_000;
     const GOOD: u32 = 0;
@@ -1432,21 +1431,7 @@ mod tests {
     fn point(system: SourceSystem, tag: &str, ts_ms: i64, value: Value) -> Point {
         Point {
             seq: 7,
-            tag: tag.into(),
-            ts_ns: ts_ms * 1_000_000 + 123_456,
-            value,
-            status: GOOD,
-            native_quality: NativeQuality::None,
-            unit: None,
-            source: SourceRef {
-                system,
-                file: None,
-                line: None,
-            },
-            ts_raw: None,
-            ts_resolution: TsResolution::Exact,
-            flags: PointFlags::default(),
-            attrs: Vec::new(),
+            ..Point::new(system, tag, ts_ms * 1_000_000 + 123_456, value)
         }
     }
 

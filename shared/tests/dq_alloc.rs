@@ -10,9 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use weir_shared::dq::{DqConfig, Engine};
-use weir_shared::record::{
-    NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
-};
+use weir_shared::record::{NativeQuality, Point, SourceSystem, TsResolution, Value};
 
 struct Counting;
 
@@ -68,22 +66,10 @@ fn dq_check_of_a_known_tag_does_not_allocate() {
     let mut engine = Engine::new(cfg.validate().expect("valid"));
     let mut events = Vec::with_capacity(16);
     let mut point = Point {
-        seq: 0,
-        tag: "TT101.PV".into(),
-        ts_ns: T0,
-        value: Value::F64(50.0),
-        status: 0,
         native_quality: NativeQuality::OpcDa(192),
         unit: Some("degC".into()),
-        source: SourceRef {
-            system: SourceSystem::Other,
-            file: None,
-            line: None,
-        },
-        ts_raw: None,
         ts_resolution: TsResolution::Local,
-        flags: PointFlags::default(),
-        attrs: Vec::new(),
+        ..Point::new(SourceSystem::Other, "TT101.PV", T0, Value::F64(50.0))
     };
     // Warm up: the tag's state and the map entry are created here.
     for i in 0..50_i64 {

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value as Json, json};
-use weir_shared::record::{
-    NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
-};
+use weir_shared::record::{Point, SourceSystem, Value};
 use weir_shared::sparkplug::{
     CommandOutcome, DiodeHealth, Message, Mode, SparkplugConfig, SparkplugNode,
 };
@@ -52,21 +50,8 @@ fn require_pysparkplug() {
 fn point(system: SourceSystem, tag: &str, ts_ms: i64, value: Value, status: u32) -> Point {
     Point {
         seq: 100,
-        tag: tag.into(),
-        ts_ns: ts_ms * 1_000_000 + 250_000,
-        value,
         status,
-        native_quality: NativeQuality::None,
-        unit: None,
-        source: SourceRef {
-            system,
-            file: None,
-            line: None,
-        },
-        ts_raw: None,
-        ts_resolution: TsResolution::Exact,
-        flags: PointFlags::default(),
-        attrs: Vec::new(),
+        ..Point::new(system, tag, ts_ms * 1_000_000 + 250_000, value)
     }
 }
 

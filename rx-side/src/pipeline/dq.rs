@@ -152,32 +152,15 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use weir_shared::dq::{DqConfig, decode_verdicts};
-    use weir_shared::record::{
-        Batch, NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
-        encode_frame,
-    };
+    use weir_shared::record::{Batch, NativeQuality, Point, SourceSystem, Value, encode_frame};
     use weir_shared::wire::SessionId;
 
     use super::*;
 
     fn point(tag: &str, ts_ns: i64, v: f64) -> Record {
         Record::Point(Point {
-            seq: 0,
-            tag: tag.into(),
-            ts_ns,
-            value: Value::F64(v),
-            status: 0,
             native_quality: NativeQuality::Text("good".into()),
-            unit: None,
-            source: SourceRef {
-                system: SourceSystem::PiWebApi,
-                file: None,
-                line: None,
-            },
-            ts_raw: None,
-            ts_resolution: TsResolution::Exact,
-            flags: PointFlags::default(),
-            attrs: Vec::new(),
+            ..Point::new(SourceSystem::PiWebApi, tag, ts_ns, Value::F64(v))
         })
     }
 

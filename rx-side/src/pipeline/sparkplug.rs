@@ -719,30 +719,19 @@ fn runs(points: &[Point], now_ms: u64) -> Vec<(Mode, &[Point])> {
 
 #[cfg(test)]
 mod tests {
-    use weir_shared::record::{
-        NativeQuality, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
-    };
+    use weir_shared::record::{SourceSystem, Value};
 
     use super::*;
 
     fn at(ts_ms: i64) -> Point {
         Point {
             seq: 1,
-            tag: "T".into(),
-            ts_ns: ts_ms * 1_000_000,
-            value: Value::F64(1.0),
-            status: 0,
-            native_quality: NativeQuality::None,
-            unit: None,
-            source: SourceRef {
-                system: SourceSystem::PiWebApi,
-                file: None,
-                line: None,
-            },
-            ts_raw: None,
-            ts_resolution: TsResolution::Exact,
-            flags: PointFlags::default(),
-            attrs: Vec::new(),
+            ..Point::new(
+                SourceSystem::PiWebApi,
+                "T",
+                ts_ms * 1_000_000,
+                Value::F64(1.0),
+            )
         }
     }
 

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::formats::status;
-use crate::record::{NativeQuality, PointFlags, SourceRef, SourceSystem, TsResolution, Value};
+use crate::record::{SourceSystem, TsResolution, Value};
 
 /// 2024-03-10T08:00:00Z.
 const T0: i64 = 1_710_057_600_000_000_000;
@@ -13,24 +13,7 @@ const S: i64 = 1_000_000_000;
 const MIN: i64 = 60 * S;
 
 fn pt(tag: &str, ts_ns: i64, value: Value) -> Point {
-    Point {
-        seq: 0,
-        tag: tag.into(),
-        ts_ns,
-        value,
-        status: status::GOOD,
-        native_quality: NativeQuality::None,
-        unit: None,
-        source: SourceRef {
-            system: SourceSystem::Other,
-            file: None,
-            line: None,
-        },
-        ts_raw: None,
-        ts_resolution: TsResolution::Exact,
-        flags: PointFlags::default(),
-        attrs: Vec::new(),
-    }
+    Point::new(SourceSystem::Other, tag, ts_ns, value)
 }
 
 /// `i` seconds, in ns.
