@@ -300,6 +300,11 @@ pub const MAX_FILE_NAME_BYTES: usize = 255;
 pub struct SpoolConfig {
     /// Name used in logs and on the wire.
     pub name: String,
+    /// Files of this spool are historical back-fill (old data sent now),
+    /// not live exports: points are flagged historical, so the receiver's
+    /// too-old check leaves them alone.
+    #[serde(default)]
+    pub backfill: bool,
     /// Base directory; `incoming/`, `working/`, `done/`, `quarantine/` live in it.
     pub dir: PathBuf,
     /// `historian` (default: exports parsed into points) or `files`
@@ -1353,6 +1358,7 @@ mod tests {
     fn spool(format: crate::formats::Format) -> SpoolConfig {
         SpoolConfig {
             name: "s".into(),
+            backfill: false,
             dir: "d".into(),
             kind: SpoolKind::Historian,
             format: Some(format),

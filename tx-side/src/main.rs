@@ -43,6 +43,10 @@ enum Command {
         /// piarc-csv need it).
         #[arg(long)]
         tz: Option<chrono_tz::Tz>,
+        /// The exports are historical back-fill: points are flagged
+        /// historical, so the receiver's too-old check leaves them alone.
+        #[arg(long)]
+        backfill: bool,
         /// Chunk size of opaque files, bytes; at least 1 KiB below the
         /// bulk lane's max_batch_bytes.
         #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
@@ -129,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             config,
             format,
             tz,
+            backfill,
             chunk_bytes,
             quiet,
             paths,
@@ -139,6 +144,7 @@ fn main() -> anyhow::Result<()> {
                 paths,
                 format,
                 tz,
+                backfill,
                 chunk_bytes,
                 progress: !quiet,
             };

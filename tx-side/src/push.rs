@@ -39,6 +39,8 @@ pub struct PushOptions {
     pub format: Option<Format>,
     /// Zone of local timestamps (formats that write local time need it).
     pub tz: Option<chrono_tz::Tz>,
+    /// The exports are historical back-fill (points flagged historical).
+    pub backfill: bool,
     /// Chunk size of opaque files, bytes.
     pub chunk_bytes: u32,
     /// Draw a progress bar on stderr (it stays hidden when stderr is not
@@ -126,7 +128,7 @@ fn intake(opts: &PushOptions, cfg: &ValidTx) -> anyhow::Result<Intake> {
         Some(format) if format.local_time() && opts.tz.is_none() => {
             anyhow::bail!("--format {format} writes local wall-clock time: name its zone with --tz")
         }
-        Some(format) => Ok(Intake::historian(format, opts.tz)),
+        Some(format) => Ok(Intake::historian(format, opts.tz, opts.backfill)),
         None => {
             let bulk = cfg.lanes[Lane::Bulk.index()].max_batch_bytes;
             valid_chunk_bytes(opts.chunk_bytes, bulk, "--chunk-bytes").map_err(|e| {

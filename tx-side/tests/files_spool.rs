@@ -15,6 +15,7 @@ use weir_tx::telemetry::Telemetry;
 
 fn files_spool(dir: &Path, chunk_bytes: u32) -> SpoolConfig {
     SpoolConfig {
+        backfill: false,
         name: "files".into(),
         dir: dir.to_owned(),
         kind: SpoolKind::Files,

@@ -21,6 +21,7 @@ const ROWS: usize = 400;
 
 fn spool(dir: &std::path::Path) -> SpoolConfig {
     SpoolConfig {
+        backfill: false,
         name: "aveva".into(),
         dir: dir.to_owned(),
         kind: SpoolKind::Historian,

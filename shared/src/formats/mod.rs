@@ -109,6 +109,11 @@ pub struct ParseContext {
     pub tag_table: Option<Arc<BTreeMap<i64, (String, i32)>>>,
     /// Column mapping of a `generic-csv` spool (required by that format).
     pub csv_map: Option<CsvMapping>,
+    /// The file is historical back-fill, not live data: every point gets
+    /// [`PointFlags::historical`](crate::record::PointFlags), so the
+    /// receiver's too-old check leaves it alone and Sparkplug marks it
+    /// `is_historical`.
+    pub historical: bool,
 }
 
 /// What one file yielded.
@@ -308,6 +313,20 @@ impl Format {
 
     /// Parse one file's bytes.
     pub fn parse(self, bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatError> {
+        let mut out = self.parse_as_exported(bytes, ctx)?;
+        if ctx.historical {
+            for p in &mut out.points {
+                p.flags.historical = true;
+            }
+        }
+        Ok(out)
+    }
+
+    fn parse_as_exported(
+        self,
+        bytes: &[u8],
+        ctx: &ParseContext,
+    ) -> Result<ParseOutput, FormatError> {
         match self {
             Self::PiWebApi => pi_webapi::parse(bytes, ctx),
             Self::Aveva => aveva::parse(bytes, ctx),
@@ -573,6 +592,23 @@ mod tests {
             RejectReason::MissingField("Timestamp").to_string(),
             "missing field Timestamp"
         );
+    }
+
+    #[test]
+    fn backfill_flags_every_point_historical() {
+        let bytes = b"m,tag=T v=1 1700000000000000000\nm,tag=T v=2 1700000001000000000\n";
+        let live = Format::InfluxLp
+            .parse(bytes, &ParseContext::default())
+            .expect("parse");
+        assert_eq!(live.points.len(), 2);
+        assert!(live.points.iter().all(|p| !p.flags.historical));
+        let ctx = ParseContext {
+            historical: true,
+            ..ParseContext::default()
+        };
+        let back = Format::InfluxLp.parse(bytes, &ctx).expect("parse");
+        assert_eq!(back.points.len(), 2);
+        assert!(back.points.iter().all(|p| p.flags.historical));
     }
 
     #[test]

@@ -433,13 +433,15 @@ impl Intake {
         }
     }
 
-    /// Historian exports of `format`, local times read in `tz` (what
-    /// `weir-tx send --format` asks for: no tag, tag table or mapping).
-    pub fn historian(format: Format, tz: Option<chrono_tz::Tz>) -> Self {
+    /// Historian exports of `format`, local times read in `tz`, flagged
+    /// historical with `backfill` (what `weir-tx send --format` asks for:
+    /// no tag, tag table or mapping).
+    pub fn historian(format: Format, tz: Option<chrono_tz::Tz>, backfill: bool) -> Self {
         Self::Historian(
             format,
             Box::new(ParseContext {
                 tz,
+                historical: backfill,
                 ..ParseContext::default()
             }),
         )
@@ -474,6 +476,7 @@ fn base_context(spool: &SpoolConfig) -> Result<ParseContext, StageError> {
             .collect::<BTreeSet<String>>(),
         tag_table,
         csv_map: spool.csv.clone(),
+        historical: spool.backfill,
     })
 }
 
