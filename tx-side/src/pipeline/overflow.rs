@@ -32,8 +32,8 @@
 //!   that does not fit is dropped, counted in `alerts_dropped` (carried in
 //!   every heartbeat) and logged, at most once a second with the count.
 //! - **Restart.** The file is created on the first spill, so a sender whose
-//!   alerts never back up never writes it (and a directory it cannot write
-//!   shows only then: logged, alerts dropped and counted). At start an
+//!   alerts never back up never writes it; its directory is created and
+//!   checked writable at start, so a bad path stops startup. At start an
 //!   existing file is opened, and what it holds is sent before any new
 //!   alert. On shutdown the drainer stops handing alerts over; what is
 //!   queued stays for the next start.
@@ -411,6 +411,10 @@ impl Store {
             inner.next_key = scan.next_key;
             inner.queued_bytes = scan.bytes;
             held = scan.entries;
+        } else {
+            // The file comes with the first spill; its directory must be
+            // writable now, or that spill would only find out then.
+            probe_dir(path).map_err(|e| QueueError::Store(redb::StorageError::Io(e).into()))?;
         }
         let store = Self {
             path: path.to_owned(),
@@ -552,6 +556,21 @@ struct Scan {
 }
 
 /// Open (or create) the file, its directory and its table.
+/// Create the queue file's directory and check a file can be made in it.
+fn probe_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".weir-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 fn open_db(path: &Path) -> Result<(Database, Scan), redb::Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -626,6 +645,28 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unusable_queue_directory_is_found_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").expect("write");
+        // The queue's directory would have to be inside a regular file.
+        assert!(Store::open(&file.join("q.redb"), 1 << 20).is_err());
+        let ok = dir.path().join("spool/q.redb");
+        let (_, held) = Store::open(&ok, 1 << 20).expect("a fresh directory is fine");
+        assert_eq!(held, 0);
+        assert!(
+            !ok.exists(),
+            "the file itself still waits for the first spill"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spool"))
+                .expect("dir")
+                .count(),
+            0
+        );
+    }
 
     #[test]
     fn rate_limit_logs_once_per_interval_with_the_count() {
