@@ -109,6 +109,9 @@ counters! {
     dq_duplicates,
     /// Points sent to the quarantine topic instead of the live one.
     dq_quarantined,
+    /// Points Sparkplug could not publish: beyond `sparkplug.max_devices`
+    /// or `max_metrics_per_device` (their outbox entry is done).
+    sparkplug_dropped,
 }
 
 /// Add `n` to a counter.

@@ -792,3 +792,30 @@ fn data_waits_for_the_primary_host_and_the_will_follows_reconnects() {
     );
     let _ = run.tx.terminate(Duration::from_secs(15));
 }
+
+#[test]
+fn points_beyond_the_device_limit_are_counted_not_published() {
+    let mut run = start(|sp| {
+        sp.remove("primary_host_id");
+        sp.insert("max_devices".into(), toml::Value::Integer(1));
+    });
+    run.site
+        .drop_file("pi", "TT101.PV.json", &fixture("pi_webapi_recorded.json"));
+    run.wait_decoded("the PI points as Sparkplug", Duration::from_mins(1), |d| {
+        samples(&first_session(d, "pi"), TT101).len() >= 6
+    });
+    // A second source system would be a second device: over the limit.
+    run.site
+        .drop_file("aveva", "aveva_history.csv", &fixture("aveva_history.csv"));
+    run.wait_log("Sparkplug points dropped", 1, Duration::from_mins(1));
+    let _ = run.tx.terminate(Duration::from_secs(15));
+    let c = stop_rx(&mut run.rx);
+    assert!(
+        c["sparkplug_dropped"].as_u64() >= Some(1),
+        "dropped points are counted: {c}"
+    );
+    assert!(
+        of_device(&run.decoded(), "DBIRTH", "aveva").is_empty(),
+        "no device beyond the limit was born"
+    );
+}

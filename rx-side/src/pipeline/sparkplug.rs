@@ -549,6 +549,10 @@ impl Task {
             metric_limit += p.dropped_metric_limit;
         }
         if device_limit + metric_limit > 0 {
+            add(
+                &self.stats.sparkplug_dropped,
+                (device_limit + metric_limit) as u64,
+            );
             tracing::warn!(
                 device_limit,
                 metric_limit,
