@@ -991,6 +991,43 @@ impl Site {
     }
 }
 
+/// The Python that runs the Sparkplug scripts (`PYTHON`, else `python3`).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A script of `tests/sparkplug/` (pysparkplug-based decoder and command
+/// builder).
+pub fn sparkplug_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sparkplug")
+        .join(name)
+}
+
+/// pysparkplug 0.5.0 importable by [`python`], or a loud failure with the
+/// install hint: the Sparkplug tests never skip.
+pub fn require_pysparkplug() {
+    const INSTALL_HINT: &str = "pip install pysparkplug==0.5.0";
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import pysparkplug, sys; sys.stdout.write(pysparkplug.__version__)",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "pysparkplug is not importable by `{}`: {INSTALL_HINT}\n{}",
+            python(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!(
+            "cannot run `{}` ({e}); install Python 3, then {INSTALL_HINT}",
+            python()
+        ),
+    }
+}
+
 /// Read a fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

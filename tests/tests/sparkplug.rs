@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use weir_tests::{
     Broker, Process, Received, Site, Subscriber, add_syslog, fixture, free_udp_addr, free_udp_port,
-    mosquitto_path, start_rx, start_tx, stop_rx, wait_until, write_key,
+    mosquitto_path, python, require_pysparkplug, sparkplug_script, start_rx, start_tx, stop_rx,
+    wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x5b; 32];
 const MOSQUITTO_PUB: &str = "/usr/bin/mosquitto_pub";
 const MOSQUITTO_SUB: &str = "/usr/bin/mosquitto_sub";
-const INSTALL_HINT: &str = "pip install pysparkplug==0.5.0";
 /// The example's ids.
 const NODE: &str = "spBv1.0/plant1/";
 const NCMD: &str = "spBv1.0/plant1/NCMD/weir01";
@@ -43,16 +43,6 @@ const TT101: &str = "TT101_PV";
 /// What the node publishes (not commands, not STATE).
 const NODE_VERBS: [&str; 5] = ["NBIRTH", "NDEATH", "DBIRTH", "NDATA", "DDATA"];
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sparkplug")
-        .join(name)
-}
-
 /// Mosquitto, its clients and pysparkplug, or a loud failure.
 fn require_tools() {
     assert!(
@@ -62,24 +52,7 @@ fn require_tools() {
         "this test needs Mosquitto and its clients: apt-get install mosquitto mosquitto-clients \
          (CI's .ci/run installs both)"
     );
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import pysparkplug, sys; sys.stdout.write(pysparkplug.__version__)",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "pysparkplug is not importable by `{}`: {INSTALL_HINT}\n{}",
-            python(),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!(
-            "cannot run `{}` ({e}); install Python 3, then {INSTALL_HINT}",
-            python()
-        ),
-    }
+    require_pysparkplug();
 }
 
 /// The commented `[sparkplug]` example of `systemd/weir-rx.toml`, as a
@@ -237,7 +210,7 @@ fn unhex(s: &str) -> Vec<u8> {
 /// Decode messages, in order, with `decode.py` (`TOPIC HEX` lines).
 fn decode(messages: &[Received]) -> Vec<Json> {
     let mut child = Command::new(python())
-        .arg(script("decode.py"))
+        .arg(sparkplug_script("decode.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -265,7 +238,7 @@ fn decode(messages: &[Received]) -> Vec<Json> {
 /// A command payload built by pysparkplug (`command.py ARGS`).
 fn command(args: &[&str]) -> Vec<u8> {
     let out = Command::new(python())
-        .arg(script("command.py"))
+        .arg(sparkplug_script("command.py"))
         .args(args)
         .output()
         .expect("running command.py");

@@ -6,7 +6,6 @@
 //! Needs `python3` with `pysparkplug==0.5.0` (`.ci/run` installs it). A
 //! missing decoder fails the test with the install hint; it never skips.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value as Json, json};
@@ -14,38 +13,9 @@ use weir_shared::record::{Point, SourceSystem, Value};
 use weir_shared::sparkplug::{
     CommandOutcome, DiodeHealth, Message, Mode, SparkplugConfig, SparkplugNode,
 };
+use weir_tests::{python, require_pysparkplug, sparkplug_script};
 
 const NOW: u64 = 1_710_057_700_000;
-const INSTALL_HINT: &str = "pip install pysparkplug==0.5.0";
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn decoder_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sparkplug/decode.py")
-}
-
-fn require_pysparkplug() {
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import pysparkplug, sys; sys.stdout.write(pysparkplug.__version__)",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "pysparkplug is not importable by `{}`: {INSTALL_HINT}\n{}",
-            python(),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!(
-            "cannot run `{}` ({e}); install Python 3, then {INSTALL_HINT}",
-            python()
-        ),
-    }
-}
 
 fn point(system: SourceSystem, tag: &str, ts_ms: i64, value: Value, status: u32) -> Point {
     Point {
@@ -59,7 +29,7 @@ fn point(system: SourceSystem, tag: &str, ts_ms: i64, value: Value, status: u32)
 fn decode(messages: &[Message]) -> Vec<Json> {
     let dir = std::env::temp_dir().join(format!("weir-sparkplug-decode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut args: Vec<String> = vec![decoder_script().display().to_string()];
+    let mut args: Vec<String> = vec![sparkplug_script("decode.py").display().to_string()];
     for (i, m) in messages.iter().enumerate() {
         let path = dir.join(format!("{i:03}-{}.bin", m.kind.as_str()));
         std::fs::write(&path, &m.payload).expect("write payload");
