@@ -1028,6 +1028,47 @@ pub fn require_pysparkplug() {
     }
 }
 
+/// Decode Sparkplug messages `(topic, payload)`, in order, with the
+/// third-party decoder (`tests/sparkplug/decode.py`, pysparkplug); one JSON
+/// summary per message.
+pub fn decode_sparkplug<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<serde_json::Value> {
+    use std::fmt::Write as _;
+    let mut input = String::new();
+    for (topic, payload) in messages {
+        let _ = write!(input, "{topic} ");
+        for b in payload {
+            let _ = write!(input, "{b:02x}");
+        }
+        input.push('\n');
+    }
+    let mut child = Command::new(python())
+        .arg(sparkplug_script("decode.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running decode.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to decode.py");
+    let out = child.wait_with_output().expect("decode.py output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "decode.py failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("decode.py prints JSON");
+    assert_eq!(doc["decoder"], "pysparkplug 0.5.0");
+    doc["messages"].as_array().expect("messages").clone()
+}
+
 /// Read a fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

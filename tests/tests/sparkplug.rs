@@ -16,7 +16,6 @@
 // Long, linear test scripts read best as they are.
 #![allow(clippy::too_many_lines)]
 
-use std::io::Write as _;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use weir_tests::{
-    Broker, Process, Received, Site, Subscriber, add_syslog, fixture, free_udp_addr, free_udp_port,
-    mosquitto_path, python, require_pysparkplug, sparkplug_script, start_rx, start_tx, stop_rx,
-    wait_until, write_key,
+    Broker, Process, Received, Site, Subscriber, add_syslog, decode_sparkplug, fixture,
+    free_udp_addr, free_udp_port, mosquitto_path, python, require_pysparkplug, sparkplug_script,
+    start_rx, start_tx, stop_rx, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x5b; 32];
@@ -193,46 +192,19 @@ fn verb(topic: &str) -> &str {
     topic.split('/').nth(2).unwrap_or("")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
         .collect()
 }
 
-/// Decode messages, in order, with `decode.py` (`TOPIC HEX` lines).
+/// Decode messages, in order, with `decode.py`.
 fn decode(messages: &[Received]) -> Vec<Json> {
-    let mut child = Command::new(python())
-        .arg(sparkplug_script("decode.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running decode.py");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for m in messages {
-            writeln!(stdin, "{} {}", m.topic, hex(&m.payload)).expect("write to decode.py");
-        }
-    }
-    let out = child.wait_with_output().expect("decode.py output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "decode.py failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Json = serde_json::from_str(&stdout).expect("decode.py prints JSON");
-    assert_eq!(doc["decoder"], "pysparkplug 0.5.0");
-    doc["messages"].as_array().expect("messages").clone()
+    decode_sparkplug(
+        messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.payload.as_slice())),
+    )
 }
 
 /// A command payload built by pysparkplug (`command.py ARGS`).

@@ -6,14 +6,12 @@
 //! Needs `python3` with `pysparkplug==0.5.0` (`.ci/run` installs it). A
 //! missing decoder fails the test with the install hint; it never skips.
 
-use std::process::Command;
-
 use serde_json::{Value as Json, json};
 use weir_shared::record::{Point, SourceSystem, Value};
 use weir_shared::sparkplug::{
     CommandOutcome, DiodeHealth, Message, Mode, SparkplugConfig, SparkplugNode,
 };
-use weir_tests::{python, require_pysparkplug, sparkplug_script};
+use weir_tests::{decode_sparkplug, require_pysparkplug};
 
 const NOW: u64 = 1_710_057_700_000;
 
@@ -25,32 +23,13 @@ fn point(system: SourceSystem, tag: &str, ts_ms: i64, value: Value, status: u32)
     }
 }
 
-/// Write each message to its own file and decode them all, in order.
+/// Decode them all, in order.
 fn decode(messages: &[Message]) -> Vec<Json> {
-    let dir = std::env::temp_dir().join(format!("weir-sparkplug-decode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut args: Vec<String> = vec![sparkplug_script("decode.py").display().to_string()];
-    for (i, m) in messages.iter().enumerate() {
-        let path = dir.join(format!("{i:03}-{}.bin", m.kind.as_str()));
-        std::fs::write(&path, &m.payload).expect("write payload");
-        args.push(m.topic.clone());
-        args.push(path.display().to_string());
-    }
-    let out = Command::new(python())
-        .args(&args)
-        .output()
-        .expect("run decode.py");
-    let _ = std::fs::remove_dir_all(&dir);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "decode.py failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Json = serde_json::from_str(&stdout).expect("decode.py prints JSON");
-    assert_eq!(doc["decoder"], "pysparkplug 0.5.0");
-    doc["messages"].as_array().expect("messages").clone()
+    decode_sparkplug(
+        messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.payload.as_slice())),
+    )
 }
 
 fn metric<'a>(msg: &'a Json, name: &str) -> &'a Json {

@@ -150,11 +150,10 @@ pub struct Entry {
 /// LE), the verdicts, then the frame.
 const BLOCK_HEAD: usize = 1 + 16 + 1 + 8;
 
-fn encode_item(item: &Item) -> (Table, Vec<u8>) {
-    match item {
-        // Kept in the meta table by `plan`, never queued.
-        Item::DqState(_) => (Table::Events, Vec::new()),
-        Item::Block(b) => {
+/// What an entry stores: the inverse of [`decode_body`].
+fn encode_body(body: &Body) -> (Table, Vec<u8>) {
+    match body {
+        Body::Block(b) => {
             let verdicts = b.verdicts.as_deref();
             let extra = verdicts.map_or(0, |d| 4 + d.len());
             let mut v = Vec::with_capacity(BLOCK_HEAD + extra + b.frame.len());
@@ -170,7 +169,7 @@ fn encode_item(item: &Item) -> (Table, Vec<u8>) {
             v.extend_from_slice(&b.frame);
             (Table::for_lane(b.lane), v)
         }
-        Item::Event(m) => {
+        Body::Event(m) => {
             let topic = m.topic.as_bytes();
             let len = u16::try_from(topic.len()).unwrap_or(u16::MAX);
             let mut v = Vec::with_capacity(3 + topic.len() + m.payload.len());
@@ -443,12 +442,13 @@ impl Writer {
                     g.dq_state = Some(s);
                     continue;
                 }
-                other => other,
+                Item::Block(b) => Body::Block(b),
+                Item::Event(m) => Body::Event(m),
             };
-            let (table, v) = encode_item(&item);
+            let (table, v) = encode_body(&item);
             let n = v.len() as u64;
             if table != Table::Events && self.bytes + g.added + n > self.cfg.max_bytes {
-                if let Item::Block(b) = &item {
+                if let Body::Block(b) = &item {
                     add(&self.stats.outbox_refused, 1);
                     tracing::error!(
                         seq = b.seq,
@@ -456,7 +456,7 @@ impl Writer {
                         "Outbox full: block counted as lost and reported as a gap."
                     );
                     let (_, ev) =
-                        encode_item(&Item::Event(refused_event(gaps_topic, b, "outbox_full")));
+                        encode_body(&Body::Event(refused_event(gaps_topic, b, "outbox_full")));
                     let at = self.next(Table::Events);
                     g.puts.push((at, ev));
                 }
@@ -670,8 +670,8 @@ pub async fn read(
 mod tests {
     use super::*;
 
-    fn block(lane: Lane, seq: u64, frame: &[u8]) -> Item {
-        Item::Block(OpenedBlock {
+    fn block(lane: Lane, seq: u64, frame: &[u8]) -> Body {
+        Body::Block(OpenedBlock {
             session: SessionId([7; 16]),
             lane,
             seq,
@@ -686,7 +686,7 @@ mod tests {
             table: Table::Bulk,
             key: 3,
         };
-        let (t, v) = encode_item(&block(Lane::Bulk, 42, b"frame"));
+        let (t, v) = encode_body(&block(Lane::Bulk, 42, b"frame"));
         assert_eq!(t, Table::Bulk);
         let Ok(Body::Block(b)) = decode_body(at, &v) else {
             panic!("block entry did not decode");
@@ -696,12 +696,12 @@ mod tests {
             (42, Lane::Bulk, &b"frame"[..])
         );
         assert!(decode_body(at, &v[..10]).is_err());
-        let ev = Item::Event(Message {
+        let ev = Body::Event(Message {
             topic: "a/b".into(),
             payload: b"{}".to_vec(),
             retain: true,
         });
-        let (t, v) = encode_item(&ev);
+        let (t, v) = encode_body(&ev);
         let at = EntryRef { table: t, key: 4 };
         let Ok(Body::Event(m)) = decode_body(at, &v) else {
             panic!("event entry did not decode");
@@ -727,8 +727,8 @@ mod tests {
         };
         {
             let o = Outbox::open(&path).expect("open");
-            let (_, va) = encode_item(&block(Lane::Alert, 1, b"alert"));
-            let (_, vb) = encode_item(&block(Lane::Bulk, 1, b"bulk!!"));
+            let (_, va) = encode_body(&block(Lane::Alert, 1, b"alert"));
+            let (_, vb) = encode_body(&block(Lane::Bulk, 1, b"bulk!!"));
             o.commit(&[(a, va), (b, vb)], &[], Some(b"state"))
                 .expect("commit");
         }
