@@ -612,9 +612,15 @@ batch_points = {batch_points}
 
 [outbox]
 path = {outbox}
+
+[ledger]
+gaps_path = {gaps}
+sessions_path = {sessions}
 "#,
         key = toml_path(key)?,
         outbox = toml_path(outbox)?,
+        gaps = toml_path(&outbox.with_extension("gaps.jsonl"))?,
+        sessions = toml_path(&outbox.with_extension("sessions.json"))?,
     );
     let raw: RxConfig = toml::from_str(&text).context("receiver config")?;
     Ok(raw.validate()?)
@@ -637,6 +643,9 @@ rate_mbps = {rate_mbps:?}
 files = [{key}]
 active_key_id = 1
 
+[sender]
+state_path = {state}
+
 [[spool]]
 name = "bench"
 dir = {spool}
@@ -647,6 +656,7 @@ scan_interval = "50ms"
 "#,
         key = toml_path(key)?,
         spool = toml_path(spool)?,
+        state = toml_path(&spool.with_extension("tx-state.json"))?,
     );
     let raw: TxConfig = toml::from_str(&text).context("sender config")?;
     Ok(raw.validate()?)

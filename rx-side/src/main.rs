@@ -1,4 +1,5 @@
-//! `weir-rx` command line: run the receiver, check a config.
+//! `weir-rx` command line: run the receiver, check a config, read the gap
+//! ledger.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,74 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List the gap ledger: every run of records the link lost, with its
+    /// source, time span and count (`ledger.gaps_path`).
+    Gaps {
+        /// Configuration file.
+        #[arg(long, short, env = "WEIR_RX_CONFIG")]
+        config: PathBuf,
+        /// Only gaps written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `weir-rx gaps`: print the ledger and a total.
+fn print_gaps(cfg: &ValidRx, since: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let since_ns = since
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .with_context(|| format!("--since {s}: not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let path = &cfg.raw.ledger.gaps_path;
+    let gaps = weir_rx::pipeline::ledger::read_gaps(path, since_ns)?;
+    if json {
+        for g in &gaps {
+            println!("{g}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<30} {:<14} {:<6} {:>13} {:>10}  {:<30} {:<30} sources",
+        "written", "cause", "lane", "blocks", "records", "from", "to"
+    );
+    let (mut records, mut uncounted) = (0u64, 0u64);
+    for g in &gaps {
+        let n = g["records"].as_u64();
+        match n {
+            Some(n) => records += n,
+            None => uncounted += 1,
+        }
+        let blocks = format!("{}..{}", g["first_block"], g["last_block"]);
+        let sources: Vec<&str> = g["sources"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let more = if g["sources_complete"].as_bool() == Some(true) { "" } else { " (+ unknown)" };
+        println!(
+            "{:<30} {:<14} {:<6} {:>13} {:>10}  {:<30} {:<30} {}{more}",
+            g["ts"].as_str().unwrap_or("?"),
+            g["cause"].as_str().unwrap_or("?"),
+            g["lane"].as_str().unwrap_or("?"),
+            blocks,
+            n.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+            g["t_first"].as_str().unwrap_or("-"),
+            g["t_last"].as_str().unwrap_or("-"),
+            sources.join(", "),
+        );
+    }
+    println!(
+        "{} gaps, {records} records lost{}",
+        gaps.len(),
+        if uncounted > 0 { format!(" (+ {uncounted} gaps of unknown size)") } else { String::new() }
+    );
+    Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<ValidRx> {
@@ -89,6 +158,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Gaps {
+            config,
+            since,
+            json,
+        } => print_gaps(&load(&config)?, since.as_deref(), json),
         Command::Run { config } => {
             let cfg = load(&config)?;
             let keys = weir_rx::keys::load_keyring(&cfg.raw.keys.files)?;

@@ -57,12 +57,30 @@ counters! {
     drop_replay,
     /// Authentic blocks whose frame could not be decoded.
     drop_frame,
+    /// Authentic blocks whose loss-ledger trailer could not be read.
+    drop_trailer,
+    /// Blocks or heartbeats of a session older than the newest accepted
+    /// one of its sender (`ledger.allow_older_sessions`).
+    drop_old_session,
+    /// Blocks or heartbeats under a retired key id (`keys.retired_key_ids`).
+    drop_retired_key,
+    /// Records written down as lost in the gap ledger (known counts).
+    records_lost,
+    /// Gap ledger entries.
+    gap_entries,
+    /// Gap ledger entries whose record count could not be known.
+    gap_entries_uncounted,
     /// Blocks shed because the outbox writer fell behind.
     blocks_shed,
     /// Blocks delivered (authenticated, decoded).
     blocks_ok,
     /// Source symbols rebuilt from repair symbols.
     fec_repaired,
+    /// Symbols of rebuilt blocks lost on the link before the block was
+    /// rebuilt (the FEC headroom report's `symbols_missing`, all lanes).
+    fec_symbols_missing,
+    /// Most repair symbols a rebuilt block needed (a high-water mark).
+    fec_repair_needed_max,
     /// Blocks declared lost.
     blocks_lost,
     /// Pending blocks expired without completing.

@@ -59,6 +59,40 @@ pub struct TxConfig {
     /// The durable queue alerts wait in when they outrun the link.
     #[serde(default)]
     pub alert_queue: AlertQueueConfig,
+    /// Who this sender is, and where it keeps its numbering.
+    #[serde(default)]
+    pub sender: SenderConfig,
+}
+
+/// `[sender]`: the sender's identity and its persistent numbering.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Sender id, carried in every session id; the receiver orders the
+    /// sessions of each sender id and refuses older ones. Give every
+    /// sender on one receiver its own id.
+    #[serde(default = "default_sender_id")]
+    pub id: u16,
+    /// File holding the session epoch and the block and record numbers
+    /// (so numbering never restarts or repeats, even after `kill -9`).
+    #[serde(default = "default_sender_state")]
+    pub state_path: PathBuf,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            id: default_sender_id(),
+            state_path: default_sender_state(),
+        }
+    }
+}
+
+fn default_sender_id() -> u16 {
+    1
+}
+fn default_sender_state() -> PathBuf {
+    PathBuf::from("/var/lib/weir/tx-state.json")
 }
 
 /// `[alert_queue]` of the sender: when the alert lane backs up, alerts
@@ -236,6 +270,20 @@ pub struct LaneConfig {
     /// Blocks whose symbols are interleaved in send order, so a burst of
     /// loss costs several blocks a little instead of one block everything.
     pub interleave_blocks: u32,
+    /// Send every block a second time, this long after the first (time
+    /// diversity against link outages longer than FEC can bridge); zero,
+    /// the default, is off.
+    #[serde(default, with = "humantime_serde")]
+    pub repeat_after: Duration,
+    /// Most bytes of encoded blocks held for their repeat; a block that
+    /// does not fit is not repeated (counted: `repeats_skipped`).
+    #[serde(default = "default_repeat_buffer")]
+    pub repeat_buffer_bytes: u64,
+}
+
+/// Default of `lanes.*.repeat_buffer_bytes`: 64 MiB.
+fn default_repeat_buffer() -> u64 {
+    64 * 1024 * 1024
 }
 
 impl LaneConfig {
@@ -247,6 +295,8 @@ impl LaneConfig {
             max_age: Duration::from_millis(2),
             zstd_level: 1,
             interleave_blocks: 1,
+            repeat_after: Duration::ZERO,
+            repeat_buffer_bytes: default_repeat_buffer(),
         }
     }
 
@@ -258,6 +308,8 @@ impl LaneConfig {
             max_age: Duration::from_millis(200),
             zstd_level: 1,
             interleave_blocks: 4,
+            repeat_after: Duration::ZERO,
+            repeat_buffer_bytes: default_repeat_buffer(),
         }
     }
 }
@@ -386,6 +438,10 @@ pub struct ValidLane {
     pub zstd_level: Option<i32>,
     /// Blocks interleaved in send order.
     pub interleave_blocks: usize,
+    /// Each block is sent again this long after the first time; `None`: off.
+    pub repeat_after: Option<Duration>,
+    /// Most bytes of encoded blocks held for their repeat.
+    pub repeat_buffer_bytes: u64,
 }
 
 /// A validated sender configuration, with derived sizes.
@@ -419,7 +475,7 @@ pub fn symbol_size_for_mtu(mtu: u16, ipv6: bool) -> Option<u16> {
     u16::try_from(aligned).ok().filter(|s| *s >= 64)
 }
 
-fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, ConfigError> {
+fn valid_lane(c: &LaneConfig, keys: [&'static str; 8]) -> Result<ValidLane, ConfigError> {
     if !(0.0..=10.0).contains(&c.repair_ratio) || !c.repair_ratio.is_finite() {
         return Err(bad(keys[0], "must be between 0 and 10"));
     }
@@ -438,6 +494,14 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
     if !(1..=64).contains(&c.interleave_blocks) {
         return Err(bad(keys[5], "must be between 1 and 64"));
     }
+    if !c.repeat_after.is_zero()
+        && !(Duration::from_millis(10)..=Duration::from_hours(1)).contains(&c.repeat_after)
+    {
+        return Err(bad(keys[6], "must be 0 (off) or between 10 ms and 1 h"));
+    }
+    if !(64 * 1024..=1 << 40).contains(&c.repeat_buffer_bytes) {
+        return Err(bad(keys[7], "must be between 64 KiB and 1 TiB"));
+    }
     // reason: repair_ratio was checked to be finite and in 0..=10 above, so
     // the rounded permille value is a small non-negative integer.
     #[allow(clippy::cast_sign_loss)]
@@ -449,7 +513,38 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 6]) -> Result<ValidLane, Conf
         max_batch_bytes: c.max_batch_bytes,
         max_age: c.max_age,
         zstd_level: (c.zstd_level > 0).then_some(c.zstd_level),
+        repeat_after: (!c.repeat_after.is_zero()).then_some(c.repeat_after),
+        repeat_buffer_bytes: c.repeat_buffer_bytes,
     })
+}
+
+/// A lane that repeats its blocks must be able to hold its largest one:
+/// `max_batch_bytes` doubled (the batcher's overshoot) plus zstd's worst
+/// growth and the tag, as FEC-encoded datagrams.
+fn valid_repeat_buffer(
+    lane: &ValidLane,
+    symbol_size: u16,
+    datagram_bytes: usize,
+    key: &'static str,
+) -> Result<(), ConfigError> {
+    if lane.repeat_after.is_none() {
+        return Ok(());
+    }
+    let block = u64::from(lane.max_batch_bytes) * 2
+        + u64::from(lane.max_batch_bytes) / 64
+        + 1024
+        + TAG_LEN as u64;
+    let k = block.div_ceil(u64::from(symbol_size));
+    let k = u32::try_from(k).unwrap_or(u32::MAX);
+    let r = crate::fec::repair_symbols(k, lane.repair_permille, lane.min_repair);
+    let encoded = (u64::from(k) + u64::from(r)) * datagram_bytes as u64;
+    if lane.repeat_buffer_bytes < encoded {
+        return Err(bad(
+            key,
+            "cannot hold one of this lane's largest encoded blocks (2 x max_batch_bytes, plus repair symbols and headers); raise it",
+        ));
+    }
+    Ok(())
 }
 
 /// Check the transmitter's `[link]` table; returns the symbol size its MTU
@@ -668,6 +763,9 @@ impl TxConfig {
     /// Check every value and compute derived sizes.
     pub fn validate(self) -> Result<ValidTx, ConfigError> {
         let symbol_size = valid_tx_link(&self.link)?;
+        if self.sender.state_path.file_name().is_none() {
+            return Err(bad("sender.state_path", "must name a file"));
+        }
         if self.keys.files.is_empty() {
             return Err(bad("keys.files", "name at least one key file"));
         }
@@ -681,6 +779,8 @@ impl TxConfig {
                     "lanes.alert.max_age",
                     "lanes.alert.zstd_level",
                     "lanes.alert.interleave_blocks",
+                    "lanes.alert.repeat_after",
+                    "lanes.alert.repeat_buffer_bytes",
                 ],
             )?,
             valid_lane(
@@ -692,6 +792,8 @@ impl TxConfig {
                     "lanes.bulk.max_age",
                     "lanes.bulk.zstd_level",
                     "lanes.bulk.interleave_blocks",
+                    "lanes.bulk.repeat_after",
+                    "lanes.bulk.repeat_buffer_bytes",
                 ],
             )?,
         ];
@@ -701,10 +803,15 @@ impl TxConfig {
         let largest = lanes.iter().map(|l| l.max_batch_bytes).max().unwrap_or(0);
         // A batch is flushed once it reaches `max_batch_bytes`, so the last
         // record may overshoot it: allow up to twice the size (a larger
-        // record is refused by the batcher), plus zstd's worst-case growth.
+        // record is refused by the batcher), plus zstd's worst-case growth
+        // and the loss ledger's trailer.
         let max_block_bytes = largest
             .checked_mul(2)
-            .and_then(|b| b.checked_add(b / 64 + 1024 + TAG_LEN as u32))
+            .and_then(|b| {
+                b.checked_add(
+                    b / 64 + 1024 + TAG_LEN as u32 + crate::ledger::MAX_TRAILER as u32 + 2,
+                )
+            })
             .ok_or(bad("lanes.bulk.max_batch_bytes", "too large"))?;
         if max_block_bytes.div_ceil(u32::from(symbol_size)) > MAX_SOURCE_SYMBOLS {
             return Err(bad(
@@ -716,6 +823,12 @@ impl TxConfig {
         valid_alert_sources(&self.syslogs, &self.follows)?;
         valid_alert_queue(&self.alert_queue)?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
+        for (lane, key) in lanes.iter().zip([
+            "lanes.alert.repeat_buffer_bytes",
+            "lanes.bulk.repeat_buffer_bytes",
+        ]) {
+            valid_repeat_buffer(lane, symbol_size, datagram_bytes, key)?;
+        }
         // reason: rate_mbps was checked to be finite and in 0.01..=100000, so
         // the byte rate is positive and far below u64::MAX.
         #[allow(clippy::cast_sign_loss)]
@@ -754,6 +867,9 @@ pub struct RxConfig {
     /// The durable outbox between decode and MQTT.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// The gap ledger and the receiver's memory of sender sessions.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     /// Data-quality checks (on, with the defaults, when absent).
     #[serde(default)]
     pub dq: crate::dq::DqConfig,
@@ -784,6 +900,66 @@ pub struct OutboxConfig {
     /// Blocks per lane read from the outbox and not yet acknowledged.
     #[serde(default = "default_outbox_window")]
     pub window_blocks: usize,
+}
+
+/// `[ledger]` of the receiver: where lost records are written down, and
+/// the newest session of every sender (older ones are refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Append-only JSON lines, one per gap (`weir-rx gaps` reads it).
+    #[serde(default = "default_gaps_path")]
+    pub gaps_path: PathBuf,
+    /// The newest session of every sender, and how far its lanes were
+    /// resolved (so a restarted receiver refuses replays and counts what
+    /// it missed).
+    #[serde(default = "default_sessions_path")]
+    pub sessions_path: PathBuf,
+    /// Accept a session older than the newest one of its sender (after a
+    /// sender's state was restored from a backup, say). Off: such a
+    /// session is refused and counted (`drop_old_session`).
+    #[serde(default)]
+    pub allow_older_sessions: bool,
+    /// A lost run whose records cannot be counted yet (its neighbours were
+    /// lost too) is reported with what is known after this long.
+    #[serde(default = "default_resolve_timeout", with = "humantime_serde")]
+    pub resolve_timeout: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            gaps_path: default_gaps_path(),
+            sessions_path: default_sessions_path(),
+            allow_older_sessions: false,
+            resolve_timeout: default_resolve_timeout(),
+        }
+    }
+}
+
+fn default_gaps_path() -> PathBuf {
+    PathBuf::from("/var/lib/weir/rx-gaps.jsonl")
+}
+fn default_sessions_path() -> PathBuf {
+    PathBuf::from("/var/lib/weir/rx-sessions.json")
+}
+fn default_resolve_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl LedgerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.gaps_path.file_name().is_none() {
+            return Err(bad("ledger.gaps_path", "must name a file"));
+        }
+        if self.sessions_path.file_name().is_none() {
+            return Err(bad("ledger.sessions_path", "must name a file"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.resolve_timeout) {
+            return Err(bad("ledger.resolve_timeout", "must be between 1 s and 1 h"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for OutboxConfig {
@@ -848,6 +1024,10 @@ pub struct RxLink {
 pub struct RxKeys {
     /// Key files to load; any of them is accepted.
     pub files: Vec<PathBuf>,
+    /// Key ids refused even when a loaded file has them: the last step of
+    /// a rotation, before the old key file is removed.
+    #[serde(default)]
+    pub retired_key_ids: Vec<u16>,
 }
 
 /// `[files]` of the receiver: where opaque files are assembled and put.
@@ -1234,6 +1414,7 @@ impl RxConfig {
         self.mqtt.check()?;
         self.mqtt.check_security()?;
         self.outbox.check(l.max_block_bytes)?;
+        self.ledger.check()?;
         if let Some(sparkplug) = &self.sparkplug {
             sparkplug.validate()?;
         }
@@ -1296,7 +1477,38 @@ mod tests {
             syslogs: vec![],
             follows: vec![],
             alert_queue: AlertQueueConfig::default(),
+            sender: SenderConfig::default(),
         }
+    }
+
+    #[test]
+    fn repeat_keys_are_checked_and_named() {
+        let v = tx().validate().expect("valid");
+        assert!(v.lanes.iter().all(|l| l.repeat_after.is_none()));
+        let mut c = tx();
+        c.lanes.bulk.repeat_after = Duration::from_secs(3);
+        let v = c.validate().expect("valid");
+        assert_eq!(
+            v.lanes[Lane::Bulk.index()].repeat_after,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            v.lanes[Lane::Bulk.index()].repeat_buffer_bytes,
+            64 * 1024 * 1024
+        );
+        let key = |c: TxConfig| c.validate().map(|_| ()).map_err(|e| e.key);
+        let mut c = tx();
+        c.lanes.bulk.repeat_after = Duration::from_millis(1);
+        assert_eq!(key(c), Err("lanes.bulk.repeat_after"));
+        let mut c = tx();
+        c.lanes.alert.repeat_buffer_bytes = 1024;
+        assert_eq!(key(c), Err("lanes.alert.repeat_buffer_bytes"));
+        // Off, a small buffer is fine; on, it must hold the largest block.
+        let mut c = tx();
+        c.lanes.bulk.repeat_buffer_bytes = 256 * 1024;
+        assert!(c.clone().validate().is_ok());
+        c.lanes.bulk.repeat_after = Duration::from_secs(1);
+        assert_eq!(key(c), Err("lanes.bulk.repeat_buffer_bytes"));
     }
 
     #[test]
@@ -1501,6 +1713,7 @@ mod tests {
             },
             keys: RxKeys {
                 files: vec!["k".into()],
+                retired_key_ids: Vec::new(),
             },
             limits: RxLimits::default(),
             mqtt: MqttConfig {
@@ -1519,6 +1732,7 @@ mod tests {
                 password_file: None,
             },
             outbox: OutboxConfig::default(),
+            ledger: LedgerConfig::default(),
             dq: crate::dq::DqConfig::default(),
             files: None,
             sparkplug: None,

@@ -9,6 +9,12 @@
 //! Generating the encoding plan dominates RaptorQ encode time for a given
 //! `K`, so the encoder caches plans per source-symbol count: blocks of one
 //! size share one plan.
+//!
+//! The decoder also notes which encoding symbol ids (ESIs) arrived, one bit
+//! each. The sender emits a block's symbols in ESI order, so an ESI missing
+//! below the highest one received was lost on the wire before the block
+//! could be rebuilt: a [`SymbolTally`] is the block's own loss pattern, what
+//! the receiver's FEC headroom report ([`crate::headroom`]) is made of.
 
 use std::collections::HashMap;
 
@@ -23,6 +29,12 @@ pub const SYMBOL_ALIGN: u16 = 8;
 pub const MAX_SOURCE_SYMBOLS: u32 = 56_403;
 /// Plans kept in the cache before it is cleared.
 const PLAN_CACHE_MAX: usize = 64;
+/// ESIs tracked per block: `TRACKED_PER_SOURCE · K + TRACKED_EXTRA`, that is
+/// the source symbols and three times as many repair symbols (ratio 3 in
+/// full; a block rebuilt beyond that has lost most of what was sent).
+const TRACKED_PER_SOURCE: u32 = 4;
+/// ESIs tracked beyond `TRACKED_PER_SOURCE · K` (small blocks: `min_repair`).
+const TRACKED_EXTRA: u32 = 64;
 
 /// Why FEC encode or decode setup failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +159,124 @@ fn payload_id_u32(p: &PayloadId) -> u32 {
     u32::from_be_bytes(p.serialize())
 }
 
+/// Which symbols of one block arrived before it was rebuilt.
+///
+/// ESIs above the tracked span (`4K + 64`) count as received, but the gaps
+/// between them are not resolved: `missing` and the runs cover the span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SymbolTally {
+    /// Source symbols `K`.
+    pub source_symbols: u32,
+    /// Distinct symbols received (duplicates not counted).
+    pub distinct: u32,
+    /// Highest ESI received, if any.
+    pub highest_esi: Option<u32>,
+    /// ESIs below the highest received that did not arrive: lost on the
+    /// wire (or still on their way, reordered) when the block completed.
+    pub missing: u32,
+    /// Runs of consecutive missing ESIs.
+    pub missing_runs: u32,
+    /// The longest run of consecutive missing ESIs.
+    pub longest_run: u32,
+}
+
+impl SymbolTally {
+    /// Symbols the sender had sent up to the highest one received.
+    pub fn sent_until_complete(&self) -> u32 {
+        self.highest_esi.map_or(0, |h| h.saturating_add(1))
+    }
+
+    /// Repair symbols the block needed: those sent, up to the highest one
+    /// received, beyond its `K` source symbols (the symbols lost plus
+    /// RaptorQ's occasional one or two extra).
+    pub fn repair_needed(&self) -> u32 {
+        self.sent_until_complete()
+            .saturating_sub(self.source_symbols)
+    }
+}
+
+/// One bit per ESI in `0..TRACKED_PER_SOURCE · K + TRACKED_EXTRA`.
+#[derive(Debug, Clone)]
+struct EsiSet {
+    words: Vec<u64>,
+    distinct: u32,
+    /// Symbols with an ESI above the tracked span (duplicates included).
+    beyond: u32,
+    highest: Option<u32>,
+}
+
+impl EsiSet {
+    fn new(k: u32) -> Self {
+        let bits = k
+            .saturating_mul(TRACKED_PER_SOURCE)
+            .saturating_add(TRACKED_EXTRA);
+        Self {
+            words: vec![0; bits.div_ceil(64) as usize],
+            distinct: 0,
+            beyond: 0,
+            highest: None,
+        }
+    }
+
+    /// Note one ESI: a bit test and set.
+    fn insert(&mut self, esi: u32) {
+        self.highest = Some(self.highest.map_or(esi, |h| h.max(esi)));
+        let bit = 1u64 << (esi % 64);
+        match self.words.get_mut((esi / 64) as usize) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                self.distinct += 1;
+            }
+            Some(_) => {}
+            None => self.beyond = self.beyond.saturating_add(1),
+        }
+    }
+
+    fn tracked_bits(&self) -> u32 {
+        u32::try_from(self.words.len() * 64).unwrap_or(u32::MAX)
+    }
+
+    /// Missing ESIs below the highest received: (missing, runs, longest).
+    fn gaps(&self) -> (u32, u32, u32) {
+        let Some(highest) = self.highest else {
+            return (0, 0, 0);
+        };
+        let end = highest.min(self.tracked_bits().saturating_sub(1));
+        let (mut missing, mut runs, mut longest, mut run) = (0u32, 0u32, 0u32, 0u32);
+        let mut esi = 0u32;
+        while esi <= end {
+            let word = self.words[(esi / 64) as usize];
+            // A whole word received: no gap in it.
+            if esi.is_multiple_of(64) && word == u64::MAX && esi + 63 <= end {
+                run = 0;
+                esi += 64;
+                continue;
+            }
+            if word & (1u64 << (esi % 64)) == 0 {
+                missing += 1;
+                if run == 0 {
+                    runs += 1;
+                }
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+            esi += 1;
+        }
+        if highest > end {
+            // Above the span: only the count is known.
+            let above = (highest - end).saturating_sub(self.beyond);
+            if above > 0 {
+                missing += above;
+                runs += 1;
+                longest = longest.max(above);
+            }
+        }
+        (missing, runs, longest)
+    }
+}
+
 /// Rebuilds one block from whatever symbols arrive, in any order.
 pub struct BlockDecoder {
     inner: SourceBlockDecoder,
@@ -155,6 +285,7 @@ pub struct BlockDecoder {
     symbol_size: u16,
     received: u32,
     source_received: u32,
+    esis: EsiSet,
 }
 
 impl std::fmt::Debug for BlockDecoder {
@@ -179,6 +310,7 @@ impl BlockDecoder {
             symbol_size,
             received: 0,
             source_received: 0,
+            esis: EsiSet::new(k),
         })
     }
 
@@ -195,6 +327,20 @@ impl BlockDecoder {
     /// Source (systematic) symbols handed in so far.
     pub fn source_received(&self) -> u32 {
         self.source_received
+    }
+
+    /// Which symbols arrived so far, and the gaps between them. Scans the
+    /// ESI bitset: call it once, when the block is rebuilt.
+    pub fn tally(&self) -> SymbolTally {
+        let (missing, missing_runs, longest_run) = self.esis.gaps();
+        SymbolTally {
+            source_symbols: self.k,
+            distinct: self.esis.distinct.saturating_add(self.esis.beyond),
+            highest_esi: self.esis.highest,
+            missing,
+            missing_runs,
+            longest_run,
+        }
     }
 
     /// Add one symbol; returns the block once it can be rebuilt.
@@ -214,6 +360,7 @@ impl BlockDecoder {
         if pid.encoding_symbol_id() < self.k {
             self.source_received += 1;
         }
+        self.esis.insert(pid.encoding_symbol_id());
         let block = self
             .inner
             .decode(std::iter::once(EncodingPacket::new(pid, symbol.to_vec())));
@@ -303,6 +450,87 @@ mod tests {
             }
             assert_eq!(out.as_deref(), Some(&block[..]), "seed {seed}");
         }
+    }
+
+    /// Feed `symbols` except those whose ESI is in `lost`, until rebuilt.
+    fn tally_after_losing(len: u32, repair: u32, lost: &[u32]) -> SymbolTally {
+        let block: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let mut dec = BlockDecoder::new(len, 256, 1 << 20).expect("decoder");
+        for (pid, s) in encode_all(&block, repair) {
+            if lost.contains(&(pid & 0x00ff_ffff)) {
+                continue;
+            }
+            if dec.push(pid, &s).expect("push").is_some() {
+                return dec.tally();
+            }
+        }
+        panic!("block not rebuilt with {lost:?} lost");
+    }
+
+    #[test]
+    fn clean_block_needs_no_repair() {
+        let t = tally_after_losing(10 * 256, 4, &[]);
+        assert_eq!(t.source_symbols, 10);
+        assert_eq!(t.distinct, 10);
+        assert_eq!(t.highest_esi, Some(9));
+        assert_eq!((t.missing, t.missing_runs, t.longest_run), (0, 0, 0));
+        assert_eq!(t.repair_needed(), 0);
+    }
+
+    #[test]
+    fn tally_counts_missing_esis_and_runs_below_the_highest() {
+        // K = 20; lose 2, 3, 4 (a run of 3) and 11 (a run of 1).
+        let t = tally_after_losing(20 * 256, 10, &[2, 3, 4, 11]);
+        assert_eq!(t.source_symbols, 20);
+        assert_eq!(t.missing, 4);
+        assert_eq!(t.missing_runs, 2);
+        assert_eq!(t.longest_run, 3);
+        // At least four repair symbols were needed, rarely one or two more.
+        assert!((4..=6).contains(&t.repair_needed()), "{t:?}");
+        assert_eq!(t.sent_until_complete(), t.distinct + t.missing);
+    }
+
+    #[test]
+    fn duplicates_count_once_and_whole_words_are_skipped() {
+        let mut dec = BlockDecoder::new(200 * 256, 256, 1 << 20).expect("decoder");
+        let block = vec![3u8; 200 * 256];
+        let symbols = encode_all(&block, 60);
+        // Source symbols 0..130 twice each, then the rest but 150..=159.
+        for (pid, s) in symbols.iter().take(130) {
+            assert_eq!(dec.push(*pid, s).expect("push"), None);
+            assert_eq!(dec.push(*pid, s).expect("push"), None);
+        }
+        let mut done = false;
+        for (pid, s) in symbols.iter().skip(130) {
+            let esi = pid & 0x00ff_ffff;
+            if (150..160).contains(&esi) {
+                continue;
+            }
+            if dec.push(*pid, s).expect("push").is_some() {
+                done = true;
+                break;
+            }
+        }
+        assert!(done);
+        let t = dec.tally();
+        assert_eq!(dec.received(), t.distinct + 130);
+        assert_eq!((t.missing, t.missing_runs, t.longest_run), (10, 1, 10));
+    }
+
+    #[test]
+    fn esis_above_the_tracked_span_are_counted_not_resolved() {
+        let mut set = EsiSet::new(1);
+        let span = set.tracked_bits();
+        assert_eq!(span, 128, "4 · 1 + 64 rounded up to whole words");
+        set.insert(0);
+        set.insert(span + 9);
+        set.insert(span + 9);
+        // 1..span missing (one run), then span..=span+9 of which two arrivals
+        // (one a duplicate) are known: 8 more missing, as one run.
+        let (missing, runs, longest) = set.gaps();
+        assert_eq!(missing, span - 1 + 8);
+        assert_eq!(runs, 2);
+        assert_eq!(longest, span - 1);
     }
 
     #[test]

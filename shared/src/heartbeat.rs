@@ -37,6 +37,30 @@ pub struct TxCounters {
     pub alerts_dropped: u64,
 }
 
+/// A lane's forward error correction, as the sender applies it (so the
+/// receiver can report how much of it the link actually needed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneFec {
+    /// Repair symbols per source symbol, in thousandths.
+    pub repair_permille: u32,
+    /// Fewest repair symbols per block.
+    pub min_repair: u32,
+    /// Blocks interleaved on the wire.
+    pub interleave: u16,
+}
+
+/// Where a lane's numbering stands, for the receiver's loss ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneMarks {
+    /// The session's first block on this lane, and its first record.
+    pub first_block: u64,
+    /// Record sequence number the session started this lane at.
+    pub first_record: u64,
+    /// Record sequence number after the last record of the last block
+    /// fully sent (`Heartbeat::last_sent`).
+    pub next_record: u64,
+}
+
 /// What a heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -52,6 +76,13 @@ pub struct Heartbeat {
     pub spool_depth: u64,
     /// First 8 bytes of the SHA-256 of the sender's config file.
     pub config_fingerprint: [u8; 8],
+    /// Per lane: block and record numbering (loss ledger).
+    pub marks: [LaneMarks; LANES],
+    /// Per lane: FEC settings (headroom report).
+    pub fec: [LaneFec; LANES],
+    /// Summary of the last block fully sent, per lane that sent one: a
+    /// lost tail block is still described.
+    pub recent: Vec<(Lane, crate::ledger::BlockSummary)>,
 }
 
 /// Why a heartbeat could not be read.
@@ -132,6 +163,9 @@ mod tests {
             },
             spool_depth: 3,
             config_fingerprint: [1; 8],
+            marks: [LaneMarks::default(); LANES],
+            fec: [LaneFec::default(); LANES],
+            recent: Vec::new(),
         };
         let mut dg = Vec::new();
         seal_heartbeat(&key, KeyId(1), session, 7, &hb, &mut dg).expect("seal");

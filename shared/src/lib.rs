@@ -2,9 +2,9 @@
 //!
 //! Everything that can be decided without I/O lives here: the datagram
 //! format ([`wire`]), the crypto envelope ([`seal`]), forward error
-//! correction ([`fec`]), block reassembly and loss accounting
-//! ([`reassembly`]), the record model and batch frames ([`record`]),
-//! heartbeats ([`heartbeat`]), file assembly ([`files`]), pacing arithmetic ([`pace`]), the MQTT
+//! correction ([`fec`]) and how much of it the link needs ([`headroom`]),
+//! block reassembly and loss accounting ([`reassembly`]), the record model and batch frames ([`record`]),
+//! heartbeats ([`heartbeat`]), the loss ledger ([`ledger`]), file assembly ([`files`]), pacing arithmetic ([`pace`]), the MQTT
 //! contract ([`contract`]) and configuration ([`config`]). No tokio, no
 //! sockets, no clock reads, no filesystem: callers pass `now` and buffers,
 //! so every piece is deterministic under test.
@@ -17,8 +17,10 @@ pub mod dq;
 pub mod fec;
 pub mod files;
 pub mod formats;
+pub mod headroom;
 pub mod heartbeat;
 pub mod lane;
+pub mod ledger;
 pub mod localtime;
 pub mod pace;
 pub mod reassembly;

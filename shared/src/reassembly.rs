@@ -27,6 +27,12 @@ use crate::fec::{BlockDecoder, FecError};
 use crate::lane::{LANES, Lane};
 use crate::wire::{Header, KeyId, SessionId};
 
+/// Highest block sequence number a lane can use. `u64::MAX` is outside the
+/// sequence space, so a lane's `floor` (one past its resolved blocks) always
+/// fits in a `u64`; a symbol, delivery or heartbeat naming it is ignored
+/// rather than allowed to overflow the window arithmetic.
+const MAX_SEQ: u64 = u64::MAX - 1;
+
 /// Bounds on reassembly state; all from validated config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyLimits {
@@ -68,6 +74,8 @@ pub struct CompletedBlock {
     pub symbols_used: u32,
     /// Source symbols that were missing and rebuilt from repair symbols.
     pub repaired: u32,
+    /// Which symbols arrived before the block was rebuilt (FEC headroom).
+    pub tally: crate::fec::SymbolTally,
 }
 
 /// Why a symbol was not used. Every variant is counted by the caller.
@@ -132,6 +140,11 @@ struct LaneWindow {
     missing_since: Option<Instant>,
     /// Whether the window has been anchored by a first authenticated event.
     anchored: bool,
+    /// Anchored by a block before any heartbeat said where the session
+    /// started: the first heartbeat may still lower the floor to the
+    /// session's first block, so blocks sent before we listened are
+    /// accounted for.
+    lowerable: bool,
 }
 
 struct SessionState {
@@ -199,11 +212,14 @@ impl Reassembler {
             lane: header.lane,
             seq: header.seq,
         };
+        if header.seq > MAX_SEQ {
+            return Err(DropReason::TooOld);
+        }
         if let Some(state) = self.sessions.get(&header.session) {
             let w = &state.lanes[header.lane.index()];
             if w.anchored {
                 if header.seq < w.floor {
-                    return Err(if header.seq + self.limits.window_blocks >= w.floor {
+                    return Err(if w.floor - header.seq <= self.limits.window_blocks {
                         DropReason::Resolved
                     } else {
                         DropReason::TooOld
@@ -263,6 +279,7 @@ impl Reassembler {
                     source_symbols: k,
                     symbols_used: p.decoder.received(),
                     repaired: k.saturating_sub(p.decoder.source_received()),
+                    tally: p.decoder.tally(),
                 }))
             }
             Err(e) => Err(DropReason::Geometry(e)),
@@ -279,6 +296,9 @@ impl Reassembler {
 
     /// An authenticated block was delivered. Moves the lane window.
     pub fn confirm(&mut self, now: Instant, key: BlockKey, key_id: KeyId) {
+        if key.seq > MAX_SEQ {
+            return;
+        }
         let pending_min = self.pending_min(key.session, key.lane);
         let window = self.limits.window_blocks;
         let gap_timeout = self.limits.gap_timeout;
@@ -292,10 +312,12 @@ impl Reassembler {
         );
         let w = &mut state.lanes[key.lane.index()];
         if !w.anchored {
-            // Joining mid-stream: blocks before the first one we see (or
-            // still have in reassembly) were sent before we listened.
+            // Joining mid-stream: start at the first block we see (or still
+            // have in reassembly) until a heartbeat says where the session
+            // started ([`Reassembler::session_start`]).
             w.floor = pending_min.map_or(key.seq, |m| m.min(key.seq));
             w.anchored = true;
+            w.lowerable = true;
         }
         if key.seq < w.floor {
             return;
@@ -305,7 +327,7 @@ impl Reassembler {
         // Keep the window bounded: a delivery far ahead forces the floor up,
         // and whatever is skipped is reported lost at once.
         if key.seq >= w.floor.saturating_add(window) {
-            let new_floor = key.seq + 1 - window;
+            let new_floor = (key.seq - window).saturating_add(1);
             Self::force_floor(
                 w,
                 key.session,
@@ -349,6 +371,7 @@ impl Reassembler {
             let Some(last) = last_sent[lane.index()] else {
                 continue;
             };
+            let last = last.min(MAX_SEQ);
             let w = &mut state.lanes[lane.index()];
             if !w.anchored {
                 w.floor = mins[lane.index()]
@@ -366,6 +389,72 @@ impl Reassembler {
                 &mut self.stats,
             );
         }
+    }
+
+    /// An authenticated heartbeat's first block per lane: where the session
+    /// started. A lane not yet anchored starts there; a lane anchored by a
+    /// block (nothing below it was delivered here) is lowered to it once.
+    /// Either way the blocks sent before this receiver listened are then
+    /// declared lost after `gap_timeout`, never passed over in silence.
+    pub fn session_start(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key_id: KeyId,
+        first_block: [u64; LANES],
+    ) {
+        let state = Self::session_entry(
+            &mut self.sessions,
+            &mut self.stats,
+            self.limits.max_sessions,
+            now,
+            session,
+            key_id,
+        );
+        for lane in Lane::ALL {
+            let w = &mut state.lanes[lane.index()];
+            let first = first_block[lane.index()];
+            if !w.anchored {
+                w.floor = first;
+                w.anchored = true;
+            } else if w.lowerable && first < w.floor {
+                w.floor = first;
+                w.missing_since = None;
+            }
+            w.lowerable = false;
+        }
+    }
+
+    /// Resume a session's lane at `floor` (every block below it was
+    /// resolved before this receiver restarted): replays below it are
+    /// refused, and blocks from it on are accounted for.
+    pub fn restore(&mut self, now: Instant, session: SessionId, key_id: KeyId, lane: Lane, floor: u64) {
+        let state = Self::session_entry(
+            &mut self.sessions,
+            &mut self.stats,
+            self.limits.max_sessions,
+            now,
+            session,
+            key_id,
+        );
+        let w = &mut state.lanes[lane.index()];
+        if !w.anchored || w.floor < floor {
+            w.floor = floor;
+            w.delivered.retain(|&s| s >= floor);
+            w.anchored = true;
+            w.lowerable = false;
+        }
+    }
+
+    /// Every block below `floor` of a lane is resolved (delivered or
+    /// declared lost); `None` for a lane not yet anchored.
+    pub fn floors(&self, session: SessionId) -> Option<[Option<u64>; LANES]> {
+        self.sessions.get(&session).map(|s| {
+            Lane::ALL.map(|l| {
+                let w = &s.lanes[l.index()];
+                w.anchored.then_some(w.floor)
+            })
+        })
     }
 
     /// Drop pending blocks older than `block_timeout` and declare lost every
@@ -435,27 +524,28 @@ impl Reassembler {
         state
     }
 
-    fn push_lost(
+    fn push_lost_run(
         lost: &mut VecDeque<LostRange>,
         stats: &mut ReassemblyStats,
         session: SessionId,
         lane: Lane,
-        seq: u64,
+        first: u64,
+        last: u64,
     ) {
-        stats.blocks_lost += 1;
-        if let Some(last) = lost.back_mut()
-            && last.session == session
-            && last.lane == lane
-            && last.last + 1 == seq
+        stats.blocks_lost += last - first + 1;
+        if let Some(prev) = lost.back_mut()
+            && prev.session == session
+            && prev.lane == lane
+            && prev.last + 1 == first
         {
-            last.last = seq;
+            prev.last = last;
             return;
         }
         lost.push_back(LostRange {
             session,
             lane,
-            first: seq,
-            last: seq,
+            first,
+            last,
         });
     }
 
@@ -467,11 +557,22 @@ impl Reassembler {
         lost: &mut VecDeque<LostRange>,
         stats: &mut ReassemblyStats,
     ) {
+        // Whole runs at a time: the skipped span may be huge (a receiver
+        // joining a long-running session), the delivered set is not.
         while w.floor < new_floor {
-            if !w.delivered.remove(&w.floor) {
-                Self::push_lost(lost, stats, session, lane, w.floor);
+            if w.delivered.remove(&w.floor) {
+                w.floor += 1;
+                continue;
             }
-            w.floor += 1;
+            let next = w
+                .delivered
+                .range(w.floor..)
+                .next()
+                .copied()
+                .unwrap_or(new_floor)
+                .min(new_floor);
+            Self::push_lost_run(lost, stats, session, lane, w.floor, next - 1);
+            w.floor = next;
         }
         w.missing_since = None;
     }
@@ -503,11 +604,22 @@ impl Reassembler {
                 return;
             }
             // Keep `missing_since`: the blocks after this one have been
-            // known missing at least as long.
-            Self::push_lost(lost, stats, session, lane, w.floor);
-            w.floor += 1;
+            // known missing at least as long. Declare the whole run up to
+            // the next delivered (or last known) block at once.
+            let end = w
+                .delivered
+                .range(w.floor..)
+                .next()
+                .map_or(upto_or(w.known_upto, w.floor), |&d| d - 1);
+            Self::push_lost_run(lost, stats, session, lane, w.floor, end);
+            w.floor = end + 1;
         }
     }
+}
+
+/// The last known block, or `floor` when none is known.
+fn upto_or(known_upto: Option<u64>, floor: u64) -> u64 {
+    known_upto.unwrap_or(floor).max(floor)
 }
 
 #[cfg(test)]
@@ -786,5 +898,46 @@ mod tests {
         assert_eq!(r.stats().sessions_evicted, 6);
         assert!(r.session_key_id(SessionId([9; 16])).is_some());
         assert!(r.session_key_id(SessionId([0; 16])).is_none());
+    }
+
+    /// Found by the `reassembly` fuzz target: sequence numbers at the top
+    /// of the `u64` range overflowed the window arithmetic (a panic in
+    /// debug builds, a wrapped window in release).
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range_do_not_overflow() {
+        let s = SessionId([5; 16]);
+        let key = |seq| BlockKey {
+            session: s,
+            lane: Lane::Bulk,
+            seq,
+        };
+        let t0 = Instant::now();
+        let mut r = Reassembler::new(limits());
+        r.confirm(t0, key(5), KeyId(1));
+        // Was `key.seq + 1 - window`.
+        r.confirm(t0, key(u64::MAX), KeyId(1));
+        // Was `end + 1` on the last missing run.
+        r.handle_heartbeat(t0, s, KeyId(1), [None, Some(u64::MAX)]);
+        r.poll_timeouts(t0 + Duration::from_secs(10));
+        let lost = r.poll_lost().expect("the announced blocks are lost");
+        assert_eq!((lost.first, lost.last), (6, u64::MAX - 1));
+        assert_eq!(lost.count(), u64::MAX - 6);
+        assert_eq!(r.poll_lost(), None);
+
+        // A lane whose window sits at the top of the range.
+        let mut r = Reassembler::new(limits());
+        r.confirm(t0, key(u64::MAX - 1), KeyId(1));
+        let dg = datagrams(s, Lane::Bulk, u64::MAX - 10, &block(0), 100);
+        // Was `header.seq + window_blocks`.
+        assert_eq!(
+            r.handle_symbol(t0, &dg[0].0, &dg[0].1).map(|b| b.is_some()),
+            Err(DropReason::Resolved)
+        );
+        let dg = datagrams(s, Lane::Bulk, u64::MAX, &block(0), 100);
+        assert_eq!(
+            r.handle_symbol(t0, &dg[0].0, &dg[0].1).map(|b| b.is_some()),
+            Err(DropReason::TooOld)
+        );
+        assert!(!r.is_fresh(key(u64::MAX - 2)));
     }
 }

@@ -12,6 +12,12 @@
 //! The block-level header fields (everything but the per-symbol payload id)
 //! are the associated data, so a forged lane, sequence, length or key id
 //! makes `open` fail.
+//!
+//! **Re-keying.** No key encrypts more than [`REKEY_BLOCKS`] sequence
+//! numbers' worth of blocks: generation `g = seq >> REKEY_SHIFT` of a
+//! session uses `HKDF(...).expand("weir/v1 data" ‖ "/rekey" ‖ g)` for
+//! `g > 0` (generation 0 is the session key above). Both sides derive it
+//! from the sequence number alone, so nothing is signalled on the wire.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
@@ -25,6 +31,12 @@ pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
 /// HKDF info label; changing the protocol's crypto means changing it.
 const HKDF_INFO: &[u8] = b"weir/v1 data";
+/// Label of later key generations.
+const HKDF_REKEY: &[u8] = b"/rekey";
+/// A session moves to a new key every `2^REKEY_SHIFT` sequence numbers.
+pub const REKEY_SHIFT: u32 = 20;
+/// Sequence numbers (per lane and kind) sealed under one key generation.
+pub const REKEY_BLOCKS: u64 = 1 << REKEY_SHIFT;
 /// First line of a key file.
 const KEY_FILE_MAGIC: &str = "weir-psk v1";
 
@@ -139,19 +151,29 @@ impl Psk {
     pub fn session_key(&self, session: SessionId) -> SessionKey {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &session.0);
         let prk = salt.extract(&self.secret);
-        let info = [HKDF_INFO];
-        let mut key = [0u8; KEY_LEN];
-        // `expand` and `fill` only fail when the requested length exceeds
-        // 255 hash lengths; 32 bytes never does.
-        if let Ok(okm) = prk.expand(&info, &AES_256_GCM) {
-            let _ = okm.fill(&mut key);
-        }
-        let unbound =
-            UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
+        let gen0 = derive(&prk, 0);
         SessionKey {
-            key: LessSafeKey::new(unbound),
+            prk,
+            gen0,
+            later: std::sync::Mutex::new(None),
         }
     }
+}
+
+/// The AES key of generation `generation` of a session.
+fn derive(prk: &hkdf::Prk, generation: u64) -> LessSafeKey {
+    let g = generation.to_be_bytes();
+    let later = [HKDF_INFO, HKDF_REKEY, &g];
+    let info: &[&[u8]] = if generation == 0 { &[HKDF_INFO] } else { &later };
+    let mut key = [0u8; KEY_LEN];
+    // `expand` and `fill` only fail when the requested length exceeds
+    // 255 hash lengths; 32 bytes never does.
+    if let Ok(okm) = prk.expand(info, &AES_256_GCM) {
+        let _ = okm.fill(&mut key);
+    }
+    let unbound =
+        UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
+    LessSafeKey::new(unbound)
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; KEY_LEN]> {
@@ -168,9 +190,13 @@ fn parse_hex32(s: &str) -> Option<[u8; KEY_LEN]> {
     Some(out)
 }
 
-/// The AES-256-GCM key of one session.
+/// The AES-256-GCM keys of one session: generation 0, and the latest
+/// later generation used (derived when the sequence number crosses into
+/// it, [`REKEY_SHIFT`]).
 pub struct SessionKey {
-    key: LessSafeKey,
+    prk: hkdf::Prk,
+    gen0: LessSafeKey,
+    later: std::sync::Mutex<Option<(u64, LessSafeKey)>>,
 }
 
 impl std::fmt::Debug for SessionKey {
@@ -188,6 +214,28 @@ fn nonce(kind: Kind, lane: Lane, seq: u64) -> Nonce {
 }
 
 impl SessionKey {
+    /// Run `f` with the key of `seq`'s generation.
+    fn with_generation<T>(&self, seq: u64, f: impl FnOnce(&LessSafeKey) -> T) -> T {
+        let generation = seq >> REKEY_SHIFT;
+        if generation == 0 {
+            return f(&self.gen0);
+        }
+        let Ok(mut later) = self.later.lock() else {
+            // A poisoned lock only means another thread panicked mid-call;
+            // derive afresh.
+            return f(&derive(&self.prk, generation));
+        };
+        match &*later {
+            Some((g, k)) if *g == generation => f(k),
+            _ => {
+                let k = derive(&self.prk, generation);
+                let out = f(&k);
+                *later = Some((generation, k));
+                out
+            }
+        }
+    }
+
     /// Encrypt `buf` in place and append the tag.
     pub fn seal(
         &self,
@@ -198,8 +246,9 @@ impl SessionKey {
         buf: &mut Vec<u8>,
     ) -> Result<(), SealError> {
         let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce(kind, lane, seq), Aad::from(aad), buf)
+            .with_generation(seq, |k| {
+                k.seal_in_place_separate_tag(nonce(kind, lane, seq), Aad::from(aad), buf)
+            })
             .map_err(|_| SealError::Seal)?;
         buf.extend_from_slice(tag.as_ref());
         Ok(())
@@ -214,9 +263,10 @@ impl SessionKey {
         aad: &[u8; AAD_LEN],
         buf: &'a mut [u8],
     ) -> Result<&'a mut [u8], SealError> {
-        self.key
-            .open_in_place(nonce(kind, lane, seq), Aad::from(aad), buf)
-            .map_err(|_| SealError::Open)
+        self.with_generation(seq, |k| {
+            k.open_in_place(nonce(kind, lane, seq), Aad::from(aad), buf)
+        })
+        .map_err(|_| SealError::Open)
     }
 }
 
@@ -342,6 +392,30 @@ mod tests {
     #[test]
     fn debug_never_prints_the_secret() {
         assert!(!format!("{:?}", key()).contains("42"));
+    }
+
+    #[test]
+    fn later_generations_use_new_keys_and_both_sides_agree() {
+        let session = SessionId([4; 16]);
+        let tx = key().session_key(session);
+        let rx = key().session_key(session);
+        for seq in [REKEY_BLOCKS - 1, REKEY_BLOCKS, 3 * REKEY_BLOCKS + 7, u64::MAX] {
+            let h = header(seq, 64);
+            let mut buf = b"sixteen byte msg".to_vec();
+            tx.seal(Kind::Symbol, Lane::Bulk, seq, &h.aad(), &mut buf)
+                .expect("seal");
+            // Generation 0's key does not open a later generation's block.
+            let mut with_gen0 = buf.clone();
+            let opened_by_gen0 = tx
+                .gen0
+                .open_in_place(nonce(Kind::Symbol, Lane::Bulk, seq), Aad::from(&h.aad()), &mut with_gen0)
+                .is_ok();
+            assert_eq!(opened_by_gen0, seq < REKEY_BLOCKS, "seq {seq}");
+            let plain = rx
+                .open(Kind::Symbol, Lane::Bulk, seq, &h.aad(), &mut buf)
+                .expect("open");
+            assert_eq!(plain, b"sixteen byte msg");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!  0      2      3      4        6      7      8                24           32          36        38          42
 //!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-------+
 //!  |magic | ver  | kind | key id | lane | flags|   session id   |  sequence  | transfer  | symbol  | payload   | payload | CRC32 |
-//!  | "WR" | 0x01 |      |  u16   |  u8  |  0   |    16 bytes    |    u64     |  len u32  | size u16| id (u32)  |         |       |
+//!  | "WR" | 0x01 |      |  u16   |  u8  |  0   | (see SessionId)|    u64     |  len u32  | size u16| id (u32)  |         |       |
 //!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-------+
 //! ```
 //!
@@ -56,15 +56,69 @@ impl Kind {
     }
 }
 
-/// 128-bit random session id, drawn by the sender at every start.
+/// 128-bit session id, new at every sender start.
+///
+/// ```text
+///  0        2      3      4                 12             16
+///  +--------+------+------+-----------------+--------------+
+///  | sender | role |  0   |   epoch (u64)   | random (u32) |
+///  +--------+------+------+-----------------+--------------+
+/// ```
+///
+/// `epoch` only grows for one `(sender, role)`: the sender persists it and
+/// starts every session above the last one (and above the Unix time in
+/// seconds, so a sender whose state was wiped still moves forward). The
+/// receiver refuses a session older than the newest it accepted from the
+/// same `(sender, role)`, which is what stops a captured old session from
+/// being replayed after the receiver restarts. The id is covered by the
+/// AEAD (it is in the associated data and salts the session key), so none
+/// of these fields can be forged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
 
+/// Which kind of sender session: the daemon, or a one-shot push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Role {
+    /// `weir-tx run`: spools, syslog, followed files.
+    Daemon = 0,
+    /// `weir-tx send` / `resend`: files an operator names.
+    OneShot = 1,
+}
+
 impl SessionId {
-    /// Short printable form (first 8 bytes, hex) for logs and record ids.
+    /// A session id from its parts.
+    pub fn new(sender: u16, role: Role, epoch: u64, random: [u8; 4]) -> Self {
+        let mut b = [0u8; 16];
+        b[0..2].copy_from_slice(&sender.to_be_bytes());
+        b[2] = role as u8;
+        b[4..12].copy_from_slice(&epoch.to_be_bytes());
+        b[12..16].copy_from_slice(&random);
+        Self(b)
+    }
+
+    /// The sender id (from its config).
+    pub fn sender(&self) -> u16 {
+        u16::from_be_bytes([self.0[0], self.0[1]])
+    }
+
+    /// The role byte as sent (any value; only [`Role`]'s are produced).
+    pub fn role(&self) -> u8 {
+        self.0[2]
+    }
+
+    /// The session epoch: grows from session to session of one sender.
+    pub fn epoch(&self) -> u64 {
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&self.0[4..12]);
+        u64::from_be_bytes(e)
+    }
+
+    /// Short printable form for logs and record ids: the low half of the
+    /// epoch and the random part (bytes 8..16), hex.
     pub fn short_hex(&self) -> String {
         use std::fmt::Write;
-        self.0[..8]
+        self.0[8..]
             .iter()
             .fold(String::with_capacity(16), |mut s, b| {
                 let _ = write!(s, "{b:02x}");

@@ -7,7 +7,8 @@
 //! * [`Broker`] starts a Mosquitto on a free loopback port (or, where no
 //!   `mosquitto` binary exists, the embedded `mqtt5` broker, saying so).
 //! * [`LossyLink`] is a UDP relay between the two programs with seeded
-//!   random drop, duplication, reordering, burst drop and corruption.
+//!   random drop, duplication, reordering, burst drop and corruption, whole
+//!   blocks dropped ([`BlockDrop`]) and outages ([`LossyLink::cut`]).
 //! * [`Subscriber`] collects what a real MQTT client receives.
 //! * [`Process`] runs a program and kills it when dropped; [`start_rx`] and
 //!   [`start_tx`] run `weir-rx run` and `weir-tx run` with a config, and
@@ -526,6 +527,8 @@ pub struct LinkStats {
     pub corrupted: AtomicU64,
     /// Datagrams dropped because their block is one of [`BlockDrop`]'s.
     pub block_dropped: AtomicU64,
+    /// Datagrams dropped during an outage ([`LossyLink::cut`]).
+    pub outage_dropped: AtomicU64,
 }
 
 /// Blocks the relay drops whole: every symbol datagram of blocks
@@ -560,6 +563,8 @@ pub struct LossyLink {
     pub stats: Arc<LinkStats>,
     /// Every datagram seen, as sent by the sender (for replay tests).
     pub capture: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// While the link is cut: until when.
+    down_until: Arc<Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -586,16 +591,37 @@ impl LossyLink {
         let stats = Arc::new(LinkStats::default());
         let capture = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let down_until = Arc::new(Mutex::new(None));
         let (st, cap, stp) = (stats.clone(), capture.clone(), stop.clone());
-        let thread =
-            std::thread::spawn(move || relay(&sock, output, (imp, blocks), &st, &cap, &stp));
+        let down = down_until.clone();
+        let thread = std::thread::spawn(move || {
+            relay(&sock, output, (imp, blocks, &down), &st, &cap, &stp);
+        });
         Self {
             input,
             stats,
             capture,
+            down_until,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Cut the link for `duration` from now: an outage, as of a diode
+    /// whose far side lost power or a cable pulled. Every datagram that
+    /// arrives meanwhile is dropped (counted in `outage_dropped`), before
+    /// any other impairment.
+    pub fn cut(&self, duration: Duration) {
+        if let Ok(mut d) = self.down_until.lock() {
+            *d = Some(Instant::now() + duration);
+        }
+    }
+
+    /// Whether the link is cut now.
+    pub fn is_cut(&self) -> bool {
+        self.down_until
+            .lock()
+            .is_ok_and(|d| d.is_some_and(|t| Instant::now() < t))
     }
 }
 
@@ -611,7 +637,7 @@ impl Drop for LossyLink {
 fn relay(
     sock: &UdpSocket,
     output: SocketAddr,
-    (imp, blocks): (Impairment, Option<BlockDrop>),
+    (imp, blocks, down_until): (Impairment, Option<BlockDrop>, &Mutex<Option<Instant>>),
     stats: &LinkStats,
     capture: &Mutex<Vec<Vec<u8>>>,
     stop: &AtomicBool,
@@ -633,6 +659,13 @@ fn relay(
         stats.seen.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = capture.lock() {
             c.push(d.clone());
+        }
+        let cut = down_until
+            .lock()
+            .is_ok_and(|t| t.is_some_and(|t| Instant::now() < t));
+        if cut {
+            stats.outage_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         if blocks.is_some_and(|b| b.hits(&d)) {
             stats.block_dropped.fetch_add(1, Ordering::Relaxed);
@@ -890,6 +923,16 @@ impl Site {
                 .display()
                 .to_string(),
         );
+        cfg["ledger"]["gaps_path"] = toml::Value::String(
+            self.path(&format!("{client_id}-gaps.jsonl"))
+                .display()
+                .to_string(),
+        );
+        cfg["ledger"]["sessions_path"] = toml::Value::String(
+            self.path(&format!("{client_id}-sessions.json"))
+                .display()
+                .to_string(),
+        );
         cfg
     }
 
@@ -906,6 +949,8 @@ impl Site {
             toml::Value::Array(vec![toml::Value::String(key.display().to_string())]);
         cfg["alert_queue"]["path"] =
             toml::Value::String(self.path("tx-alert-queue.redb").display().to_string());
+        cfg["sender"]["state_path"] =
+            toml::Value::String(self.path("tx-state.json").display().to_string());
         if let Some(spools) = cfg.get_mut("spool").and_then(toml::Value::as_array_mut) {
             for s in spools.iter_mut() {
                 let name = s["name"].as_str().expect("spool name").to_owned();
@@ -1083,4 +1128,293 @@ pub fn last_json_line(stdout: &str) -> Option<serde_json::Value> {
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
+}
+
+// ---------------------------------------------------------------------
+// Fault injection (tests/tests/hostile.rs, tests/tests/faults.rs)
+// ---------------------------------------------------------------------
+
+impl Process {
+    /// Like [`Process::start`], with extra environment variables (for
+    /// example libfaketime's, see [`FakeClock`]).
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> Self {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Self {
+            child: Some(child),
+            log,
+            name: name.into(),
+        }
+    }
+}
+
+/// [`start_rx`] with extra environment variables.
+///
+/// # Panics
+/// If the receiver does not say it started in time, with its log.
+pub fn start_rx_with_env(
+    site: &Site,
+    config: &Path,
+    log: &str,
+    env: &[(String, String)],
+) -> Process {
+    let rx = Process::start_with_env(
+        "weir-rx",
+        &binaries().rx,
+        &["run", "--config", &config.display().to_string()],
+        site.path(log),
+        env,
+    );
+    let deadline = Instant::now() + RX_START_TIMEOUT;
+    while !rx.log_text().contains("Receiver started.") {
+        assert!(
+            Instant::now() < deadline,
+            "weir-rx did not start:\n{}",
+            rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rx
+}
+
+/// [`start_tx`] with extra environment variables.
+pub fn start_tx_with_env(
+    site: &Site,
+    config: &Path,
+    log: &str,
+    env: &[(String, String)],
+) -> Process {
+    Process::start_with_env(
+        "weir-tx",
+        &binaries().tx,
+        &["run", "--config", &config.display().to_string()],
+        site.path(log),
+        env,
+    )
+}
+
+/// Resident memory (`VmRSS` of `/proc/<pid>/status`) of a process, KiB;
+/// `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Datagrams the kernel dropped at the UDP socket bound to
+/// 127.0.0.1:`port` (receive buffer full), from `/proc/net/udp`; `None`
+/// when no such socket is listed. These never reach the program, so its
+/// own counters cannot include them: tests subtract them.
+pub fn udp_socket_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()))
+            .then(|| f.last().and_then(|d| d.parse().ok()))
+            .flatten()
+    })
+}
+
+/// Send `datagrams` from a fresh loopback socket to `target`, `burst` at a
+/// time with `pause` between bursts (a receiver's socket buffer is
+/// finite); returns how many were sent.
+pub fn send_paced<D: AsRef<[u8]>>(
+    datagrams: impl IntoIterator<Item = D>,
+    target: SocketAddr,
+    burst: usize,
+    pause: Duration,
+) -> u64 {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("sender socket");
+    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(4 << 20);
+    let mut n = 0u64;
+    for (i, d) in datagrams.into_iter().enumerate() {
+        // A full send buffer is a transient: retry it.
+        while let Err(e) = sock.send_to(d.as_ref(), target) {
+            assert!(
+                e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(ENOBUFS),
+                "sending to {target}: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        n += 1;
+        if (i + 1) % burst.max(1) == 0 {
+            std::thread::sleep(pause);
+        }
+    }
+    n
+}
+
+/// `ENOBUFS` on Linux: a transient on a busy loopback.
+const ENOBUFS: i32 = 105;
+
+/// The latest retained status a subscriber received on
+/// `diode/v1/plant1/weir01/status` (the example config's names).
+pub fn latest_status(sub: &Subscriber) -> Option<serde_json::Value> {
+    sub.on("diode/v1/plant1/weir01/status")
+        .iter()
+        .rev()
+        .find_map(|m| serde_json::from_slice(&m.payload).ok())
+}
+
+/// A wall clock for one program that a test can move: libfaketime
+/// preloaded, reading its offset from a file on every call, the monotonic
+/// clock left alone (so timers and pacing keep real time and only what the
+/// program reads as the time of day jumps).
+pub struct FakeClock {
+    lib: PathBuf,
+    file: PathBuf,
+}
+
+/// Where Debian's `faketime` package puts libfaketime.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+impl FakeClock {
+    /// A clock at offset 0 whose offset lives in `file`; `Err` with the
+    /// reason when libfaketime is not installed (`apt-get install faketime`).
+    pub fn new(file: PathBuf) -> Result<Self, String> {
+        let lib = PathBuf::from(LIBFAKETIME);
+        if !lib.exists() {
+            return Err(format!(
+                "{} missing: apt-get install faketime",
+                lib.display()
+            ));
+        }
+        let clock = Self { lib, file };
+        clock.set_offset_secs(0);
+        Ok(clock)
+    }
+
+    /// The environment that puts a program on this clock.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LD_PRELOAD".into(), self.lib.display().to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".into(),
+                self.file.display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ]
+    }
+
+    /// Move the clock to real time plus `secs` (negative: back).
+    pub fn set_offset_secs(&self, secs: i64) {
+        // Written under another name and renamed, so a reader never sees
+        // an empty file.
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{secs:+}\n")).expect("faketime file");
+        std::fs::rename(&tmp, &self.file).expect("faketime file rename");
+    }
+}
+
+/// A tmpfs of a given size mounted on a directory (needs root); unmounted
+/// when dropped.
+pub struct Tmpfs {
+    /// The mount point.
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`mount -o size=…`, e.g. `8m`) on `path`,
+    /// creating it; `Err` with mount's reason when that is not allowed.
+    pub fn mount(path: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if out.status.success() {
+            Ok(Self {
+                path: path.to_path_buf(),
+            })
+        } else {
+            Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Bytes free on it (`df`).
+    pub fn free_bytes(&self) -> Option<u64> {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.path)
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a program still holding a file there does not keep the
+        // mount (and the test's temporary directory) alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The `(day, row)` of [`aveva_export`] a published point is, if its tag,
+/// time and value agree with that generator (read, as the example sender
+/// config does, in America/Chicago: days 1 to 9 are standard time, UTC-6).
+pub fn aveva_export_row(p: &serde_json::Value) -> Result<(i64, i64), String> {
+    /// 2024-03-01T06:00:00Z: local midnight of March 1 2024.
+    const MARCH_1_LOCAL: i64 = 1_709_251_200 + 6 * 3600;
+    let ts_ns = p["ts_ns"].as_i64().ok_or("no ts_ns")?;
+    if ts_ns % 1_000_000_000 != 0 {
+        return Err(format!("fractional time {ts_ns}"));
+    }
+    let since = ts_ns / 1_000_000_000 - MARCH_1_LOCAL;
+    let (day, row) = (since.div_euclid(86_400) + 1, since.rem_euclid(86_400));
+    if !(1..10).contains(&day) {
+        return Err(format!("day {day} of March is not a standard-time day"));
+    }
+    let tag = format!("LOAD.T{}", row % 3);
+    if p["tag"].as_str() != Some(tag.as_str()) {
+        return Err(format!("tag {} at row {row}, expected {tag}", p["tag"]));
+    }
+    if p["value"].as_f64() != Some(row as f64 * 0.5) {
+        return Err(format!("value {} at row {row}", p["value"]));
+    }
+    Ok((day, row))
+}
+
+/// The points (JSON payloads) a subscriber received on `uns/`, in order.
+///
+/// # Panics
+/// If a payload is not JSON.
+pub fn point_payloads(sub: &Subscriber) -> Vec<serde_json::Value> {
+    sub.on("uns/")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("point payload is JSON"))
+        .collect()
 }

@@ -181,11 +181,16 @@ fn main() -> anyhow::Result<()> {
                 });
                 handle.join().await?;
                 let t = handle.telemetry.counters();
+                let get = |a: &std::sync::atomic::AtomicU64| {
+                    a.load(std::sync::atomic::Ordering::Relaxed)
+                };
                 tracing::info!(
                     records = t.records,
                     blocks = t.blocks,
                     datagrams = t.datagrams,
                     files = t.files_done,
+                    blocks_repeated = get(&handle.telemetry.blocks_repeated),
+                    repeats_skipped = get(&handle.telemetry.repeats_skipped),
                     "Sender stopped."
                 );
                 Ok(())

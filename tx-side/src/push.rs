@@ -69,6 +69,10 @@ pub struct PushSummary {
     pub datagrams: u64,
     /// Bytes sent on the wire (UDP payload).
     pub wire_bytes: u64,
+    /// Blocks sent a second time (`lanes.*.repeat_after`).
+    pub blocks_repeated: u64,
+    /// Blocks not repeated because the repeat buffer was full.
+    pub repeats_skipped: u64,
     /// From the pipeline's start to its last heartbeat.
     pub elapsed: Duration,
 }
@@ -112,6 +116,13 @@ impl fmt::Display for PushSummary {
         )?;
         if self.lines_rejected > 0 {
             write!(f, ", {} lines rejected", self.lines_rejected)?;
+        }
+        if self.blocks_repeated > 0 || self.repeats_skipped > 0 {
+            write!(
+                f,
+                ", {} blocks repeated ({} skipped)",
+                self.blocks_repeated, self.repeats_skipped
+            )?;
         }
         Ok(())
     }
@@ -219,6 +230,8 @@ pub async fn push(
         blocks: t.blocks,
         datagrams: t.datagrams,
         wire_bytes: t.wire_bytes,
+        blocks_repeated: telemetry.blocks_repeated.load(Ordering::Relaxed),
+        repeats_skipped: telemetry.repeats_skipped.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
 }

@@ -1,8 +1,11 @@
 //! Sender counters, shared by the stages and read by the heartbeat.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use weir_shared::heartbeat::TxCounters;
+use weir_shared::heartbeat::{LaneMarks, TxCounters};
+use weir_shared::ledger::BlockSummary;
 use weir_shared::lane::{LANES, Lane};
 
 /// Monotonic sender counters (relaxed atomics: each is independent).
@@ -40,8 +43,24 @@ pub struct Telemetry {
     pub alerts_rejected: AtomicU64,
     /// Alerts dropped on a full alert queue.
     pub alerts_dropped: AtomicU64,
+    /// Blocks sent a second time (`lanes.*.repeat_after`); their datagrams
+    /// count in `datagrams` and `wire_bytes`, not in `blocks`.
+    pub blocks_repeated: AtomicU64,
+    /// Blocks not repeated because the lane's repeat buffer was full.
+    pub repeats_skipped: AtomicU64,
     /// Highest block sequence fully sent per lane, plus one (0: none).
     last_sent: [AtomicU64; LANES],
+    /// What the heartbeat tells the receiver's loss ledger.
+    marks: Mutex<Marks>,
+}
+
+/// Block summaries between seal and send, and what was last sent.
+#[derive(Debug, Default)]
+struct Marks {
+    in_flight: BTreeMap<(usize, u64), BlockSummary>,
+    start: [LaneMarks; LANES],
+    next_record: [u64; LANES],
+    recent: [Option<BlockSummary>; LANES],
 }
 
 impl Default for Telemetry {
@@ -63,7 +82,10 @@ impl Default for Telemetry {
             alerts: AtomicU64::new(0),
             alerts_rejected: AtomicU64::new(0),
             alerts_dropped: AtomicU64::new(0),
+            blocks_repeated: AtomicU64::new(0),
+            repeats_skipped: AtomicU64::new(0),
             last_sent: [AtomicU64::new(0), AtomicU64::new(0)],
+            marks: Mutex::new(Marks::default()),
         }
     }
 }
@@ -77,6 +99,60 @@ impl Telemetry {
     pub fn block_sent(&self, lane: Lane, seq: u64) {
         // Stored as seq + 1, so 0 means "nothing sent yet".
         self.last_sent[lane.index()].fetch_max(seq.saturating_add(1), Ordering::Relaxed);
+        if let Ok(mut m) = self.marks.lock() {
+            let i = lane.index();
+            // Blocks of a lane complete in order; everything up to `seq`
+            // has now left.
+            let done: Vec<(usize, u64)> = m
+                .in_flight
+                .range((i, 0)..=(i, seq))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in done {
+                if let Some(s) = m.in_flight.remove(&k) {
+                    m.next_record[i] = s.end_record();
+                    m.recent[i] = Some(s);
+                }
+            }
+        }
+    }
+
+    /// The session's numbering starts here (for the heartbeat's marks).
+    pub fn start_marks(&self, first_block: [u64; LANES], first_record: [u64; LANES]) {
+        if let Ok(mut m) = self.marks.lock() {
+            for l in Lane::ALL {
+                let i = l.index();
+                m.start[i] = LaneMarks {
+                    first_block: first_block[i],
+                    first_record: first_record[i],
+                    next_record: first_record[i],
+                };
+                m.next_record[i] = first_record[i];
+            }
+        }
+    }
+
+    /// A block was sealed: remember its summary until it has been sent.
+    pub fn block_sealed(&self, lane: Lane, summary: BlockSummary) {
+        if let Ok(mut m) = self.marks.lock() {
+            m.in_flight.insert((lane.index(), summary.block), summary);
+        }
+    }
+
+    /// The heartbeat's marks and the last sent block of each lane.
+    pub fn marks(&self) -> ([LaneMarks; LANES], Vec<(Lane, BlockSummary)>) {
+        let Ok(m) = self.marks.lock() else {
+            return (Default::default(), Vec::new());
+        };
+        let marks = Lane::ALL.map(|l| LaneMarks {
+            next_record: m.next_record[l.index()],
+            ..m.start[l.index()]
+        });
+        let recent = Lane::ALL
+            .into_iter()
+            .filter_map(|l| m.recent[l.index()].clone().map(|s| (l, s)))
+            .collect();
+        (marks, recent)
     }
 
     /// Highest block sequence fully sent, per lane.

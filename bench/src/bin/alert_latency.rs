@@ -105,18 +105,21 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{e}"))?]);
     let (rx_port, syslog_port) = (free_udp_port(), free_udp_port());
     let rx_cfg: RxConfig = toml::from_str(&format!(
-        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\nbatch_points = {}\n[outbox]\npath = \"{}\"\n",
+        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"in-memory\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"bench\"\nclient_id = \"weir-bench-rx\"\nbatch_points = {}\n[outbox]\npath = \"{}\"\n[ledger]\ngaps_path = \"{}\"\nsessions_path = \"{}\"\n",
         broker.port(),
         a.batch_points,
-        dir.path().join("rx-outbox.redb").display()
+        dir.path().join("rx-outbox.redb").display(),
+        dir.path().join("rx-gaps.jsonl").display(),
+        dir.path().join("rx-sessions.json").display()
     ))?;
     let rx = weir_rx::run(rx_cfg.validate()?, keyring.clone()).await?;
     let tx_cfg: TxConfig = toml::from_str(&format!(
-        "[link]\ndestination = \"127.0.0.1:{rx_port}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = {}\n[keys]\nfiles = [\"in-memory\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{}\"\n\
+        "[link]\ndestination = \"127.0.0.1:{rx_port}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = {}\n[keys]\nfiles = [\"in-memory\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{}\"\n[sender]\nstate_path = \"{}\"\n\
          [[spool]]\nname = \"bulk\"\ndir = \"{}\"\nformat = \"aveva-csv\"\ntz = \"UTC\"\nscan_interval = \"100ms\"\n\
          [[syslog]]\nname = \"syslog\"\nudp = \"127.0.0.1:{syslog_port}\"\n",
         a.rate_mbps,
         dir.path().join("tx-alert-queue.redb").display(),
+        dir.path().join("tx-state.json").display(),
         spool.display()
     ))?;
     let tx = weir_tx::run(tx_cfg.validate()?, keyring, [0; 8]).await?;

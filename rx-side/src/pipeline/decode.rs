@@ -3,21 +3,30 @@
 //! ```text
 //!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> outbox
 //!           └─heartbeats──────────────────────────────> open ──> link state, tail-loss window
-//!  tick ──> expire pending blocks, declare lost blocks ──> gap events ──> outbox
+//!  tick ──> expire pending blocks, declare lost blocks ──> Ledger ──> gap entries ──> outbox, gaps file
 //! ```
+//!
+//! Every block's trailer (its own summary and its predecessors') and every
+//! heartbeat's marks feed the loss [`Ledger`], which turns lost block
+//! ranges into counted, described gap entries. The session [`Book`]
+//! refuses sessions older than the newest of their sender, and lets a
+//! restarted receiver resume where it stopped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
+use weir_shared::lane::Lane;
+use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
 use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
 use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::files::{FileWork, notify_lost};
+use super::ledger::{Admission, Book, GapLog, gap_json};
 use super::open::{Gate, OpenError};
 use super::outbox::Item;
 use super::publish::Topics;
@@ -26,6 +35,8 @@ use crate::stats::{RxStats, add};
 
 /// How often pending blocks are expired and lost blocks reported.
 const TICK: Duration = Duration::from_millis(200);
+/// How often the session book is written (when it changed).
+const BOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The decode stage's state.
 pub struct Core {
@@ -38,19 +49,67 @@ pub struct Core {
     max_sessions: usize,
     /// The file output, told of lost blocks (when `[files]` is configured).
     files: Option<Sender<FileWork>>,
+    ledger: Ledger,
+    book: Book,
+    gaps: GapLog,
+    /// First block delivered in this process per session lane: lost blocks
+    /// below it were sent while this receiver was not listening.
+    first_seen: HashMap<(SessionId, Lane), u64>,
+    book_written: Instant,
 }
 
 impl Core {
-    /// A core with these limits and keys.
-    pub fn new(limits: ReassemblyLimits, keyring: Keyring) -> Self {
-        Self {
-            reassembler: Reassembler::new(limits),
+    /// A core with these limits and keys, its ledger file and session
+    /// book; resumes the sessions the book names.
+    pub fn new(
+        limits: ReassemblyLimits,
+        keyring: Keyring,
+        ledger: &weir_shared::config::LedgerConfig,
+    ) -> anyhow::Result<Self> {
+        let book = Book::load(&ledger.sessions_path, ledger.allow_older_sessions)?;
+        let gaps = GapLog::open(&ledger.gaps_path)?;
+        let mut reassembler = Reassembler::new(limits);
+        let t = now();
+        for (session, key_id, floors) in book.resume_points() {
+            for lane in Lane::ALL {
+                if let Some(floor) = floors[lane.index()] {
+                    reassembler.restore(t, session, key_id, lane, floor);
+                }
+            }
+        }
+        Ok(Self {
+            reassembler,
             gate: Gate::new(keyring),
             hb_seq: HashMap::new(),
             seen: HashSet::new(),
             max_sessions: limits.max_sessions,
             files: None,
+            ledger: Ledger::new(LedgerLimits {
+                max_summaries: 4096,
+                max_sessions: limits.max_sessions,
+                resolve_timeout: ledger.resolve_timeout,
+            }),
+            book,
+            gaps,
+            first_seen: HashMap::new(),
+            book_written: t,
+        })
+    }
+
+    /// Refuse these key ids (`keys.retired_key_ids`).
+    #[must_use]
+    pub fn with_retired(mut self, retired: &[u16]) -> Self {
+        self.gate = std::mem::replace(&mut self.gate, Gate::new(Keyring::default())).with_retired(retired);
+        self
+    }
+
+    /// Admit an authenticated session (see [`Book`]); counts a refusal.
+    fn admit(&mut self, stats: &RxStats, header: &Header) -> bool {
+        if self.book.admit(header.session, header.key_id) == Admission::Refused {
+            add(&stats.drop_old_session, 1);
+            return false;
         }
+        true
     }
 
     /// Also tell the file output of lost blocks.
@@ -64,6 +123,7 @@ impl Core {
 fn count_open_error(stats: &RxStats, e: OpenError) {
     match e {
         OpenError::UnknownKey(_) => add(&stats.drop_unknown_key, 1),
+        OpenError::Retired(_) => add(&stats.drop_retired_key, 1),
         OpenError::Auth | OpenError::Heartbeat => add(&stats.drop_auth, 1),
     }
 }
@@ -86,6 +146,14 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Where the decode stage sends what it learns.
+struct Out<'a> {
+    stats: &'a RxStats,
+    link: &'a Mutex<LinkState>,
+    topics: &'a Topics,
+    to_outbox: &'a Sender<Item>,
+}
+
 /// Run until the verify channel closes.
 pub async fn run(
     mut core: Core,
@@ -95,22 +163,32 @@ pub async fn run(
     mut from_verify: Receiver<Verified>,
     to_outbox: Sender<Item>,
 ) -> Result<(), StageError> {
+    let out = Out {
+        stats: &stats,
+        link: &link,
+        topics: &topics,
+        to_outbox: &to_outbox,
+    };
     let mut tick = tokio::time::interval(TICK);
     loop {
         let batch = tokio::select! {
             b = from_verify.recv() => match b { Some(b) => b, None => break },
             _ = tick.tick() => {
                 core.reassembler.poll_timeouts(now());
-                report_lost(&mut core, &stats, &topics, &to_outbox);
+                report_lost(&mut core, &out, false);
                 continue;
             }
         };
         let Verified { mut buf, items } = batch;
         for (header, start, len) in items {
             let payload = &mut buf[start..start + len];
+            if core.book.is_refused(header.session) {
+                add(&stats.drop_old_session, 1);
+                continue;
+            }
             match header.kind {
                 Kind::Heartbeat => {
-                    if heartbeat(&mut core, &stats, &link, &header, payload) {
+                    if heartbeat(&mut core, &out, &header, payload) {
                         first_sight(&mut core, &topics, &to_outbox, &header);
                     }
                 }
@@ -118,72 +196,90 @@ pub async fn run(
                     let t = now();
                     match core.reassembler.handle_symbol(t, &header, payload) {
                         Ok(None) => {}
-                        Ok(Some(mut block)) => {
-                            let key = BlockKey {
-                                session: block.header.session,
-                                lane: block.header.lane,
-                                seq: block.header.seq,
-                            };
-                            if !core.reassembler.is_fresh(key) {
-                                add(&stats.drop_replay, 1);
-                                continue;
-                            }
-                            match core.gate.open_block(&block.header, &mut block.sealed) {
-                                Ok(len) => {
-                                    core.reassembler.confirm(t, key, block.header.key_id);
-                                    first_sight(&mut core, &topics, &to_outbox, &block.header);
-                                    if let Ok(mut l) = link.lock() {
-                                        l.record_delivered(key.session, key.lane, key.seq);
-                                    }
-                                    add(&stats.blocks_ok, 1);
-                                    add(&stats.fec_repaired, u64::from(block.repaired));
-                                    block.sealed.truncate(len);
-                                    let opened = OpenedBlock {
-                                        session: key.session,
-                                        lane: key.lane,
-                                        seq: key.seq,
-                                        frame: block.sealed,
-                                        verdicts: None,
-                                    };
-                                    // Never wait on the outbox writer: a slow
-                                    // disk must not hold up the next alert
-                                    // symbol. A full queue sheds the block,
-                                    // counted and reported as a gap.
-                                    match to_outbox.try_send(Item::Block(opened)) {
-                                        Err(TrySendError::Full(Item::Block(b))) => {
-                                            shed(&stats, &topics, &to_outbox, &b);
-                                        }
-                                        Ok(()) | Err(TrySendError::Full(_)) => {}
-                                        Err(TrySendError::Closed(_)) => {
-                                            return Err(StageError::Closed("decode"));
-                                        }
-                                    }
-                                }
-                                Err(e) => {
-                                    count_open_error(&stats, e);
-                                    tracing::warn!(seq = key.seq, lane = key.lane.as_str(), error = %e, "Block refused by the AEAD gate.");
-                                }
-                            }
-                        }
+                        Ok(Some(block)) => deliver(&mut core, &out, t, block)?,
                         Err(r) => count_drop(&stats, r),
                     }
                 }
             }
         }
     }
-    // Input closed: report whatever is already known lost.
+    // Input closed: report whatever is already known lost, and what is
+    // still waiting to be counted.
     core.reassembler.poll_timeouts(now());
-    report_lost(&mut core, &stats, &topics, &to_outbox);
+    report_lost(&mut core, &out, true);
     Ok(())
 }
 
-fn heartbeat(
+/// A rebuilt block: open it, account for it, and hand it to the outbox.
+fn deliver(
     core: &mut Core,
-    stats: &RxStats,
-    link: &Mutex<LinkState>,
-    header: &Header,
-    payload: &[u8],
-) -> bool {
+    out: &Out<'_>,
+    t: Instant,
+    mut block: weir_shared::reassembly::CompletedBlock,
+) -> Result<(), StageError> {
+    let stats = out.stats;
+    let key = BlockKey {
+        session: block.header.session,
+        lane: block.header.lane,
+        seq: block.header.seq,
+    };
+    if !core.reassembler.is_fresh(key) {
+        add(&stats.drop_replay, 1);
+        return Ok(());
+    }
+    let len = match core.gate.open_block(&block.header, &mut block.sealed) {
+        Ok(len) => len,
+        Err(e) => {
+            count_open_error(stats, e);
+            tracing::warn!(seq = key.seq, lane = key.lane.as_str(), error = %e, "Block refused by the AEAD gate.");
+            return Ok(());
+        }
+    };
+    if !core.admit(stats, &block.header) {
+        return Ok(());
+    }
+    let Ok((summaries, frame_len)) = split_trailer(&block.sealed[..len]) else {
+        // Authentic but unreadable: a sender speaking another version. Not
+        // confirmed, so the block is declared lost and accounted for.
+        add(&stats.drop_trailer, 1);
+        tracing::error!(seq = key.seq, lane = key.lane.as_str(), "Authentic block without a readable ledger trailer.");
+        return Ok(());
+    };
+    core.ledger.describe(key.session, key.lane, &summaries);
+    core.reassembler.confirm(t, key, block.header.key_id);
+    core.first_seen.entry((key.session, key.lane)).or_insert(key.seq);
+    first_sight(core, out.topics, out.to_outbox, &block.header);
+    if let Ok(mut l) = out.link.lock() {
+        l.record_delivered(key.session, key.lane, key.seq);
+    }
+    add(&stats.blocks_ok, 1);
+    add(&stats.fec_repaired, u64::from(block.repaired));
+    super::headroom::record_block(stats, out.link, key, block.tally);
+    block.sealed.truncate(frame_len);
+    let opened = OpenedBlock {
+        session: key.session,
+        lane: key.lane,
+        seq: key.seq,
+        frame: block.sealed,
+        verdicts: None,
+    };
+    // Never wait on the outbox writer: a slow disk must not hold up the
+    // next alert symbol. A full queue sheds the block, counted and written
+    // down in the gap ledger.
+    match out.to_outbox.try_send(Item::Block(opened)) {
+        Err(TrySendError::Full(Item::Block(b))) => {
+            add(&stats.blocks_shed, 1);
+            tracing::error!(seq = b.seq, lane = b.lane.as_str(), "Receiver overloaded: block shed and written down as a gap.");
+            core.ledger.lost(t, b.session, b.lane, b.seq, b.seq, GapCause::Shed);
+        }
+        Ok(()) | Err(TrySendError::Full(_)) => {}
+        Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
+    }
+    Ok(())
+}
+
+fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) -> bool {
+    let stats = out.stats;
     let hb = match core.gate.open_heartbeat(header, payload) {
         Ok(hb) => hb,
         Err(e) => {
@@ -199,15 +295,35 @@ fn heartbeat(
         add(&stats.drop_replay, 1);
         return false;
     }
+    if !core.admit(stats, header) {
+        return false;
+    }
     if core.hb_seq.len() >= core.max_sessions * 2 {
         core.hb_seq.clear();
     }
     core.hb_seq.insert(header.session, header.seq);
     add(&stats.heartbeats, 1);
     let t = now();
+    let first_block = hb.marks.map(|m| m.first_block);
+    core.reassembler
+        .session_start(t, header.session, header.key_id, first_block);
     core.reassembler
         .handle_heartbeat(t, header.session, header.key_id, hb.last_sent);
-    if let Ok(mut l) = link.lock() {
+    for lane in Lane::ALL {
+        let m = hb.marks[lane.index()];
+        let tail = hb.last_sent[lane.index()].map(|b| (b, m.next_record));
+        core.ledger.mark(
+            header.session,
+            lane,
+            Some((m.first_block, m.first_record)),
+            tail,
+        );
+    }
+    for (lane, summary) in &hb.recent {
+        core.ledger
+            .describe(header.session, *lane, std::slice::from_ref(summary));
+    }
+    if let Ok(mut l) = out.link.lock() {
         l.skew_ms = hb.sent_unix_ms - unix_ms();
         l.last = Some((t, header.session, hb));
     }
@@ -237,24 +353,11 @@ fn first_sight(core: &mut Core, topics: &Topics, to_outbox: &Sender<Item>, heade
     send_event(to_outbox, msg);
 }
 
-fn shed(stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>, b: &OpenedBlock) {
-    add(&stats.blocks_shed, 1);
-    tracing::error!(
-        seq = b.seq,
-        lane = b.lane.as_str(),
-        "Receiver overloaded: block shed and reported as a gap."
-    );
-    let body = serde_json::json!({"type": "block_shed", "session": b.session.short_hex(),
-        "lane": b.lane.as_str(), "first_block": b.seq, "last_block": b.seq});
-    let gap = Message {
-        topic: topics.gaps.clone(),
-        payload: body.to_string().into_bytes(),
-        retain: false,
-    };
-    send_event(to_outbox, gap);
-}
-
-fn report_lost(core: &mut Core, stats: &RxStats, topics: &Topics, to_outbox: &Sender<Item>) {
+/// Lost block ranges into the ledger; the ledger's countable entries out
+/// to the gaps topic, the gaps file and the counters. `last`: the input
+/// closed, report everything still waiting.
+fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
+    let stats = out.stats;
     let s = core.reassembler.stats();
     stats
         .blocks_lost
@@ -265,20 +368,58 @@ fn report_lost(core: &mut Core, stats: &RxStats, topics: &Topics, to_outbox: &Se
     stats
         .sessions_evicted
         .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
+    let t = now();
     while let Some(lost) = core.reassembler.poll_lost() {
         notify_lost(core.files.as_ref(), lost);
-        tracing::warn!(session = %lost.session.short_hex(), lane = lost.lane.as_str(), first = lost.first,
-            last = lost.last, blocks = lost.count(), "Blocks lost: FEC could not recover them.");
-        let ts = rfc3339_ns(unix_ms().saturating_mul(1_000_000));
-        let body = serde_json::json!({
-            "type": "blocks_lost", "session": lost.session.short_hex(), "lane": lost.lane.as_str(),
-            "first_block": lost.first, "last_block": lost.last, "blocks": lost.count(), "ts": ts,
-        });
+        let cause = match core.first_seen.get(&(lost.session, lost.lane)) {
+            Some(&first) if lost.first >= first => GapCause::Link,
+            _ => GapCause::ReceiverDown,
+        };
+        if matches!(cause, GapCause::Link) {
+            super::headroom::record_lost(out.link, lost);
+        }
+        core.ledger
+            .lost(t, lost.session, lost.lane, lost.first, lost.last, cause);
+    }
+    let entries = if last {
+        core.ledger.flush()
+    } else {
+        core.ledger.poll(t)
+    };
+    for e in entries {
+        let ts = unix_ms().saturating_mul(1_000_000);
+        let body = gap_json(&e, ts);
+        tracing::warn!(session = %e.session.short_hex(), lane = e.lane.as_str(), first_block = e.first_block,
+            last_block = e.last_block, records = ?e.records, cause = e.cause.as_str(), "Records lost: written down in the gap ledger.");
+        add(&stats.gap_entries, 1);
+        match e.records {
+            Some(n) => add(&stats.records_lost, n),
+            None => add(&stats.gap_entries_uncounted, 1),
+        }
+        core.gaps.append(&body);
         let msg = Message {
-            topic: topics.gaps.clone(),
+            topic: out.topics.gaps.clone(),
             payload: body.to_string().into_bytes(),
             retain: false,
         };
-        send_event(to_outbox, msg);
+        send_event(out.to_outbox, msg);
+    }
+    save_book(core, t, last);
+}
+
+/// Keep the book's lane floors current, and write it at most every
+/// [`BOOK_EVERY`] (and at the end).
+fn save_book(core: &mut Core, t: Instant, last: bool) {
+    if !last && t.saturating_duration_since(core.book_written) < BOOK_EVERY {
+        return;
+    }
+    core.book_written = t;
+    for session in core.book.sessions() {
+        if let Some(floors) = core.reassembler.floors(session) {
+            core.book.set_floors(session, floors);
+        }
+    }
+    if let Err(e) = core.book.flush() {
+        tracing::error!(error = %format!("{e:#}"), "Session book not written.");
     }
 }

@@ -22,6 +22,8 @@
 pub mod decode;
 pub mod dq;
 pub mod files;
+pub mod headroom;
+pub mod ledger;
 pub mod mqtt_tls;
 pub mod open;
 pub mod outbox;
@@ -125,6 +127,8 @@ pub struct LinkState {
     pub skew_ms: i64,
     /// Last block delivered per lane, for the most recent session.
     delivered: Option<(SessionId, [Option<u64>; LANES])>,
+    /// FEC headroom meters, per lane.
+    pub headroom: headroom::Headroom,
 }
 
 impl LinkState {
@@ -323,7 +327,9 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     let (dq_tx, dq_reload) = start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     tasks.spawn(decode::run(
-        decode::Core::new(cfg.reassembly, keyring).with_files(files_tx.clone()),
+        decode::Core::new(cfg.reassembly, keyring, &cfg.raw.ledger)?
+            .with_retired(&cfg.raw.keys.retired_key_ids)
+            .with_files(files_tx.clone()),
         stats.clone(),
         link.clone(),
         topics.clone(),

@@ -24,6 +24,9 @@ pub enum OpenError {
     /// No loaded key has the header's key id.
     #[error("unknown key id {0}")]
     UnknownKey(u16),
+    /// The key id was retired by the operator.
+    #[error("retired key id {0}")]
+    Retired(u16),
     /// Authentication failed.
     #[error("authentication failed")]
     Auth,
@@ -35,6 +38,7 @@ pub enum OpenError {
 /// The keyring and the session keys derived from it.
 pub struct Gate {
     keyring: Keyring,
+    retired: Vec<KeyId>,
     cache: HashMap<(SessionId, KeyId), SessionKey>,
 }
 
@@ -43,8 +47,16 @@ impl Gate {
     pub fn new(keyring: Keyring) -> Self {
         Self {
             keyring,
+            retired: Vec::new(),
             cache: HashMap::new(),
         }
+    }
+
+    /// Refuse these key ids even though a loaded file has them.
+    #[must_use]
+    pub fn with_retired(mut self, retired: &[u16]) -> Self {
+        self.retired = retired.iter().map(|&k| KeyId(k)).collect();
+        self
     }
 
     fn with_key<T>(
@@ -52,6 +64,9 @@ impl Gate {
         header: &Header,
         f: impl FnOnce(&SessionKey) -> Result<T, OpenError>,
     ) -> Result<T, OpenError> {
+        if self.retired.contains(&header.key_id) {
+            return Err(OpenError::Retired(header.key_id.0));
+        }
         let id = (header.session, header.key_id);
         if let Some(k) = self.cache.get(&id) {
             return f(k);

@@ -182,7 +182,13 @@ fn encode_body(body: &Body) -> (Table, Vec<u8>) {
     }
 }
 
-fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
+/// Read back a stored entry of `at.table` (the inverse of `encode_body`).
+///
+/// This is what recovery runs on every entry left in the outbox after a
+/// restart, so the bytes are checked: a malformed entry is an
+/// [`OutboxError::Malformed`], never a panic. Public for the fuzz target
+/// (`shared/fuzz/fuzz_targets/outbox_recovery.rs`).
+pub fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
     let bad = || OutboxError::Malformed {
         table: at.table.name(),
         key: at.key,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  heartbeats ──> LinkState (sender uptime, counters, last block sent per lane, clock skew)
-//!  decode     ──> LinkState (last block delivered per lane)
+//!  decode     ──> LinkState (last block delivered per lane, FEC headroom meters)
 //!  every 2 s ──> retained status (publish, outside the outbox)
 //!  link up ⇄ down ──> audit event (outbox)
 //! ```
@@ -11,6 +11,8 @@
 //! The link is up while heartbeats arrive within `link.link_timeout`. A
 //! block sent (per the sender's heartbeat) but not delivered here is what
 //! `lag_blocks` shows; the reassembler turns a lasting lag into a gap.
+//! `fec` is the receiver's own measure of the link, per lane: how much of
+//! its repair budget each block needed (`weir_shared::headroom`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +71,7 @@ fn body(
         "ts": rfc3339_ns(unix_ns()),
         "link_up": link_up,
         "sender": sender,
+        "fec": link.headroom.to_json(),
         "counters": stats.snapshot(),
     });
     (body, link_up)
@@ -136,6 +139,9 @@ mod tests {
             counters: weir_shared::heartbeat::TxCounters::default(),
             spool_depth: 0,
             config_fingerprint: [0; 8],
+            marks: Default::default(),
+            fec: Default::default(),
+            recent: Vec::new(),
         };
         let mut link = LinkState {
             last: Some((t, s, hb)),
@@ -153,6 +159,8 @@ mod tests {
         assert_eq!(b["sender"]["lag_blocks"]["bulk"], 3);
         assert_eq!(b["sender"]["lag_blocks"]["alert"], 4);
         assert_eq!(b["sender"]["last_block_delivered"]["bulk"], 7);
+        assert_eq!(b["fec"]["bulk"]["blocks"], 0, "no block measured yet");
+        assert_eq!(b["fec"]["alert"]["pattern"], "none");
         let (_, up) = body(
             &link,
             Duration::from_secs(3),

@@ -95,9 +95,11 @@ async fn main() -> anyhow::Result<()> {
     // has to name something for validation.
     let rx_port = weir_tests::free_udp_port();
     let rx_toml = format!(
-        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"{k}\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nsite = \"demo\"\nclient_id = \"weir-demo-rx\"\n[outbox]\npath = \"{o}\"\n",
+        "[link]\nlisten = \"127.0.0.1:{rx_port}\"\n[keys]\nfiles = [\"{k}\"]\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nsite = \"demo\"\nclient_id = \"weir-demo-rx\"\n[outbox]\npath = \"{o}\"\n[ledger]\ngaps_path = \"{g}\"\nsessions_path = \"{s}\"\n",
         k = base.join("unused.key").display(),
         o = base.join("rx-outbox.redb").display(),
+        g = base.join("rx-gaps.jsonl").display(),
+        s = base.join("rx-sessions.json").display(),
     );
     let rx_cfg = toml::from_str::<RxConfig>(&rx_toml)?.validate()?;
     let rx = weir_rx::run(rx_cfg, keyring.clone()).await?;
@@ -115,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     // 5. The sender, with two spools.
     let (pi, aveva) = (base.join("spool/pi"), base.join("spool/aveva"));
     let tx_toml = format!(
-        "[link]\ndestination = \"{dst}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = 500.0\n[keys]\nfiles = [\"{k}\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{q}\"\n\
+        "[link]\ndestination = \"{dst}\"\nbind = \"127.0.0.1:0\"\nrate_mbps = 500.0\n[keys]\nfiles = [\"{k}\"]\nactive_key_id = 1\n[alert_queue]\npath = \"{q}\"\n[sender]\nstate_path = \"{st}\"\n\
          [[spool]]\nname = \"pi\"\ndir = \"{pi}\"\nformat = \"pi-webapi-json\"\nscan_interval = \"200ms\"\n\
          [[spool]]\nname = \"aveva\"\ndir = \"{av}\"\nformat = \"aveva-csv\"\ntz = \"America/Chicago\"\ndiscrete_tags = [\"PUMP7.Running\"]\nscan_interval = \"200ms\"\n",
         dst = link.input,
@@ -123,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         pi = pi.display(),
         av = aveva.display(),
         q = base.join("tx-alert-queue.redb").display(),
+        st = base.join("tx-state.json").display(),
     );
     let tx_cfg = toml::from_str::<TxConfig>(&tx_toml)?.validate()?;
     let tx = weir_tx::run(tx_cfg, keyring, [0; 8]).await?;

@@ -9,26 +9,32 @@
 //! one it took (`max_age` only bounds a burst); the bulk lane fills blocks
 //! up to `max_batch_bytes` or `max_age`.
 //!
-//! Every record gets the next per-session sequence number here. A
+//! Every record gets the next record number of its lane here (numbers
+//! persist across sender restarts, [`crate::state`]), and the block's
+//! summary for the receiver's loss ledger is built beside it. A
 //! file-done marker rides with the batch holding the file's last records,
 //! so the file is completed only after that block was sent. Full-queue
 //! policy: await the seal stage.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::config::ValidLane;
 use weir_shared::lane::Lane;
+use weir_shared::ledger::SummaryBuilder;
 use weir_shared::record::{BatchBuilder, Record};
 
 use super::{FileDone, Frame, SourceItem, StageError, now};
+use crate::state::Numbering;
 use crate::telemetry::{Telemetry, add};
 
 struct LaneBatch {
     cfg: ValidLane,
     builder: BatchBuilder,
+    summary: SummaryBuilder,
+    next_record: u64,
     markers: Vec<FileDone>,
     oldest: Option<Instant>,
 }
@@ -51,6 +57,7 @@ impl LaneBatch {
             lane,
             bytes,
             records,
+            summary: self.summary.finish(self.next_record),
             markers: std::mem::take(&mut self.markers),
         })
     }
@@ -63,13 +70,16 @@ pub async fn run(
     lane: Lane,
     cfg: ValidLane,
     telemetry: Arc<Telemetry>,
-    record_seq: Arc<AtomicU64>,
+    numbering: Arc<Numbering>,
     mut from_source: Receiver<SourceItem>,
     to_seal: Sender<Frame>,
 ) -> Result<(), StageError> {
+    let published = &numbering.next_record[lane.index()];
     let mut b = LaneBatch {
         cfg,
         builder: BatchBuilder::default(),
+        summary: SummaryBuilder::default(),
+        next_record: published.load(Ordering::Relaxed),
         markers: Vec::new(),
         oldest: None,
     };
@@ -99,7 +109,7 @@ pub async fn run(
                 continue;
             }
         };
-        let seq = record_seq.fetch_add(1, Ordering::Relaxed);
+        let seq = b.next_record;
         record.set_seq(seq);
         let size = b.builder.push(&record)?;
         if size > b.cfg.max_batch_bytes as usize {
@@ -115,6 +125,9 @@ pub async fn run(
             );
             continue;
         }
+        b.summary.add(seq, &record);
+        b.next_record += 1;
+        published.store(b.next_record, Ordering::Relaxed);
         b.oldest.get_or_insert_with(now);
         let full = b.builder.len_bytes() >= b.cfg.max_batch_bytes as usize;
         // The alert lane does not wait for company: once nothing more is

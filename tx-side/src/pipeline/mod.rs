@@ -37,12 +37,14 @@ use anyhow::Context;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidTx;
-use weir_shared::heartbeat::{Heartbeat, seal_heartbeat};
+use weir_shared::heartbeat::{Heartbeat, LaneFec, seal_heartbeat};
+use weir_shared::ledger::BlockSummary;
 use weir_shared::lane::{LANES, Lane};
 use weir_shared::record::{FileChunk, Record};
 use weir_shared::seal::{Keyring, SessionKey};
-use weir_shared::wire::{KeyId, SessionId};
+use weir_shared::wire::{KeyId, Role, SessionId};
 
+use crate::state::{Numbering, StateStore};
 use crate::telemetry::Telemetry;
 
 /// Why a stage stopped early.
@@ -122,6 +124,7 @@ pub struct Frame {
     lane: Lane,
     bytes: Vec<u8>,
     records: u64,
+    summary: BlockSummary,
     markers: Vec<FileDone>,
 }
 
@@ -261,16 +264,31 @@ async fn start(
             key_id.0
         )
     })?;
-    let mut session = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session)
+    let (store, numbering, role) = match sources {
+        Sources::Configured => {
+            let (store, n) = StateStore::open(&cfg.raw.sender.state_path)?;
+            (Some(store), n, Role::Daemon)
+        }
+        // A one-shot push numbers from zero in an epoch of its own role.
+        Sources::Pushed => (
+            None,
+            Numbering::from_zero(u64::try_from(unix_ms()).unwrap_or(0)),
+            Role::OneShot,
+        ),
+    };
+    let numbering = Arc::new(numbering);
+    let mut random = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
         .map_err(|_| anyhow::anyhow!("drawing a session id"))?;
-    let session = SessionId(session);
+    let session = SessionId::new(cfg.raw.sender.id, role, numbering.epoch, random);
     let key = Arc::new(psk.session_key(session));
     let socket = send::open_socket(&cfg).await?;
-    tracing::info!(session = %session.short_hex(), key_id = key_id.0, symbol_size = cfg.symbol_size,
+    tracing::info!(session = %session.short_hex(), sender = cfg.raw.sender.id, epoch = numbering.epoch,
+        key_id = key_id.0, symbol_size = cfg.symbol_size,
         destination = %cfg.raw.link.destination, "Sender session started.");
 
     let telemetry = Arc::new(Telemetry::default());
+    telemetry.start_marks(numbering.first_block, numbering.first_record);
     let cancel = CancellationToken::new();
     // One source channel per lane, so an alert never queues behind bulk
     // records (the batch stage reads the alert channel first).
@@ -298,6 +316,7 @@ async fn start(
     spawn_lanes(
         &cfg,
         &telemetry,
+        &numbering,
         &key,
         key_id,
         session,
@@ -313,6 +332,7 @@ async fn start(
         cfg.lanes,
         lane_rxs,
         burst_tx,
+        telemetry.clone(),
     ));
     let socket = Arc::new(socket);
     tasks.spawn(send::run(
@@ -328,6 +348,13 @@ async fn start(
         session,
         config_fingerprint,
         telemetry: telemetry.clone(),
+        fec: cfg.lanes.map(|l| LaneFec {
+            repair_permille: l.repair_permille,
+            min_repair: l.min_repair,
+            interleave: u16::try_from(l.interleave_blocks).unwrap_or(u16::MAX),
+        }),
+        numbering,
+        store,
     };
     tasks.spawn(heartbeat(
         beat,
@@ -380,10 +407,31 @@ struct Beat {
     session: SessionId,
     config_fingerprint: [u8; 8],
     telemetry: Arc<Telemetry>,
+    fec: [LaneFec; LANES],
+    numbering: Arc<Numbering>,
+    /// The daemon's numbering file (none for one-shot pushes).
+    store: Option<StateStore>,
 }
 
 impl Beat {
+    /// Extend the numbering reservation (every heartbeat), or store the
+    /// exact numbers (`last`, after the pipeline drained).
+    fn persist(&mut self, last: bool) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let r = if last {
+            store.close(&self.numbering)
+        } else {
+            store.checkpoint(&self.numbering)
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %format!("{e:#}"), "Sender numbering could not be stored.");
+        }
+    }
+
     fn datagram(&self, started: Instant, seq: u64) -> Option<Vec<u8>> {
+        let (marks, recent) = self.telemetry.marks();
         let hb = Heartbeat {
             sent_unix_ms: unix_ms(),
             uptime_ms: now().duration_since(started).as_millis() as u64,
@@ -394,6 +442,9 @@ impl Beat {
                 .spool_depth
                 .load(std::sync::atomic::Ordering::Relaxed),
             config_fingerprint: self.config_fingerprint,
+            marks,
+            fec: self.fec,
+            recent,
         };
         let mut dgram = Vec::new();
         match seal_heartbeat(&self.key, self.key_id, self.session, seq, &hb, &mut dgram) {
@@ -410,7 +461,7 @@ impl Beat {
 /// When the pipeline has drained, send three last ones (a lost heartbeat
 /// must not hide tail loss) and stop.
 async fn heartbeat(
-    beat: Beat,
+    mut beat: Beat,
     interval: std::time::Duration,
     socket: Arc<tokio::net::UdpSocket>,
     destination: std::net::SocketAddr,
@@ -420,7 +471,7 @@ async fn heartbeat(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
-    let send = async |seq: &mut u64| {
+    let send = async |beat: &Beat, seq: &mut u64| {
         if let Some(d) = beat.datagram(started, *seq) {
             *seq += 1;
             if let Err(e) = socket.send_to(&d, destination).await {
@@ -431,11 +482,15 @@ async fn heartbeat(
     loop {
         tokio::select! {
             _ = &mut drained => break,
-            _ = tick.tick() => send(&mut seq).await,
+            _ = tick.tick() => {
+                beat.persist(false);
+                send(&beat, &mut seq).await;
+            }
         }
     }
+    beat.persist(true);
     for _ in 0..3 {
-        send(&mut seq).await;
+        send(&beat, &mut seq).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     Ok(())
@@ -448,6 +503,7 @@ async fn heartbeat(
 fn spawn_lanes(
     cfg: &ValidTx,
     telemetry: &Arc<Telemetry>,
+    numbering: &Arc<Numbering>,
     key: &Arc<SessionKey>,
     key_id: KeyId,
     session: SessionId,
@@ -455,7 +511,6 @@ fn spawn_lanes(
     lane_txs: &[mpsc::Sender<EncodedBlock>; LANES],
     tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
 ) {
-    let record_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for (lane, from_source) in Lane::ALL.into_iter().zip(from_sources) {
         let (frame_tx, frame_rx) = mpsc::channel(4);
         let (sealed_tx, sealed_rx) = mpsc::channel(4);
@@ -464,18 +519,19 @@ fn spawn_lanes(
             lane,
             lane_cfg,
             telemetry.clone(),
-            record_seq.clone(),
+            numbering.clone(),
             from_source,
             frame_tx,
         ));
-        tasks.spawn(seal::run(
-            key.clone(),
+        let sealer = seal::Sealer {
+            key: key.clone(),
             key_id,
             session,
-            cfg.symbol_size,
-            frame_rx,
-            sealed_tx,
-        ));
+            symbol_size: cfg.symbol_size,
+            numbering: numbering.clone(),
+            telemetry: telemetry.clone(),
+        };
+        tasks.spawn(seal::run(sealer, frame_rx, sealed_tx));
         tasks.spawn(encode::run(
             cfg.symbol_size,
             cfg.max_block_bytes,

@@ -7,41 +7,68 @@
 //! The block sequence number is per lane and doubles as the nonce, so it
 //! is assigned here, where the nonce is used, and nowhere else.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::{Receiver, Sender};
-use weir_shared::lane::LANES;
+use weir_shared::ledger::{HISTORY, append_trailer};
 use weir_shared::seal::{SessionKey, sealed_len};
 use weir_shared::wire::{Header, KeyId, Kind, SessionId};
 
 use super::{Frame, SealedBlock, StageError};
+use crate::state::Numbering;
+use crate::telemetry::Telemetry;
 
-/// Run until the batch channel closes.
+/// What every block of a session is sealed with.
+pub struct Sealer {
+    /// The session key.
+    pub key: Arc<SessionKey>,
+    /// Its key id.
+    pub key_id: KeyId,
+    /// The session.
+    pub session: SessionId,
+    /// RaptorQ symbol size.
+    pub symbol_size: u16,
+    /// Block numbers (persisted across sessions).
+    pub numbering: Arc<Numbering>,
+    /// Where block summaries wait until their block was sent.
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Run until the batch channel closes. Each block's plaintext is its frame
+/// and a trailer with its own summary and the summaries of the
+/// [`HISTORY`] blocks before it (the receiver's loss ledger).
 pub async fn run(
-    key: Arc<SessionKey>,
-    key_id: KeyId,
-    session: SessionId,
-    symbol_size: u16,
+    s: Sealer,
     mut from_batch: Receiver<Frame>,
     to_encode: Sender<SealedBlock>,
 ) -> Result<(), StageError> {
-    let mut next_seq = [0u64; LANES];
+    let mut history: VecDeque<weir_shared::ledger::BlockSummary> = VecDeque::new();
     while let Some(frame) = from_batch.recv().await {
-        let seq = next_seq[frame.lane.index()];
-        next_seq[frame.lane.index()] += 1;
+        let lane = frame.lane;
+        let seq = s.numbering.next_block[lane.index()].fetch_add(1, Ordering::Relaxed);
+        let mut summary = frame.summary;
+        summary.block = seq;
+        history.push_front(summary.clone());
+        history.truncate(HISTORY + 1);
+        let mut sealed = frame.bytes;
+        append_trailer(history.make_contiguous(), &mut sealed)
+            .map_err(|_| StageError::Record(weir_shared::record::RecordError::Encode))?;
         let header = Header {
             kind: Kind::Symbol,
-            key_id,
-            lane: frame.lane,
-            session,
+            key_id: s.key_id,
+            lane,
+            session: s.session,
             seq,
-            transfer_len: u32::try_from(sealed_len(frame.bytes.len()))
+            transfer_len: u32::try_from(sealed_len(sealed.len()))
                 .map_err(|_| StageError::Fec(weir_shared::fec::FecError::BlockLength(u32::MAX)))?,
-            symbol_size,
+            symbol_size: s.symbol_size,
             payload_id: 0,
         };
-        let mut sealed = frame.bytes;
-        key.seal(Kind::Symbol, frame.lane, seq, &header.aad(), &mut sealed)?;
+        s.key
+            .seal(Kind::Symbol, lane, seq, &header.aad(), &mut sealed)?;
+        s.telemetry.block_sealed(lane, summary);
         let block = SealedBlock {
             header,
             sealed,

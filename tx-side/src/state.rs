@@ -1,0 +1,233 @@
+//! The sender's persistent numbering: the session epoch, and per lane the
+//! next block and record number.
+//!
+//! Numbers are never reused, even after `kill -9`: before numbers are
+//! handed out, the file is written (and fsynced) with a *reservation* a
+//! margin above them; a crash resumes at the reservation, skipping at
+//! most the margin. A clean stop writes the exact numbers, so the next
+//! session continues without a jump. The receiver needs the continuity to
+//! count lost records across sender restarts, and the epoch to refuse old
+//! sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use weir_shared::lane::{LANES, Lane};
+
+/// Blocks reserved ahead of use.
+const BLOCK_MARGIN: u64 = 1 << 24;
+/// Records reserved ahead of use.
+const RECORD_MARGIN: u64 = 1 << 32;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StateFile {
+    epoch: u64,
+    next_block: [u64; LANES],
+    next_record: [u64; LANES],
+    clean: bool,
+}
+
+/// The live numbers, shared by the batch (records) and seal (blocks)
+/// stages, read by the checkpointing heartbeat.
+#[derive(Debug, Default)]
+pub struct Numbering {
+    /// Session epoch.
+    pub epoch: u64,
+    /// The session's first block per lane.
+    pub first_block: [u64; LANES],
+    /// The session's first record per lane.
+    pub first_record: [u64; LANES],
+    /// Next block number per lane.
+    pub next_block: [AtomicU64; LANES],
+    /// Next record number per lane.
+    pub next_record: [AtomicU64; LANES],
+}
+
+impl Numbering {
+    /// A fresh numbering from 0 (one-shot sessions), with epoch `epoch`.
+    pub fn from_zero(epoch: u64) -> Self {
+        Self {
+            epoch,
+            ..Self::default()
+        }
+    }
+
+    fn from_file(s: &StateFile, epoch: u64) -> Self {
+        Self {
+            epoch,
+            first_block: s.next_block,
+            first_record: s.next_record,
+            next_block: s.next_block.map(AtomicU64::new),
+            next_record: s.next_record.map(AtomicU64::new),
+        }
+    }
+
+    fn current(&self) -> ([u64; LANES], [u64; LANES]) {
+        (
+            Lane::ALL.map(|l| self.next_block[l.index()].load(Ordering::Relaxed)),
+            Lane::ALL.map(|l| self.next_record[l.index()].load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Seconds since the epoch (0 before 1970).
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The state file of a daemon sender.
+#[derive(Debug)]
+pub struct StateStore {
+    path: PathBuf,
+    reserved: StateFile,
+}
+
+impl StateStore {
+    /// Read the state (a missing file starts from zero), start a new epoch,
+    /// and reserve numbers before any is used.
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Numbering)> {
+        let old = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes).with_context(|| {
+                format!(
+                    "sender state {} is unreadable; it holds the session epoch and numbering \
+                     (config key `sender.state_path`); move it away to start numbering afresh",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading sender state {}", path.display()));
+            }
+        };
+        // Above the last epoch, and above the clock, so a sender whose state
+        // was wiped still starts newer than its old sessions.
+        let epoch = old.epoch.saturating_add(1).max(unix_secs());
+        let numbering = Numbering::from_file(&old, epoch);
+        let mut store = Self {
+            path: path.to_owned(),
+            reserved: old,
+        };
+        store.reserve(epoch, old.next_block, old.next_record)?;
+        if !old.clean && old != StateFile::default() {
+            tracing::warn!(state = %path.display(), "The last sender session did not stop cleanly: numbering resumes at its reservation.");
+        }
+        Ok((store, numbering))
+    }
+
+    fn reserve(
+        &mut self,
+        epoch: u64,
+        blocks: [u64; LANES],
+        records: [u64; LANES],
+    ) -> anyhow::Result<()> {
+        let next = StateFile {
+            epoch,
+            next_block: blocks.map(|b| b.saturating_add(BLOCK_MARGIN)),
+            next_record: records.map(|r| r.saturating_add(RECORD_MARGIN)),
+            clean: false,
+        };
+        write_atomic(&self.path, &next)?;
+        self.reserved = next;
+        Ok(())
+    }
+
+    /// Extend the reservation when the numbers in use come near it. Cheap
+    /// when they do not; call every heartbeat.
+    pub fn checkpoint(&mut self, n: &Numbering) -> anyhow::Result<()> {
+        let (blocks, records) = n.current();
+        let near = Lane::ALL.into_iter().any(|l| {
+            let i = l.index();
+            blocks[i].saturating_add(BLOCK_MARGIN / 2) >= self.reserved.next_block[i]
+                || records[i].saturating_add(RECORD_MARGIN / 2) >= self.reserved.next_record[i]
+        });
+        if near {
+            self.reserve(n.epoch, blocks, records)?;
+        }
+        Ok(())
+    }
+
+    /// A clean stop: store the exact numbers.
+    pub fn close(&mut self, n: &Numbering) -> anyhow::Result<()> {
+        let (blocks, records) = n.current();
+        let exact = StateFile {
+            epoch: n.epoch,
+            next_block: blocks,
+            next_record: records,
+            clean: true,
+        };
+        write_atomic(&self.path, &exact)?;
+        self.reserved = exact;
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, state: &StateFile) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(state).context("encoding sender state")?;
+    let mut f = std::fs::File::create(&tmp)
+        .with_context(|| format!("writing sender state {}", tmp.display()))?;
+    f.write_all(&body)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing sender state {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("replacing sender state {}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable only once the directory is.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_continue_after_a_clean_stop_and_skip_after_a_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let (mut store, n) = StateStore::open(&path).expect("open");
+        assert!(n.epoch >= unix_secs());
+        n.next_block[1].store(10, Ordering::Relaxed);
+        n.next_record[1].store(500, Ordering::Relaxed);
+        store.close(&n).expect("close");
+
+        let (_crashed, n2) = StateStore::open(&path).expect("reopen");
+        assert!(n2.epoch > n.epoch);
+        assert_eq!((n2.first_block[1], n2.first_record[1]), (10, 500));
+        n2.next_record[1].store(900, Ordering::Relaxed);
+        // No close: a crash. The next session starts at the reservation,
+        // above anything the crashed one may have used.
+        let (_, n3) = StateStore::open(&path).expect("after crash");
+        assert!(n3.epoch > n2.epoch);
+        assert_eq!(n3.first_record[1], 500 + RECORD_MARGIN);
+        assert_eq!(n3.first_block[1], 10 + BLOCK_MARGIN);
+    }
+
+    #[test]
+    fn checkpoint_extends_the_reservation_before_it_runs_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let (mut store, n) = StateStore::open(&path).expect("open");
+        n.next_record[0].store(RECORD_MARGIN - 1, Ordering::Relaxed);
+        store.checkpoint(&n).expect("checkpoint");
+        let (_, after) = StateStore::open(&path).expect("reopen");
+        assert!(after.first_record[0] >= 2 * RECORD_MARGIN - 1);
+    }
+
+    #[test]
+    fn corrupt_state_names_the_file_and_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"{not json").expect("write");
+        let e = StateStore::open(&path).expect_err("refused");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("state.json") && msg.contains("sender.state_path"), "{msg}");
+    }
+}
