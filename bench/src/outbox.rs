@@ -232,6 +232,7 @@ impl Rig {
                 progress: progress_tx,
                 fallback: fallback_tx,
                 gaps_topic: TOPIC.to_owned(),
+                refused: None,
             },
         ));
         Ok(Self {

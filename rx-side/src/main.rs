@@ -81,7 +81,11 @@ fn print_gaps(cfg: &ValidRx, since: Option<&str>, json: bool) -> anyhow::Result<
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
-        let more = if g["sources_complete"].as_bool() == Some(true) { "" } else { " (+ unknown)" };
+        let more = if g["sources_complete"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (+ unknown)"
+        };
         println!(
             "{:<30} {:<14} {:<6} {:>13} {:>10}  {:<30} {:<30} {}{more}",
             g["ts"].as_str().unwrap_or("?"),
@@ -97,7 +101,11 @@ fn print_gaps(cfg: &ValidRx, since: Option<&str>, json: bool) -> anyhow::Result<
     println!(
         "{} gaps, {records} records lost{}",
         gaps.len(),
-        if uncounted > 0 { format!(" (+ {uncounted} gaps of unknown size)") } else { String::new() }
+        if uncounted > 0 {
+            format!(" (+ {uncounted} gaps of unknown size)")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

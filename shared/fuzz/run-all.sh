@@ -49,7 +49,7 @@ else
   mapfile -t targets < <("${cargo[@]}" fuzz list)
 fi
 
-echo "=== building ${#targets[@]} fuzz targets (sanitizer: $sanitizer)"
+echo "=== building the fuzz targets (sanitizer: $sanitizer)"
 start=$SECONDS
 "${cargo[@]}" fuzz build "${build_flags[@]}"
 echo "built in $((SECONDS - start)) s"

@@ -955,7 +955,7 @@ impl LedgerConfig {
         if self.sessions_path.file_name().is_none() {
             return Err(bad("ledger.sessions_path", "must name a file"));
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.resolve_timeout) {
+        if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.resolve_timeout) {
             return Err(bad("ledger.resolve_timeout", "must be between 1 s and 1 h"));
         }
         Ok(())

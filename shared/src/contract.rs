@@ -58,9 +58,14 @@ pub fn rfc3339_ns(ts_ns: i64) -> String {
     DateTime::from_timestamp_nanos(ts_ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// The record id consumers de-duplicate on.
-pub fn record_id(session: SessionId, seq: u64) -> String {
-    format!("{}-{seq}", session.short_hex())
+/// The record id consumers de-duplicate on: session, lane letter (`a`
+/// alert, `b` bulk: record numbers are per lane) and record number.
+pub fn record_id(session: SessionId, lane: crate::lane::Lane, seq: u64) -> String {
+    let l = match lane {
+        crate::lane::Lane::Alert => 'a',
+        crate::lane::Lane::Bulk => 'b',
+    };
+    format!("{}-{l}{seq}", session.short_hex())
 }
 
 fn value_json(v: &Value) -> (Json, &'static str) {
@@ -215,7 +220,10 @@ fn point_object(session: SessionId, p: &Point, opts: PayloadOptions) -> Map<Stri
     }
     let mut obj = Map::new();
     obj.insert("v".into(), json!(1));
-    obj.insert("id".into(), json!(record_id(session, p.seq)));
+    obj.insert(
+        "id".into(),
+        json!(record_id(session, crate::lane::Lane::Bulk, p.seq)),
+    );
     obj.insert("seq".into(), json!(p.seq));
     obj.insert("tag".into(), json!(p.tag));
     obj.insert("src".into(), Json::Object(src));
@@ -284,7 +292,10 @@ fn opt(obj: &mut Map<String, Json>, key: &str, v: Option<&String>) {
 pub fn alert_payload(session: SessionId, a: &Alert) -> Vec<u8> {
     let mut obj = Map::new();
     obj.insert("v".into(), json!(1));
-    obj.insert("id".into(), json!(record_id(session, a.seq)));
+    obj.insert(
+        "id".into(),
+        json!(record_id(session, crate::lane::Lane::Alert, a.seq)),
+    );
     obj.insert("seq".into(), json!(a.seq));
     obj.insert("source".into(), json!(a.source.as_str()));
     obj.insert("format".into(), json!(format!("{:?}", a.source)));
@@ -399,7 +410,7 @@ mod tests {
     fn payload_carries_id_ts_quality_and_raw_tag() {
         let body = point_payload(SessionId([0xab; 16]), &point());
         let v: Json = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["id"], "abababababababab-42");
+        assert_eq!(v["id"], "abababababababab-b42");
         assert_eq!(v["tag"], "$SYS/a+b#c%d");
         assert_eq!(v["ts"], "2024-03-10T08:00:02.250Z");
         assert_eq!(v["value"], 71.9);

@@ -104,7 +104,8 @@ pub struct HeadroomReport {
     pub min_repair: Option<u32>,
     /// The lane's interleave depth as last announced.
     pub interleave: Option<u16>,
-    /// `ratio − need_p99`.
+    /// Repair left over (sent − needed) as a fraction of K that 99 % of
+    /// the rebuilt blocks had at least (`None`: settings or blocks unknown).
     pub headroom_p99: Option<f64>,
     /// Fewest repair symbols left over by a rebuilt block (sent − needed).
     pub headroom_min_symbols: Option<i64>,
@@ -116,7 +117,8 @@ pub struct HeadroomReport {
     pub burstiness: f64,
     /// None, random or burst.
     pub pattern: LossPattern,
-    /// A ratio that covers the window's p99 need, with a margin, in
+    /// A ratio that covers the window's p99 need (and at least
+    /// `loss / (1 − loss)`, what large blocks need), with a margin, in
     /// 0..=10 (`None` while no block was rebuilt).
     pub recommended_ratio: Option<f64>,
     /// With bursty loss, the depth at which the longest burst seen, spread
@@ -190,6 +192,8 @@ struct Sums {
     burst_on_wire: u32,
     needed_max: u32,
     headroom_min: Option<i64>,
+    /// (Sent − needed) / K of each rebuilt block whose settings are known.
+    headroom: Vec<f64>,
     /// Source symbols of each rebuilt block.
     k: Vec<u32>,
     /// Repair needed / K of each rebuilt block.
@@ -216,19 +220,19 @@ impl Sums {
             s.runs += u64::from(tally.missing_runs);
             s.longest_run = s.longest_run.max(tally.longest_run);
             let depth = fec.map_or(1, |f| u32::from(f.interleave));
-            s.burst_on_wire = s
-                .burst_on_wire
-                .max(tally.longest_run.saturating_mul(depth));
+            s.burst_on_wire = s.burst_on_wire.max(tally.longest_run.saturating_mul(depth));
             s.needed_max = s.needed_max.max(needed);
             if let Some(f) = fec {
                 let left = i64::from(sent(k, f)) - i64::from(needed);
                 s.headroom_min = Some(s.headroom_min.map_or(left, |m| m.min(left)));
+                s.headroom.push(left as f64 / f64::from(k));
             }
             s.k.push(k);
             s.need.push(f64::from(needed) / f64::from(k));
         }
         s.k.sort_unstable();
         s.need.sort_by(f64::total_cmp);
+        s.headroom.sort_by(f64::total_cmp);
         s
     }
 
@@ -301,7 +305,9 @@ impl HeadroomMeter {
 
     /// `blocks` blocks were declared lost.
     pub fn handle_lost(&mut self, blocks: u64) {
-        let n = usize::try_from(blocks).unwrap_or(usize::MAX).min(self.window);
+        let n = usize::try_from(blocks)
+            .unwrap_or(usize::MAX)
+            .min(self.window);
         for _ in 0..n {
             self.push(Observation::Lost { fec: self.fec });
         }
@@ -333,9 +339,7 @@ impl HeadroomMeter {
             ratio: self.fec.map(|f| f64::from(f.repair_permille) / 1000.0),
             min_repair: self.fec.map(|f| f.min_repair),
             interleave: self.fec.map(|f| f.interleave),
-            headroom_p99: self
-                .fec
-                .map(|f| round4(f64::from(f.repair_permille) / 1000.0 - need_p99)),
+            headroom_p99: (!s.headroom.is_empty()).then(|| round4(percentile(&s.headroom, 0.01))),
             headroom_min_symbols: s.headroom_min,
             mean_run: round4(s.mean_run()),
             longest_run: s.longest_run,
@@ -347,8 +351,9 @@ impl HeadroomMeter {
     }
 
     /// The smallest ratio that, with the lane's `min_repair`, would have
-    /// covered 99 % of the window's blocks, plus the margin. A lost block
-    /// needed at least one symbol more than a typical block was sent.
+    /// covered 99 % of the window's blocks (and at least what large blocks
+    /// need at the loss rate), plus the margin. A lost block needed at
+    /// least one symbol more than a typical block was sent.
     fn recommend_ratio(&self, s: &Sums) -> Option<f64> {
         let k = s.typical_k()?;
         let min = self.fec.map_or(0, |f| f.min_repair);
@@ -365,14 +370,17 @@ impl HeadroomMeter {
                     }
                 }
                 Observation::Lost { fec } => fec.map_or(need_max + 1.0 / f64::from(k), |f| {
-                    f64::from(sent(k, f) + 1) / f64::from(k)
+                    f64::from(sent(k, f).saturating_add(1)) / f64::from(k)
                 }),
             };
             required.push(r);
         }
         required.sort_by(f64::total_cmp);
-        let p99 = percentile(&required, 0.99);
-        let ratio = p99 * (1.0 + MARGIN_REL) + MARGIN_ABS;
+        // Small blocks can live on `min_repair` alone; a large one needs
+        // about `loss / (1 − loss)` of repair, so never less than that.
+        let loss = s.loss();
+        let base = percentile(&required, 0.99).max(loss / (1.0 - loss));
+        let ratio = base * (1.0 + MARGIN_REL) + MARGIN_ABS;
         Some(((ratio * 100.0).ceil() / 100.0).clamp(0.0, MAX_RATIO))
     }
 
@@ -555,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn small_blocks_covered_by_min_repair_need_no_ratio() {
+    fn small_blocks_lean_on_min_repair() {
         // Alert lane: K = 1, four repair symbols; one or two lost.
         let alert = LaneFec {
             repair_permille: 500,
@@ -572,7 +580,11 @@ mod tests {
         let r = m.report();
         assert_eq!(r.pattern, LossPattern::Random);
         assert!(r.need_max >= 1.0, "a lost symbol is a whole K: {r:?}");
-        assert_eq!(r.recommended_ratio, Some(0.01), "min_repair covers it");
+        // min_repair covers every block; large blocks would need the loss.
+        let rec = r.recommended_ratio.expect("a recommendation");
+        assert!(rec >= r.loss && rec < 0.5, "{r:?}");
         assert_eq!(r.headroom_min_symbols, Some(3));
+        // Headroom counts min_repair: every block kept 3 of 4, i.e. 3 K.
+        assert!(r.headroom_p99.is_some_and(|h| h > 2.9), "{r:?}");
     }
 }

@@ -452,7 +452,11 @@ fn resolve(
     run: Run,
     expired: bool,
 ) -> Option<GapEntry> {
-    let described: Vec<&BlockSummary> = l.summaries.range(first..=run.last).map(|(_, s)| s).collect();
+    let described: Vec<&BlockSummary> = l
+        .summaries
+        .range(first..=run.last)
+        .map(|(_, s)| s)
+        .collect();
     let all_described = described.len() as u64 == run.last - first + 1;
     let before = match (first.checked_sub(1), l.start) {
         (_, Some((sb, sr))) if sb == first => Some((sr, None)),
@@ -549,7 +553,10 @@ mod tests {
     fn builder_counts_times_and_bounds_sources() {
         let mut b = SummaryBuilder::default();
         for i in 0..10 {
-            b.add(100 + i, &point(&format!("f{}", i % 6), i64::try_from(i).unwrap_or(0)));
+            b.add(
+                100 + i,
+                &point(&format!("f{}", i % 6), i64::try_from(i).unwrap_or(0)),
+            );
         }
         let s = b.finish(0);
         assert_eq!((s.first_record, s.records), (100, 10));
@@ -589,7 +596,11 @@ mod tests {
         let mut l = Ledger::new(LIMITS);
         l.lost(t, s, Lane::Bulk, 3, 3, GapCause::Link);
         assert!(l.poll(t).is_empty(), "nothing known about block 3 yet");
-        l.describe(s, Lane::Bulk, &[summary(4, 40, 10, "b.csv"), summary(3, 30, 10, "a.csv")]);
+        l.describe(
+            s,
+            Lane::Bulk,
+            &[summary(4, 40, 10, "b.csv"), summary(3, 30, 10, "a.csv")],
+        );
         let e = l.poll(t);
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].first_record, e[0].records), (Some(30), Some(10)));
@@ -608,13 +619,17 @@ mod tests {
         l.lost(t, s, Lane::Bulk, 2, 5, GapCause::Link);
         l.lost(t, s, Lane::Bulk, 6, 9, GapCause::Link);
         // Block 10 arrives; its trailer describes 6..9 only.
-        l.describe(s, Lane::Bulk, &[
-            summary(10, 100, 10, "z"),
-            summary(9, 90, 10, "y"),
-            summary(8, 80, 10, "y"),
-            summary(7, 70, 10, "y"),
-            summary(6, 60, 10, "x"),
-        ]);
+        l.describe(
+            s,
+            Lane::Bulk,
+            &[
+                summary(10, 100, 10, "z"),
+                summary(9, 90, 10, "y"),
+                summary(8, 80, 10, "y"),
+                summary(7, 70, 10, "y"),
+                summary(6, 60, 10, "x"),
+            ],
+        );
         let e = l.poll(t);
         assert_eq!(e.len(), 1, "the two adjacent runs are one entry");
         assert_eq!((e[0].first_block, e[0].last_block), (2, 9));
@@ -637,7 +652,10 @@ mod tests {
         let mut e = l.poll(t);
         e.sort_by_key(|e| e.first_block);
         assert_eq!(e.len(), 2);
-        assert_eq!((e[0].records, e[0].cause), (Some(10), GapCause::ReceiverDown));
+        assert_eq!(
+            (e[0].records, e[0].cause),
+            (Some(10), GapCause::ReceiverDown)
+        );
         assert_eq!(e[1].records, Some(15));
     }
 

@@ -145,6 +145,8 @@ struct LaneWindow {
     /// session's first block, so blocks sent before we listened are
     /// accounted for.
     lowerable: bool,
+    /// Where a lowerable window was anchored.
+    anchor: u64,
 }
 
 struct SessionState {
@@ -318,6 +320,7 @@ impl Reassembler {
             w.floor = pending_min.map_or(key.seq, |m| m.min(key.seq));
             w.anchored = true;
             w.lowerable = true;
+            w.anchor = w.floor;
         }
         if key.seq < w.floor {
             return;
@@ -417,9 +420,23 @@ impl Reassembler {
             if !w.anchored {
                 w.floor = first;
                 w.anchored = true;
-            } else if w.lowerable && first < w.floor {
-                w.floor = first;
-                w.missing_since = None;
+            } else if w.lowerable && first < w.anchor {
+                // Everything from the anchor up to the floor was resolved
+                // here already; below the anchor nothing was seen.
+                if w.floor - w.anchor <= self.limits.window_blocks {
+                    w.delivered.extend(w.anchor..w.floor);
+                    w.floor = first;
+                    w.missing_since = None;
+                } else {
+                    Self::push_lost_run(
+                        &mut self.lost,
+                        &mut self.stats,
+                        session,
+                        lane,
+                        first,
+                        w.anchor - 1,
+                    );
+                }
             }
             w.lowerable = false;
         }
@@ -428,7 +445,14 @@ impl Reassembler {
     /// Resume a session's lane at `floor` (every block below it was
     /// resolved before this receiver restarted): replays below it are
     /// refused, and blocks from it on are accounted for.
-    pub fn restore(&mut self, now: Instant, session: SessionId, key_id: KeyId, lane: Lane, floor: u64) {
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key_id: KeyId,
+        lane: Lane,
+        floor: u64,
+    ) {
         let state = Self::session_entry(
             &mut self.sessions,
             &mut self.stats,
@@ -532,7 +556,8 @@ impl Reassembler {
         first: u64,
         last: u64,
     ) {
-        stats.blocks_lost += last - first + 1;
+        // Saturating: a run can span most of the sequence space.
+        stats.blocks_lost = stats.blocks_lost.saturating_add(last - first + 1);
         if let Some(prev) = lost.back_mut()
             && prev.session == session
             && prev.lane == lane
@@ -923,6 +948,12 @@ mod tests {
         assert_eq!((lost.first, lost.last), (6, u64::MAX - 1));
         assert_eq!(lost.count(), u64::MAX - 6);
         assert_eq!(r.poll_lost(), None);
+        // Was `blocks_lost += count`: a second run that size overflowed it.
+        let s2 = SessionId([6; 16]);
+        r.handle_heartbeat(t0, s2, KeyId(1), [Some(0), None]);
+        r.handle_heartbeat(t0, s2, KeyId(1), [Some(u64::MAX), None]);
+        r.poll_timeouts(t0 + Duration::from_secs(20));
+        assert_eq!(r.stats().blocks_lost, u64::MAX);
 
         // A lane whose window sits at the top of the range.
         let mut r = Reassembler::new(limits());

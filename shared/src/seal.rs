@@ -164,7 +164,11 @@ impl Psk {
 fn derive(prk: &hkdf::Prk, generation: u64) -> LessSafeKey {
     let g = generation.to_be_bytes();
     let later = [HKDF_INFO, HKDF_REKEY, &g];
-    let info: &[&[u8]] = if generation == 0 { &[HKDF_INFO] } else { &later };
+    let info: &[&[u8]] = if generation == 0 {
+        &[HKDF_INFO]
+    } else {
+        &later
+    };
     let mut key = [0u8; KEY_LEN];
     // `expand` and `fill` only fail when the requested length exceeds
     // 255 hash lengths; 32 bytes never does.
@@ -399,7 +403,12 @@ mod tests {
         let session = SessionId([4; 16]);
         let tx = key().session_key(session);
         let rx = key().session_key(session);
-        for seq in [REKEY_BLOCKS - 1, REKEY_BLOCKS, 3 * REKEY_BLOCKS + 7, u64::MAX] {
+        for seq in [
+            REKEY_BLOCKS - 1,
+            REKEY_BLOCKS,
+            3 * REKEY_BLOCKS + 7,
+            u64::MAX,
+        ] {
             let h = header(seq, 64);
             let mut buf = b"sixteen byte msg".to_vec();
             tx.seal(Kind::Symbol, Lane::Bulk, seq, &h.aad(), &mut buf)
@@ -408,7 +417,11 @@ mod tests {
             let mut with_gen0 = buf.clone();
             let opened_by_gen0 = tx
                 .gen0
-                .open_in_place(nonce(Kind::Symbol, Lane::Bulk, seq), Aad::from(&h.aad()), &mut with_gen0)
+                .open_in_place(
+                    nonce(Kind::Symbol, Lane::Bulk, seq),
+                    Aad::from(&h.aad()),
+                    &mut with_gen0,
+                )
                 .is_ok();
             assert_eq!(opened_by_gen0, seq < REKEY_BLOCKS, "seq {seq}");
             let plain = rx

@@ -15,6 +15,11 @@
 //!   [`stop_rx`] reads the receiver's final counters.
 //! * [`Site`] holds one test's keys, configs and spools, and writes the
 //!   example configs pointed at them.
+//! * Fault injection: [`send_paced`] (datagrams straight to a receiver),
+//!   [`udp_socket_drops`] (what the kernel dropped before the program saw
+//!   it), [`rss_kib`], [`FakeClock`] (libfaketime: one program's wall clock
+//!   jumps), [`Tmpfs`] (a small disk), and [`aveva_export_row`] (which row
+//!   of [`aveva_export`] a published point is).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -1252,8 +1257,7 @@ pub fn send_paced<D: AsRef<[u8]>>(
         // A full send buffer is a transient: retry it.
         while let Err(e) = sock.send_to(d.as_ref(), target) {
             assert!(
-                e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(ENOBUFS),
+                e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(ENOBUFS),
                 "sending to {target}: {e}"
             );
             std::thread::sleep(Duration::from_millis(1));

@@ -52,6 +52,9 @@ fn run(imp: Impairment) -> Outcome {
     tx_cfg["lanes"]["bulk"]["repair_ratio"] = toml::Value::Float(0.25);
     tx_cfg["lanes"]["bulk"]["min_repair"] = toml::Value::Integer(4);
     tx_cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
+    // Uncompressed: full-size blocks (K ≈ 46) and enough symbols for a
+    // loss estimate within a point of the relay's.
+    tx_cfg["lanes"]["bulk"]["zstd_level"] = toml::Value::Integer(0);
     let tx_cfg = site.write_toml("tx.toml", &tx_cfg);
     let mut tx = start_tx(&site, &tx_cfg, "tx.log");
     site.drop_file("aveva", "bulk_0001.csv", aveva_export(1, ROWS).as_bytes());
@@ -59,10 +62,14 @@ fn run(imp: Impairment) -> Outcome {
     let sent = wait_until(Duration::from_mins(2), || {
         site.path("spool/aveva/done/bulk_0001.csv").exists()
     });
-    assert!(sent, "the sender never finished the file:\n{}", tx.log_text());
+    assert!(
+        sent,
+        "the sender never finished the file:\n{}",
+        tx.log_text()
+    );
     // Every block sent is delivered, or declared lost after `gap_timeout`
     // (5 s); then one more status.
-    let settled = sub.wait_for(Duration::from_secs(30), |_| {
+    let settled = wait_until(Duration::from_secs(30), || {
         latest_status(&sub).is_some_and(|s| s["sender"]["lag_blocks"]["bulk"] == 0)
     });
     assert!(settled, "bulk lane never caught up:\n{}", rx.log_text());
@@ -85,8 +92,7 @@ fn run(imp: Impairment) -> Outcome {
 }
 
 fn f(v: &Json) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("{v} is not a number"))
+    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
 }
 
 /// Assertions that need the sender to announce its lanes' FEC settings in
@@ -137,7 +143,10 @@ fn random_loss_is_measured_as_random_with_enough_ratio() {
     check_sent_side(&o);
     // At 5 % random loss the 0.25 ratio has room to spare.
     assert!(f(&b["headroom_p99"]) > 0.0, "{b}");
-    assert_eq!(b["recommended_interleave"], 4, "random: keep the depth: {b}");
+    assert_eq!(
+        b["recommended_interleave"], 4,
+        "random: keep the depth: {b}"
+    );
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //!   key, unknown key ids, a flood of partial blocks filling the pending
 //!   table), then a real `weir-tx` transfer that arrives whole;
 //! * captured traffic of an earlier sender session replayed into the
-//!   receiver, while it still runs and after it restarted.
+//!   receiver, while it still runs and after it restarted;
+//! * empty datagrams (ignored: a known counting bug).
 //!
 //! The junk is made with `weir_shared`'s own wire, seal and FEC code, so
 //! it passes exactly the checks it is meant to pass.
@@ -32,8 +33,8 @@ use weir_shared::seal::{Psk, sealed_len};
 use weir_shared::wire::{Header, KeyId, Kind, SessionId, emit_datagram, parse};
 use weir_tests::{
     Broker, Impairment, LossyLink, Process, Site, Subscriber, aveva_export, aveva_export_row,
-    free_udp_addr, latest_status, point_payloads, rss_kib, send_paced, start_rx, start_tx,
-    stop_rx, udp_socket_drops, wait_until, write_key,
+    free_udp_addr, latest_status, point_payloads, rss_kib, send_paced, start_rx, start_tx, stop_rx,
+    udp_socket_drops, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x5a; 32];
@@ -50,7 +51,7 @@ const MAX_PENDING: u64 = 64;
 /// a second, which a debug-build receiver keeps up with.
 const BURST: usize = 32;
 const PAUSE: Duration = Duration::from_millis(1);
-/// The example config's status topic.
+/// The example config's audit and gaps topics.
 const AUDIT: &str = "diode/v1/plant1/weir01/audit";
 const GAPS: &str = "diode/v1/plant1/weir01/gaps";
 
@@ -86,10 +87,11 @@ fn start_rig(site: &Site) -> Rig {
     }
 }
 
-/// A sender config sending to `destination`, with small bulk blocks.
+/// A sender config sending to `destination`, with small bulk blocks (so
+/// a few thousand points make dozens of blocks).
 fn tx_config(site: &Site, destination: SocketAddr, key: &Path) -> PathBuf {
     let mut cfg = site.tx_config(destination, key);
-    cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
+    cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(8 * 1024);
     site.write_toml("tx.toml", &cfg)
 }
 
@@ -151,11 +153,7 @@ struct Junk {
 }
 
 impl Junk {
-    fn new(
-        name: &'static str,
-        counters: &'static [&'static str],
-        datagrams: Vec<Vec<u8>>,
-    ) -> Self {
+    fn new(name: &'static str, counters: &'static [&'static str], datagrams: Vec<Vec<u8>>) -> Self {
         let events = datagrams.len() as u64;
         Self {
             name,
@@ -280,12 +278,11 @@ fn excess_junk(rng: &mut StdRng) -> Junk {
 
 /// Whole blocks of garbage symbols (they rebuild, so only the AEAD can
 /// refuse them), garbage heartbeats, and the same under a key id no key
-/// has. Sequence numbers include `u64::MAX`.
+/// has.
 fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
     let mut one = Vec::new();
     let mut unknown = Vec::new();
-    for i in 0..400u64 {
-        let seq = if i % 50 == 0 { u64::MAX - i } else { i };
+    for seq in 0..400u64 {
         let h = symbol_header(KEY_ID, random_session(rng), seq, 1000, SYMBOL);
         one.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
         let hb = Header {
@@ -296,7 +293,7 @@ fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
             ..h
         };
         one.push(datagram(&hb, &random_bytes(rng, 80)));
-        if i % 4 == 0 {
+        if seq % 4 == 0 {
             let h = Header {
                 key_id: KeyId(UNKNOWN_KEY_ID),
                 ..h
@@ -334,6 +331,36 @@ fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
             unknown,
         ),
     ]
+}
+
+/// Garbage blocks and heartbeats at the top of the sequence space, under
+/// the loaded key id and an unknown one: refused as out of range or by
+/// the AEAD, never wrapped around.
+fn huge_seq_junk(rng: &mut StdRng) -> Junk {
+    let mut out = Vec::new();
+    for seq in [u64::MAX, u64::MAX - 1, u64::MAX - 2, 1 << 63, 1 << 48] {
+        for key_id in [KEY_ID, UNKNOWN_KEY_ID] {
+            for lane in [Lane::Alert, Lane::Bulk] {
+                let h = Header {
+                    lane,
+                    ..symbol_header(key_id, random_session(rng), seq, 1000, SYMBOL)
+                };
+                out.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
+                let hb = Header {
+                    kind: Kind::Heartbeat,
+                    transfer_len: 80,
+                    symbol_size: 0,
+                    ..h
+                };
+                out.push(datagram(&hb, &random_bytes(rng, 80)));
+            }
+        }
+    }
+    Junk::new(
+        "sequence numbers near 2^64",
+        &["drop_auth", "drop_too_old", "drop_unknown_key"],
+        out,
+    )
 }
 
 /// Real blocks and heartbeat envelopes, sealed and FEC-encoded the way
@@ -503,6 +530,7 @@ fn all_junk(seed: u64) -> Vec<Junk> {
     junk.extend(inconsistent_junk(&mut rng));
     junk.push(excess_junk(&mut rng));
     junk.extend(garbage_junk(&mut rng));
+    junk.push(huge_seq_junk(&mut rng));
     junk.push(wrong_key_junk(&mut rng));
     junk.push(memory_flood(&mut rng));
     junk.push(distinct_flood(&mut rng));
@@ -516,11 +544,7 @@ fn send_junk(rig: &Rig, junk: &[Junk]) -> (u64, u64) {
     let mut sent = 0;
     for j in junk {
         let n = send_paced(&j.datagrams, rig.rx_addr, BURST, PAUSE);
-        println!(
-            "sent {n:>6} datagrams: {} ({:?} in)",
-            j.name,
-            t0.elapsed()
-        );
+        println!("sent {n:>6} datagrams: {} ({:?} in)", j.name, t0.elapsed());
         sent += n;
     }
     // Let the receiver drain its socket before the peak is read.
@@ -529,18 +553,18 @@ fn send_junk(rig: &Rig, junk: &[Junk]) -> (u64, u64) {
 }
 
 /// A real sender through a clean relay: two files, and forged symbols
-/// carrying the real session id between them. Returns the relay.
+/// carrying the real session id between them. Returns the relay (to keep
+/// it running) and the sender.
 fn legit_transfer(site: &Site, rig: &Rig, rows: [usize; 2]) -> (LossyLink, Process) {
     let link = LossyLink::start(rig.rx_addr, Impairment::clean(7));
     let tx = start_tx(site, &tx_config(site, link.input, &rig.key), "tx.log");
     site.drop_file("aveva", "day1.csv", aveva_export(1, rows[0]).as_bytes());
     assert!(
-        rig.sub
-            .wait_for(Duration::from_secs(30), |m| m
-                .iter()
-                .filter(|r| r.topic.starts_with("uns/"))
-                .count()
-                >= rows[0]),
+        rig.sub.wait_for(Duration::from_secs(30), |m| m
+            .iter()
+            .filter(|r| r.topic.starts_with("uns/"))
+            .count()
+            >= rows[0]),
         "the real sender's first file after the flood; rx log:\n{}",
         rig.rx.log_text()
     );
@@ -548,7 +572,10 @@ fn legit_transfer(site: &Site, rig: &Rig, rows: [usize; 2]) -> (LossyLink, Proce
     // blocks: refused by the AEAD, and they must not move its windows.
     let session = {
         let cap = link.capture.lock().expect("capture");
-        parse(&cap[0]).expect("the sender's datagram parses").0.session
+        parse(&cap[0])
+            .expect("the sender's datagram parses")
+            .0
+            .session
     };
     let mut rng = StdRng::seed_from_u64(99);
     let forged: Vec<Vec<u8>> = [10_000u64, 1 << 40, u64::MAX - 1]
@@ -588,14 +615,21 @@ fn junk_datagrams_are_counted_publish_nothing_and_leave_the_receiver_working() {
         peak / 1024,
         after / 1024
     );
-    assert!(rig.rx.running(), "rx survived the junk:\n{}", rig.rx.log_text());
+    assert!(
+        rig.rx.running(),
+        "rx survived the junk:\n{}",
+        rig.rx.log_text()
+    );
     // The flood's pending blocks expire after block_timeout (5 s).
     let expired = wait_until(Duration::from_secs(15), || {
-        latest_status(&rig.sub).is_some_and(|s| {
-            s["counters"]["pending_expired"].as_u64() >= Some(MAX_PENDING)
-        })
+        latest_status(&rig.sub)
+            .is_some_and(|s| s["counters"]["pending_expired"].as_u64() >= Some(MAX_PENDING))
     });
-    assert!(expired, "flood blocks expired; status {:?}", latest_status(&rig.sub));
+    assert!(
+        expired,
+        "flood blocks expired; status {:?}",
+        latest_status(&rig.sub)
+    );
     assert!(
         point_payloads(&rig.sub).is_empty(),
         "junk published points: {:?}",
@@ -635,7 +669,10 @@ fn check_outputs(sub: &Subscriber, total: usize) {
                 && !t.ends_with("/dq")
         })
         .collect();
-    assert!(stray.is_empty(), "messages beyond points and status: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "messages beyond points and status: {stray:?}"
+    );
     assert!(sub.on(GAPS).is_empty(), "no gap reported");
     let sessions = sub
         .on(AUDIT)
@@ -649,20 +686,22 @@ fn check_outputs(sub: &Subscriber, total: usize) {
 /// Every kind of junk shows in its counters, and all of it together in
 /// the sum of the drop counters.
 fn check_counters(c: &Json, junk: &[Junk], sent: u64, kernel_drops: u64) {
-    let mut expected: BTreeMap<Vec<&str>, (u64, Vec<&str>)> = BTreeMap::new();
-    for j in junk {
-        let e = expected
-            .entry(j.counters.to_vec())
-            .or_insert((0, Vec::new()));
-        e.0 += j.events;
-        e.1.push(j.name);
-    }
-    for (counters, (events, names)) in &expected {
-        let got: u64 = counters.iter().map(|n| counter(c, n)).sum();
-        println!("{counters:?}: {got} counted, at least {events} expected ({names:?})");
+    // Each kind must show in its counters; kinds counted under several
+    // counters are checked against the sum of those, together with every
+    // kind counted under a subset of them.
+    let sets: HashSet<&[&str]> = junk.iter().map(|j| j.counters).collect();
+    for set in sets {
+        let within: Vec<&Junk> = junk
+            .iter()
+            .filter(|j| j.counters.iter().all(|n| set.contains(n)))
+            .collect();
+        let events: u64 = within.iter().map(|j| j.events).sum();
+        let got: u64 = set.iter().map(|n| counter(c, n)).sum();
+        let names: Vec<&str> = within.iter().map(|j| j.name).collect();
+        println!("{set:?}: {got} counted, at least {events} expected ({names:?})");
         assert!(
-            got + kernel_drops >= *events,
-            "{counters:?} = {got} (+{kernel_drops} kernel drops) < {events} for {names:?}: {c}"
+            got + kernel_drops >= events,
+            "{set:?} = {got} (+{kernel_drops} kernel drops) < {events} for {names:?}: {c}"
         );
     }
     for name in [
@@ -690,20 +729,30 @@ fn check_counters(c: &Json, junk: &[Junk], sent: u64, kernel_drops: u64) {
         counter(c, "datagrams") + kernel_drops >= sent,
         "every junk datagram received and counted: {c}"
     );
-    assert_eq!(counter(c, "blocks_lost"), 0, "forged sequence numbers declared nothing lost");
-    assert_eq!(counter(c, "drop_frame"), 0, "nothing forged got past the AEAD");
+    assert_eq!(
+        counter(c, "blocks_lost"),
+        0,
+        "forged sequence numbers declared nothing lost"
+    );
+    assert_eq!(
+        counter(c, "drop_frame"),
+        0,
+        "nothing forged got past the AEAD"
+    );
 }
 
-/// The example limits allow about 2 × 64 × 1 MiB of reassembly state;
-/// the receiver must stay within that, plus its own working set.
+/// The flood pins 64 blocks of 736 symbols (about 67 MB of symbols); the
+/// example limits allow at most about 2 × 64 × 1 MiB of reassembly state
+/// (README, config comments). Measured on a debug build: 12 MiB idle, 79
+/// MiB at the peak.
 fn check_memory(idle_kib: u64, peak_kib: u64) {
     let growth = peak_kib.saturating_sub(idle_kib) / 1024;
-    let bound = 2 * MAX_PENDING * u64::from(MAX_BLOCK) / (1 << 20);
+    let documented = 2 * MAX_PENDING * u64::from(MAX_BLOCK) / (1 << 20);
     assert!(
-        growth <= bound,
-        "RSS grew {growth} MiB under the flood, beyond the {bound} MiB the limits allow"
+        growth < 100 && growth <= documented,
+        "RSS grew {growth} MiB under the flood (bound 100 MiB, limits {documented} MiB)"
     );
-    assert!(peak_kib / 1024 < 256, "RSS peak {} MiB", peak_kib / 1024);
+    assert!(peak_kib / 1024 < 200, "RSS peak {} MiB", peak_kib / 1024);
 }
 
 // ---------------------------------------------------------------------
@@ -761,7 +810,11 @@ fn replay_earlier_session(restart_rx: bool) {
         "every replayed datagram refused and counted: {refused} < {sent}: {c}"
     );
     if restart_rx {
-        assert_eq!(counter(&c, "records"), 0, "no record of the old session decoded: {c}");
+        assert_eq!(
+            counter(&c, "records"),
+            0,
+            "no record of the old session decoded: {c}"
+        );
     }
 }
 
@@ -774,4 +827,26 @@ fn replayed_earlier_session_into_the_running_receiver_publishes_nothing() {
 #[ignore = "needs older-session refusal"]
 fn replayed_earlier_session_after_a_receiver_restart_publishes_nothing() {
     replay_earlier_session(true);
+}
+
+/// An empty UDP datagram is a datagram too: it must be counted (received,
+/// and dropped as malformed) like any other. Today `recv` splits each
+/// received buffer into datagrams with `chunks(stride)`, which yields
+/// nothing for an empty buffer, so empty datagrams vanish uncounted.
+#[test]
+#[ignore = "product bug: empty datagrams are not counted (rx-side/src/pipeline/recv.rs)"]
+fn empty_datagrams_are_counted() {
+    let site = Site::new();
+    let mut rig = start_rig(&site);
+    let empty = vec![Vec::<u8>::new(); 10];
+    let sent =
+        send_paced(&empty, rig.rx_addr, BURST, PAUSE) + send_paced([[0u8]], rig.rx_addr, 1, PAUSE);
+    // The one-byte datagram, sent last, shows the receiver got this far.
+    let seen = wait_until(Duration::from_secs(10), || {
+        latest_status(&rig.sub).is_some_and(|s| s["counters"]["drop_malformed"].as_u64() >= Some(1))
+    });
+    assert!(seen, "the receiver counted the one-byte datagram");
+    let c = stop_rx(&mut rig.rx);
+    assert_eq!(counter(&c, "datagrams"), sent, "{c}");
+    assert_eq!(counter(&c, "drop_malformed"), sent, "{c}");
 }

@@ -13,6 +13,7 @@
 pub mod keys;
 pub mod pipeline;
 pub mod push;
+pub mod resend;
 pub mod state;
 pub mod telemetry;
 

@@ -2,11 +2,13 @@
 //! make a key.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_shared::config::{DEFAULT_CHUNK_BYTES, TxConfig, ValidTx};
 use weir_shared::formats::Format;
+use weir_tx::resend::{ResendOptions, Selection};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,31 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Send again files a spool already sent (from its done/), to fill a
+    /// gap the receiver reported: by name, or every file modified in a
+    /// time range. They are read as the spool reads them, their points
+    /// flagged historical; the receiver withholds those it already has.
+    Resend {
+        /// Configuration file.
+        #[arg(long, short, env = "WEIR_TX_CONFIG")]
+        config: PathBuf,
+        /// The `[[spool]]` whose files to send again.
+        #[arg(long)]
+        spool: String,
+        /// Files of the spool's done/, by name (or path inside done/).
+        #[arg(long = "file", value_name = "FILE", num_args = 1.., required_unless_present = "since", conflicts_with_all = ["since", "until"])]
+        files: Vec<PathBuf>,
+        /// Every file of done/ modified at or after this time (RFC 3339,
+        /// e.g. 2024-03-06T08:00:00Z).
+        #[arg(long, value_parser = weir_tx::resend::parse_rfc3339)]
+        since: Option<SystemTime>,
+        /// … and before this time (RFC 3339; default: now).
+        #[arg(long, requires = "since", value_parser = weir_tx::resend::parse_rfc3339)]
+        until: Option<SystemTime>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Validate a configuration file (and its key files) and exit.
     CheckConfig {
         /// Configuration file.
@@ -94,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `send` draws a progress bar: only warnings may interrupt it.
     let default_filter = match cli.command {
-        Command::Send { .. } => "warn",
+        Command::Send { .. } | Command::Resend { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -165,38 +192,82 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(summary.complete(), "not every file was sent");
             Ok(())
         }
-        Command::Run { config } => {
-            let (cfg, fingerprint) = load(&config)?;
-            let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut handle = weir_tx::run(cfg, keys, fingerprint).await?;
-                let cancel = handle.cancel_token();
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    tracing::info!("Shutting down: draining what was taken.");
-                    cancel.cancel();
-                });
-                handle.join().await?;
-                let t = handle.telemetry.counters();
-                let get = |a: &std::sync::atomic::AtomicU64| {
-                    a.load(std::sync::atomic::Ordering::Relaxed)
-                };
-                tracing::info!(
-                    records = t.records,
-                    blocks = t.blocks,
-                    datagrams = t.datagrams,
-                    files = t.files_done,
-                    blocks_repeated = get(&handle.telemetry.blocks_repeated),
-                    repeats_skipped = get(&handle.telemetry.repeats_skipped),
-                    "Sender stopped."
-                );
-                Ok(())
-            })
+        Command::Resend {
+            config,
+            spool,
+            files,
+            since,
+            until,
+            quiet,
+        } => {
+            let selection = match since {
+                Some(since) => Selection::Modified { since, until },
+                None => Selection::Named(files),
+            };
+            let opts = ResendOptions {
+                spool,
+                selection,
+                progress: !quiet,
+            };
+            resend(&config, &opts)
         }
+        Command::Run { config } => run(&config),
     }
+}
+
+/// `weir-tx run`: the sender until SIGTERM / SIGINT, then its counters.
+fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, fingerprint) = load(config)?;
+    let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut handle = weir_tx::run(cfg, keys, fingerprint).await?;
+        let cancel = handle.cancel_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("Shutting down: draining what was taken.");
+            cancel.cancel();
+        });
+        handle.join().await?;
+        let t = handle.telemetry.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            records = t.records,
+            blocks = t.blocks,
+            datagrams = t.datagrams,
+            files = t.files_done,
+            blocks_repeated = get(&handle.telemetry.blocks_repeated),
+            repeats_skipped = get(&handle.telemetry.repeats_skipped),
+            "Sender stopped."
+        );
+        Ok(())
+    })
+}
+
+/// `weir-tx resend`: check everything, push, print the summary.
+fn resend(config: &Path, opts: &ResendOptions) -> anyhow::Result<()> {
+    let (cfg, fingerprint) = load(config)?;
+    let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+    // Every mistake is reported before anything is sent.
+    let job = weir_tx::resend::plan(&cfg, opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::warn!("Interrupted: sending what was taken, then stopping.");
+            on_signal.cancel();
+        });
+        weir_tx::push::push_job(cfg, keys, fingerprint, job, cancel).await
+    })?;
+    println!("spool {}: {summary}", opts.spool);
+    anyhow::ensure!(summary.complete(), "not every file was sent");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -48,6 +48,20 @@ pub struct PushOptions {
     pub progress: bool,
 }
 
+/// Files to push and how they become records: what `weir-tx send` and
+/// `weir-tx resend` hand to [`push_job`].
+#[derive(Debug)]
+pub struct PushJob {
+    /// The files, in order.
+    pub paths: Vec<PathBuf>,
+    /// Parsed as historian exports, or chunked as opaque files.
+    pub intake: Intake,
+    /// A larger file is refused.
+    pub max_bytes: u64,
+    /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
 /// What a push did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushSummary {
@@ -155,10 +169,10 @@ fn intake(opts: &PushOptions, cfg: &ValidTx) -> anyhow::Result<Intake> {
 }
 
 /// The files' bare names and, for opaque files, the chunks they make.
-fn inspect(opts: &PushOptions, intake: &Intake) -> anyhow::Result<(Vec<String>, u64)> {
-    let mut names = Vec::with_capacity(opts.paths.len());
+fn inspect(paths: &[PathBuf], intake: &Intake) -> anyhow::Result<(Vec<String>, u64)> {
+    let mut names = Vec::with_capacity(paths.len());
     let mut chunks = 0u64;
-    for path in &opts.paths {
+    for path in paths {
         let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
         anyhow::ensure!(meta.is_file(), "{}: not a regular file", path.display());
         let name = path
@@ -173,9 +187,7 @@ fn inspect(opts: &PushOptions, intake: &Intake) -> anyhow::Result<(Vec<String>, 
     Ok((names, chunks))
 }
 
-/// Push `opts.paths` across and wait until every block and the last
-/// heartbeats were sent. `cancel` (a signal) stops taking new chunks or
-/// files; what was taken is still sent.
+/// `weir-tx send`: check `opts` against the config, then [`push_job`].
 pub async fn push(
     cfg: ValidTx,
     keyring: Keyring,
@@ -183,16 +195,40 @@ pub async fn push(
     opts: PushOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<PushSummary> {
-    let intake = intake(&opts, &cfg)?;
-    let (names, expected_chunks) = inspect(&opts, &intake)?;
+    let job = PushJob {
+        intake: intake(&opts, &cfg)?,
+        paths: opts.paths,
+        max_bytes: u64::MAX,
+        progress: opts.progress,
+    };
+    push_job(cfg, keyring, config_fingerprint, job, cancel).await
+}
+
+/// Push `job.paths` across as a one-shot session and wait until every
+/// block and the last heartbeats were sent. `cancel` (a signal) stops
+/// taking new chunks or files; what was taken is still sent.
+pub async fn push_job(
+    cfg: ValidTx,
+    keyring: Keyring,
+    config_fingerprint: [u8; 8],
+    job: PushJob,
+    cancel: CancellationToken,
+) -> anyhow::Result<PushSummary> {
+    let PushJob {
+        paths,
+        intake,
+        max_bytes,
+        progress,
+    } = job;
+    let (names, expected_chunks) = inspect(&paths, &intake)?;
     let started = Instant::now();
     let (mut handle, to_batch) =
         crate::pipeline::run_pushed(cfg, keyring, config_fingerprint).await?;
     let telemetry = handle.telemetry.clone();
-    let bar = Progress::start(opts.progress, expected_chunks, telemetry.clone());
+    let bar = Progress::start(progress, expected_chunks, telemetry.clone());
 
     let mut interrupted = false;
-    for (path, name) in opts.paths.iter().zip(names) {
+    for (path, name) in paths.iter().zip(names) {
         if cancel.is_cancelled() {
             interrupted = true;
             break;
@@ -201,7 +237,7 @@ pub async fn push(
         let file = Taking {
             name,
             path: path.clone(),
-            max_bytes: u64::MAX,
+            max_bytes,
             disposal: Disposal::Keep,
         };
         match source::take(&intake, &file, &telemetry, &cancel, &to_batch).await? {
@@ -221,7 +257,7 @@ pub async fn push(
     joined?;
     let t = telemetry.counters();
     Ok(PushSummary {
-        files: opts.paths.len() as u64,
+        files: paths.len() as u64,
         files_sent: t.files_done,
         files_failed: t.files_quarantined,
         interrupted,

@@ -228,6 +228,9 @@ mod tests {
         std::fs::write(&path, b"{not json").expect("write");
         let e = StateStore::open(&path).expect_err("refused");
         let msg = format!("{e:#}");
-        assert!(msg.contains("state.json") && msg.contains("sender.state_path"), "{msg}");
+        assert!(
+            msg.contains("state.json") && msg.contains("sender.state_path"),
+            "{msg}"
+        );
     }
 }

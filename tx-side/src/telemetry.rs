@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use weir_shared::heartbeat::{LaneMarks, TxCounters};
-use weir_shared::ledger::BlockSummary;
 use weir_shared::lane::{LANES, Lane};
+use weir_shared::ledger::BlockSummary;
 
 /// Monotonic sender counters (relaxed atomics: each is independent).
 #[derive(Debug)]

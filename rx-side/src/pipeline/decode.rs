@@ -99,7 +99,8 @@ impl Core {
     /// Refuse these key ids (`keys.retired_key_ids`).
     #[must_use]
     pub fn with_retired(mut self, retired: &[u16]) -> Self {
-        self.gate = std::mem::replace(&mut self.gate, Gate::new(Keyring::default())).with_retired(retired);
+        self.gate =
+            std::mem::replace(&mut self.gate, Gate::new(Keyring::default())).with_retired(retired);
         self
     }
 
@@ -242,12 +243,18 @@ fn deliver(
         // Authentic but unreadable: a sender speaking another version. Not
         // confirmed, so the block is declared lost and accounted for.
         add(&stats.drop_trailer, 1);
-        tracing::error!(seq = key.seq, lane = key.lane.as_str(), "Authentic block without a readable ledger trailer.");
+        tracing::error!(
+            seq = key.seq,
+            lane = key.lane.as_str(),
+            "Authentic block without a readable ledger trailer."
+        );
         return Ok(());
     };
     core.ledger.describe(key.session, key.lane, &summaries);
     core.reassembler.confirm(t, key, block.header.key_id);
-    core.first_seen.entry((key.session, key.lane)).or_insert(key.seq);
+    core.first_seen
+        .entry((key.session, key.lane))
+        .or_insert(key.seq);
     first_sight(core, out.topics, out.to_outbox, &block.header);
     if let Ok(mut l) = out.link.lock() {
         l.record_delivered(key.session, key.lane, key.seq);
@@ -269,8 +276,13 @@ fn deliver(
     match out.to_outbox.try_send(Item::Block(opened)) {
         Err(TrySendError::Full(Item::Block(b))) => {
             add(&stats.blocks_shed, 1);
-            tracing::error!(seq = b.seq, lane = b.lane.as_str(), "Receiver overloaded: block shed and written down as a gap.");
-            core.ledger.lost(t, b.session, b.lane, b.seq, b.seq, GapCause::Shed);
+            tracing::error!(
+                seq = b.seq,
+                lane = b.lane.as_str(),
+                "Receiver overloaded: block shed and written down as a gap."
+            );
+            core.ledger
+                .lost(t, b.session, b.lane, b.seq, b.seq, GapCause::Shed);
         }
         Ok(()) | Err(TrySendError::Full(_)) => {}
         Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
@@ -325,6 +337,7 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
     }
     if let Ok(mut l) = out.link.lock() {
         l.skew_ms = hb.sent_unix_ms - unix_ms();
+        l.headroom.handle_settings(&hb.fec);
         l.last = Some((t, header.session, hb));
     }
     true

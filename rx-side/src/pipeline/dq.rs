@@ -7,7 +7,17 @@
 //!  every 1 s ──tick (stale: the receiver's clock)──> events
 //!  every 10 s and at the end ──engine snapshot──> outbox (meta), restored at start
 //!  SIGHUP ──new [dq] config──> reconfigure (per-tag state kept)
+//!  outbox ──frames of blocks it refused──> their points forgotten
 //! ```
+//!
+//! Before the checks, each point is looked up among the last
+//! `dq.duplicate_memory` points checked ([`RecentPoints`]): one seen before
+//! with the same tag, timestamp, value and status is an exact duplicate
+//! (a file sent again by `weir-tx resend`, or after a sender crash) and is
+//! withheld. A block the outbox then refuses (full, or the disk failed) was
+//! never published: the outbox hands its frame back and its points are
+//! forgotten, so that sending them again fills the gap instead of being
+//! taken for duplicates.
 //!
 //! Verdicts are stored beside the block, so a block published again after a
 //! rewind or a restart carries the same verdicts instead of being judged a
@@ -20,9 +30,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::{Receiver, Sender};
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver};
 use tokio::sync::watch;
-use weir_shared::dq::{DqEvent, Engine, ValidDqConfig, encode_verdicts, event_json};
+use weir_shared::dq::{
+    DqEvent, Engine, RecentPoints, ValidDqConfig, encode_verdicts, event_json, fingerprint,
+};
 use weir_shared::lane::Lane;
 use weir_shared::record::{DecodeLimits, Record, decode_frame};
 
@@ -40,6 +52,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 /// frame that does not decode: `validate` counts that).
 fn judge(
     engine: &mut Engine,
+    recent: &mut RecentPoints,
     block: &OpenedBlock,
     limits: DecodeLimits,
     events: &mut Vec<DqEvent>,
@@ -53,11 +66,24 @@ fn judge(
         .records
         .iter()
         .filter_map(|r| match r {
-            Record::Point(p) => Some(engine.check_into(p, now, events)),
+            Record::Point(p) => Some(engine.check_recent_into(p, now, recent, events)),
             _ => None,
         })
         .collect();
     (!verdicts.is_empty()).then(|| encode_verdicts(&verdicts))
+}
+
+/// The points of a block the outbox refused were never published: forget
+/// them, so that they are not taken for duplicates when sent again.
+fn forget(recent: &mut RecentPoints, frame: &[u8], limits: DecodeLimits) {
+    let Ok(batch) = decode_frame(frame, limits) else {
+        return;
+    };
+    for r in &batch.records {
+        if let Record::Point(p) = r {
+            recent.forget(fingerprint(p));
+        }
+    }
 }
 
 /// DQ events as messages for the outbox.
@@ -93,6 +119,8 @@ pub struct DqIo {
     pub to_outbox: Sender<Item>,
     /// New `[dq]` configs (SIGHUP).
     pub reload: watch::Receiver<Option<ValidDqConfig>>,
+    /// Frames of blocks the outbox refused.
+    pub refused: UnboundedReceiver<Vec<u8>>,
 }
 
 /// Run until decode closes.
@@ -107,15 +135,21 @@ pub async fn run(
     let mut save = tokio::time::interval(SNAPSHOT_EVERY);
     let mut events = Vec::new();
     let mut out: Vec<Item> = Vec::new();
+    let mut recent = RecentPoints::new(engine.config().duplicate_memory());
+    let mut refused_open = true;
     loop {
         tokio::select! {
             item = io.from_decode.recv() => match item {
                 Some(Item::Block(mut b)) => {
-                    b.verdicts = judge(&mut engine, &b, limits, &mut events);
+                    b.verdicts = judge(&mut engine, &mut recent, &b, limits, &mut events);
                     out.push(Item::Block(b));
                 }
                 Some(other) => out.push(other),
                 None => break,
+            },
+            frame = io.refused.recv(), if refused_open => match frame {
+                Some(frame) => forget(&mut recent, &frame, limits),
+                None => refused_open = false,
             },
             _ = tick.tick() => engine.tick_into(unix_ns(), &mut events),
             _ = save.tick() => out.extend(snapshot(&engine)),
@@ -123,6 +157,7 @@ pub async fn run(
                 if r.is_ok()
                     && let Some(cfg) = io.reload.borrow_and_update().clone()
                 {
+                    recent.set_capacity(cfg.duplicate_memory());
                     engine.reconfigure(cfg);
                     tracing::info!("Data-quality config reloaded; per-tag state kept.");
                 }
@@ -189,9 +224,52 @@ mod tests {
             max_records: 1000,
         };
         let mut events = Vec::new();
-        let v = judge(&mut engine, &block, limits, &mut events).expect("verdicts");
+        let mut recent = RecentPoints::new(16);
+        let v = judge(&mut engine, &mut recent, &block, limits, &mut events).expect("verdicts");
         assert_eq!(decode_verdicts(&v, 2).expect("decode").len(), 2);
         block.lane = Lane::Alert;
-        assert!(judge(&mut engine, &block, limits, &mut events).is_none());
+        assert!(judge(&mut engine, &mut recent, &block, limits, &mut events).is_none());
+    }
+
+    #[test]
+    fn a_block_sent_again_is_withheld_unless_the_outbox_refused_it() {
+        use weir_shared::dq::Withhold;
+        let mut engine = Engine::new(DqConfig::default().validate().expect("valid"));
+        let now = unix_ns();
+        let batch = Batch {
+            records: (0..4)
+                .map(|i| point("b", now - (10 - i) * 1_000_000_000, i as f64))
+                .collect(),
+        };
+        let mut frame = Vec::new();
+        encode_frame(&batch, None, &mut frame).expect("frame");
+        let block = OpenedBlock {
+            session: SessionId([2; 16]),
+            lane: Lane::Bulk,
+            seq: 0,
+            frame,
+            verdicts: None,
+        };
+        let limits = DecodeLimits {
+            max_body_bytes: 1 << 20,
+            max_records: 1000,
+        };
+        let (mut recent, mut events) = (RecentPoints::new(100), Vec::new());
+        let mut withheld = |engine: &mut Engine, recent: &mut RecentPoints| {
+            let v = judge(engine, recent, &block, limits, &mut events).expect("verdicts");
+            let v = decode_verdicts(&v, 4).expect("decode");
+            v.iter()
+                .map(|v| v.withhold == Some(Withhold::Duplicate))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(withheld(&mut engine, &mut recent), [false; 4]);
+        assert_eq!(withheld(&mut engine, &mut recent), [true; 4]);
+        // Refused by the outbox: its points are new again (all but the
+        // tag's newest, which the per-tag state still holds).
+        forget(&mut recent, &block.frame, limits);
+        assert_eq!(
+            withheld(&mut engine, &mut recent),
+            [false, false, false, true]
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //!  decode: block rebuilt ──SymbolTally──┐
 //!          blocks lost ───LostRange─────┼──> LinkState.headroom[lane] ──report──> status `fec`
-//!  last heartbeat's LaneFec ────────────┘
+//!          heartbeat ─────LaneFec───────┘
 //!  decode ──> counters fec_symbols_missing, fec_repair_needed_max
 //! ```
 //!
@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 
 use weir_shared::fec::SymbolTally;
 use weir_shared::headroom::{HeadroomMeter, HeadroomReport};
+use weir_shared::heartbeat::LaneFec;
 use weir_shared::lane::{LANES, Lane};
 use weir_shared::reassembly::{BlockKey, LostRange};
 
@@ -30,6 +31,13 @@ pub struct Headroom {
 }
 
 impl Headroom {
+    /// The lanes' FEC settings, as a heartbeat announced them.
+    pub fn handle_settings(&mut self, fec: &[LaneFec; LANES]) {
+        for lane in Lane::ALL {
+            self.meters[lane.index()].handle_settings(fec[lane.index()]);
+        }
+    }
+
     /// The report of every lane, as the status topic carries it.
     pub fn reports(&self) -> [HeadroomReport; LANES] {
         Lane::ALL.map(|l| self.meters[l.index()].report())
@@ -39,24 +47,6 @@ impl Headroom {
     pub fn to_json(&self) -> serde_json::Value {
         let [alert, bulk] = self.reports();
         serde_json::json!({ Lane::Alert.as_str(): alert, Lane::Bulk.as_str(): bulk })
-    }
-}
-
-impl LinkState {
-    /// A block of `key` was rebuilt after `tally`'s symbols arrived. The
-    /// lane's settings are those of the last heartbeat, when it came from
-    /// the block's session.
-    fn record_rebuilt(&mut self, key: BlockKey, tally: SymbolTally) {
-        let fec = self
-            .last
-            .as_ref()
-            .filter(|(_, session, _)| *session == key.session)
-            .map(|(.., hb)| hb.fec[key.lane.index()]);
-        let meter = &mut self.headroom.meters[key.lane.index()];
-        if let Some(fec) = fec {
-            meter.handle_settings(fec);
-        }
-        meter.handle_block(tally);
     }
 }
 
@@ -72,7 +62,7 @@ pub(crate) fn record_block(
         .fec_repair_needed_max
         .fetch_max(u64::from(tally.repair_needed()), Ordering::Relaxed);
     if let Ok(mut l) = link.lock() {
-        l.record_rebuilt(key, tally);
+        l.headroom.meters[key.lane.index()].handle_block(tally);
     }
 }
 
@@ -85,24 +75,9 @@ pub(crate) fn record_lost(link: &Mutex<LinkState>, lost: LostRange) {
 
 #[cfg(test)]
 mod tests {
-    use weir_shared::heartbeat::{Heartbeat, LaneFec};
     use weir_shared::wire::SessionId;
 
     use super::*;
-
-    fn hb(fec: [LaneFec; LANES]) -> Heartbeat {
-        Heartbeat {
-            sent_unix_ms: 0,
-            uptime_ms: 0,
-            last_sent: [None; LANES],
-            counters: weir_shared::heartbeat::TxCounters::default(),
-            spool_depth: 0,
-            config_fingerprint: [0; 8],
-            marks: Default::default(),
-            fec,
-            recent: Vec::new(),
-        }
-    }
 
     #[test]
     fn blocks_and_losses_reach_their_lane_with_the_heartbeats_settings() {
@@ -112,14 +87,10 @@ mod tests {
             min_repair: 2,
             interleave: 4,
         };
-        let link = Mutex::new(LinkState {
-            last: Some((
-                std::time::Instant::now(),
-                s,
-                hb([LaneFec::default(), bulk]),
-            )),
-            ..LinkState::default()
-        });
+        let link = Mutex::new(LinkState::default());
+        if let Ok(mut l) = link.lock() {
+            l.headroom.handle_settings(&[LaneFec::default(), bulk]);
+        }
         let stats = RxStats::default();
         let tally = SymbolTally {
             source_symbols: 10,
@@ -155,7 +126,11 @@ mod tests {
         assert_eq!(j["bulk"]["ratio"], 0.25);
         assert_eq!(j["bulk"]["interleave"], 4);
         assert_eq!(j["alert"]["blocks"], 1);
-        assert_eq!(j["alert"]["ratio"], serde_json::Value::Null, "all zeros: unknown");
+        assert_eq!(
+            j["alert"]["ratio"],
+            serde_json::Value::Null,
+            "all zeros: unknown"
+        );
         assert_eq!(j["alert"]["pattern"], "none");
     }
 }

@@ -61,10 +61,11 @@ pub struct Book {
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 fn unhex(s: &str) -> Option<[u8; 16]> {
@@ -137,8 +138,11 @@ impl Book {
             Some(e) if e.session == hex(&session.0) => false,
             Some(e) if session.epoch() > e.epoch => true,
             Some(e) if session.epoch() == e.epoch => {
-                tracing::warn!(sender = session.sender(), epoch = e.epoch,
-                    "Two sessions with one epoch: two senders share a sender id? Give each its own `sender.id`.");
+                tracing::warn!(
+                    sender = session.sender(),
+                    epoch = e.epoch,
+                    "Two sessions with one epoch: two senders share a sender id? Give each its own `sender.id`."
+                );
                 false
             }
             Some(_) if self.allow_older => false,
@@ -310,20 +314,43 @@ mod tests {
         let mut b = Book::load(&path, false).expect("load");
         assert_eq!(b.admit(old, KeyId(1)), Admission::New);
         assert_eq!(b.admit(new, KeyId(1)), Admission::New);
-        assert_eq!(b.admit(old, KeyId(1)), Admission::Known, "already running here");
-        assert_eq!(b.admit(other_role, KeyId(1)), Admission::New, "roles are ordered apart");
+        assert_eq!(
+            b.admit(old, KeyId(1)),
+            Admission::Known,
+            "already running here"
+        );
+        assert_eq!(
+            b.admit(other_role, KeyId(1)),
+            Admission::New,
+            "roles are ordered apart"
+        );
         b.set_floors(new, [Some(3), Some(40)]);
         b.flush().expect("flush");
 
         let mut b = Book::load(&path, false).expect("reload");
-        assert_eq!(b.admit(old, KeyId(1)), Admission::Refused, "a replay of the old session");
+        assert_eq!(
+            b.admit(old, KeyId(1)),
+            Admission::Refused,
+            "a replay of the old session"
+        );
         assert!(b.is_refused(old));
-        assert_eq!(b.admit(new, KeyId(1)), Admission::New, "the stored newest resumes");
+        assert_eq!(
+            b.admit(new, KeyId(1)),
+            Admission::New,
+            "the stored newest resumes"
+        );
         let points = b.resume_points();
-        assert!(points.contains(&(new, KeyId(1), [Some(3), Some(40)])), "{points:?}");
+        assert!(
+            points.contains(&(new, KeyId(1), [Some(3), Some(40)])),
+            "{points:?}"
+        );
 
         let mut lax = Book::load(&path, true).expect("reload");
-        assert_eq!(lax.admit(old, KeyId(1)), Admission::New, "allowed by the operator");
+        assert_eq!(
+            lax.admit(old, KeyId(1)),
+            Admission::New,
+            "allowed by the operator"
+        );
     }
 
     #[test]

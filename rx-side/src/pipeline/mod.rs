@@ -325,7 +325,8 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
     tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
-    let (dq_tx, dq_reload) = start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
+    let (dq_tx, dq_reload, refused) =
+        start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     tasks.spawn(decode::run(
         decode::Core::new(cfg.reassembly, keyring, &cfg.raw.ledger)?
             .with_retired(&cfg.raw.keys.retired_key_ids)
@@ -347,6 +348,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
             progress: progress_tx,
             fallback: ephemeral_tx.clone(),
             gaps_topic: topics.gaps.clone(),
+            refused: Some(refused),
         },
     ));
     spawn_readers(
@@ -395,7 +397,8 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
 }
 
 /// The data-quality stage, its engine restored from the state the outbox
-/// kept; returns its input and its reload handle.
+/// kept; returns its input, its reload handle and where the outbox hands
+/// back the frames of blocks it refused.
 #[allow(clippy::type_complexity)] // two channel ends, named at the call site
 fn start_dq(
     cfg: &ValidRx,
@@ -403,7 +406,11 @@ fn start_dq(
     tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
     (topics, stats): (&publish::Topics, &Arc<RxStats>),
     to_outbox: &Sender<outbox::Item>,
-) -> anyhow::Result<(Sender<outbox::Item>, watch::Sender<Option<ValidDqConfig>>)> {
+) -> anyhow::Result<(
+    Sender<outbox::Item>,
+    watch::Sender<Option<ValidDqConfig>>,
+    mpsc::UnboundedSender<Vec<u8>>,
+)> {
     let dq_cfg = cfg.raw.dq.validate()?;
     let engine = match store.dq_state() {
         Ok(Some(bytes)) => Engine::restore(dq_cfg.clone(), &bytes).unwrap_or_else(|e| {
@@ -415,6 +422,7 @@ fn start_dq(
     };
     let (tx, rx) = mpsc::channel(1024);
     let (reload_tx, reload_rx) = watch::channel(None);
+    let (refused_tx, refused) = mpsc::unbounded_channel();
     tasks.spawn(dq::run(
         engine,
         cfg.decode,
@@ -424,7 +432,8 @@ fn start_dq(
             from_decode: rx,
             to_outbox: to_outbox.clone(),
             reload: reload_rx,
+            refused,
         },
     ));
-    Ok((tx, reload_tx))
+    Ok((tx, reload_tx, refused_tx))
 }

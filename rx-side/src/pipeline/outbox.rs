@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver};
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use weir_shared::config::OutboxConfig;
 use weir_shared::lane::Lane;
@@ -399,6 +399,10 @@ pub struct WriterIo {
     pub fallback: Sender<Vec<Message>>,
     /// The gaps topic.
     pub gaps_topic: String,
+    /// Where the frames of bulk blocks the outbox refused go (the
+    /// data-quality stage, to forget their points: they were never
+    /// published).
+    pub refused: Option<UnboundedSender<Vec<u8>>>,
 }
 
 /// The writer's state between commits.
@@ -411,6 +415,8 @@ struct Writer {
     bytes: u64,
     /// Acknowledged entries, oldest first, with when.
     retained: VecDeque<(Instant, EntryRef)>,
+    /// See [`WriterIo::refused`].
+    refused: Option<UnboundedSender<Vec<u8>>>,
 }
 
 /// One group commit, planned.
@@ -424,6 +430,15 @@ struct Group {
 }
 
 impl Writer {
+    /// Hand a refused bulk block's frame back (see [`WriterIo::refused`]).
+    fn forget(&self, b: &OpenedBlock) {
+        if b.lane == Lane::Bulk
+            && let Some(tx) = &self.refused
+        {
+            let _ = tx.send(b.frame.clone());
+        }
+    }
+
     fn next(&mut self, table: Table) -> EntryRef {
         let key = self.next_key;
         self.next_key += 1;
@@ -455,6 +470,7 @@ impl Writer {
             let n = v.len() as u64;
             if table != Table::Events && self.bytes + g.added + n > self.cfg.max_bytes {
                 if let Body::Block(b) = &item {
+                    self.forget(b);
                     add(&self.stats.outbox_refused, 1);
                     tracing::error!(
                         seq = b.seq,
@@ -506,6 +522,7 @@ impl Writer {
                 tracing::error!(error = %e, "Outbox commit failed: blocks counted as lost.");
                 for (at, v) in &puts {
                     if let Ok(Body::Block(b)) = decode_body(*at, v) {
+                        self.forget(&b);
                         add(&self.stats.outbox_refused, 1);
                         let gap = refused_event(&io.gaps_topic, &b, "outbox_error");
                         if io.fallback.try_send(vec![gap]).is_err() {
@@ -549,6 +566,7 @@ pub async fn write(
         next_key,
         bytes,
         retained: VecDeque::new(),
+        refused: io.refused.take(),
     };
     let mut items_open = true;
     let mut acks_open = true;

@@ -16,9 +16,11 @@
 //! Duplicates and conflicts are recognised against two remembered samples
 //! per tag, the newest and the last received, which catches a row repeated
 //! (Proficy rows 5 and 6, PI items 6 and 7) and a re-sent newest value. An
-//! older stretch replayed later is reported as late (`out_of_order`), not
-//! dropped: exact de-duplication across history is the consumers' job, on
-//! the record id. A different status at the same timestamp counts as a
+//! older stretch sent again (a resend, a file sent twice) is recognised by
+//! the engine's bounded memory of recent points ([`super::RecentPoints`],
+//! `dq.duplicate_memory`) before these checks run; beyond that memory it is
+//! reported as late (`out_of_order`), not dropped, and consumers
+//! de-duplicate it. A different status at the same timestamp counts as a
 //! conflict, like a different value.
 //!
 //! Thresholds: every "above" comparison is strict and every band inclusive,
@@ -143,6 +145,16 @@ fn numeric(kind: TagKind, value: &Value) -> Option<f64> {
         Value::U64(u) => Some(u as f64),
         _ => None,
     }
+}
+
+/// The verdict of a point remembered as already checked (same tag, time,
+/// value and status): withheld as a duplicate; no other check runs and the
+/// tag's state is left alone.
+pub(crate) fn remembered_duplicate(point: &Point, policy: Policy) -> Verdict {
+    let mut v = Verdict::default();
+    v.set(Check::Duplicate, Flag::Fail);
+    v.withhold = Some(Withhold::Duplicate);
+    finish(v, point.status, policy)
 }
 
 /// Worst flag, effective status, quarantine.
@@ -311,7 +323,7 @@ fn ordering(run: &mut Run<'_>, st: &mut TagState, timed: bool) -> Order {
 
 /// FNV-1a over a type byte and the value's bytes: stable across builds, so
 /// it can be persisted.
-fn value_key(v: &Value) -> u64 {
+pub(super) fn value_key(v: &Value) -> u64 {
     let mut h = Fnv::default();
     match v {
         Value::Null => h.write(&[0]),
@@ -348,7 +360,7 @@ fn unit_key(unit: &str) -> u64 {
     h.0 | 1
 }
 
-struct Fnv(u64);
+pub(super) struct Fnv(pub(super) u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -357,7 +369,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
+    pub(super) fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }

@@ -8,6 +8,7 @@
 //! ```toml
 //! [dq]
 //! max_tags = 100000
+//! duplicate_memory = 1000000    # recent points an exact duplicate is recognised against
 //! [dq.defaults]                 # every tag
 //! future_tolerance = "10m"
 //! [[dq.class]]                  # first class whose glob matches wins
@@ -38,6 +39,8 @@ use serde::Deserialize;
 
 use super::glob::glob_match;
 
+/// Largest accepted `duplicate_memory` (about 2.4 GB of fingerprints).
+pub const MAX_DUPLICATE_MEMORY: usize = 100_000_000;
 /// Largest accepted `max_tags`.
 pub const MAX_TAGS_LIMIT: usize = 10_000_000;
 /// Most codes in one `states` list.
@@ -58,6 +61,11 @@ pub struct DqConfig {
     /// Withhold points that fail `syntax` (wrong value type for the tag's
     /// declared kind) from the live topic. Default true.
     pub quarantine_syntax: bool,
+    /// Points remembered (by a 64-bit fingerprint of tag, timestamp, value
+    /// and status) to recognise an exact duplicate of an older sample, such
+    /// as a file sent again; 0 remembers none. Default 1 000 000 (about
+    /// 24 MB).
+    pub duplicate_memory: usize,
     /// Parameters for every tag.
     pub defaults: DqRule,
     /// Tag classes, `[[dq.class]]`; the first whose `match` glob matches wins.
@@ -74,6 +82,7 @@ impl Default for DqConfig {
             max_tags: 100_000,
             quarantine_future: true,
             quarantine_syntax: true,
+            duplicate_memory: 1_000_000,
             defaults: DqRule::default(),
             classes: Vec::new(),
             tags: Vec::new(),
@@ -268,6 +277,7 @@ pub(crate) struct Params {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidDqConfig {
     pub(crate) max_tags: usize,
+    pub(crate) duplicate_memory: usize,
     pub(crate) quarantine_future: bool,
     pub(crate) quarantine_syntax: bool,
     /// 0: defaults; 1..=classes: the classes in order; then the overrides.
@@ -288,6 +298,11 @@ impl ValidDqConfig {
     /// Tags tracked at once.
     pub fn max_tags(&self) -> usize {
         self.max_tags
+    }
+
+    /// Recent points remembered for the exact-duplicate check.
+    pub fn duplicate_memory(&self) -> usize {
+        self.duplicate_memory
     }
 
     /// Index of `tag`'s parameters: its override, else its first matching
@@ -317,6 +332,13 @@ impl DqConfig {
     pub fn validate(&self) -> Result<ValidDqConfig, DqConfigError> {
         if self.max_tags == 0 || self.max_tags > MAX_TAGS_LIMIT {
             return Err(bad(Scope::Top, "max_tags", "must be 1 to 10000000"));
+        }
+        if self.duplicate_memory > MAX_DUPLICATE_MEMORY {
+            return Err(bad(
+                Scope::Top,
+                "duplicate_memory",
+                "must be 0 (off) to 100000000",
+            ));
         }
         check_rule(&self.defaults, Scope::Defaults)?;
         let mut profiles = vec![resolve(&self.defaults, Scope::Defaults)?];
@@ -349,6 +371,7 @@ impl DqConfig {
         }
         Ok(ValidDqConfig {
             max_tags: self.max_tags,
+            duplicate_memory: self.duplicate_memory,
             quarantine_future: self.quarantine_future,
             quarantine_syntax: self.quarantine_syntax,
             profiles,
@@ -627,6 +650,7 @@ mod tests {
     fn dq_config_defaults_follow_formats_md() {
         let v = DqConfig::default().validate().expect("valid");
         assert_eq!(v.max_tags(), 100_000);
+        assert_eq!(v.duplicate_memory(), 1_000_000);
         assert!(v.quarantine_future && v.quarantine_syntax);
         let p = v.params(0);
         assert_eq!(p.kind, TagKind::Auto);
@@ -690,6 +714,10 @@ mod tests {
     fn dq_config_errors_name_the_key() {
         let cases = [
             (json!({"max_tags": 0}), "config key `dq.max_tags`"),
+            (
+                json!({"duplicate_memory": 100_000_001}),
+                "config key `dq.duplicate_memory`",
+            ),
             (
                 json!({"defaults": {"lo": 5.0, "hi": 1.0}}),
                 "`dq.defaults.hi`: below lo",

@@ -47,6 +47,7 @@ mod config;
 mod glob;
 mod json;
 mod packed;
+mod recent;
 mod snapshot;
 mod table;
 
@@ -56,12 +57,13 @@ mod samples_tests;
 mod tests;
 
 pub use config::{
-    DqConfig, DqConfigError, DqRule, MAX_NAME_BYTES, MAX_STATES, MAX_TAGS_LIMIT, Scope, TagKind,
-    ValidDqConfig,
+    DqConfig, DqConfigError, DqRule, MAX_DUPLICATE_MEMORY, MAX_NAME_BYTES, MAX_STATES,
+    MAX_TAGS_LIMIT, Scope, TagKind, ValidDqConfig,
 };
 pub use glob::glob_match;
 pub use json::{event_json, verdict_json};
 pub use packed::{VerdictsError, decode_verdicts, encode_verdicts};
+pub use recent::{RecentPoints, fingerprint};
 pub use snapshot::SnapshotError;
 
 use std::cmp::Ordering;
@@ -479,6 +481,31 @@ impl Engine {
         let mut events = Vec::new();
         let verdict = self.check_into(point, now_ns, &mut events);
         (verdict, events)
+    }
+
+    /// [`Engine::check_into`], first against `recent`: a point it
+    /// remembers (same tag, timestamp, value and status as one checked
+    /// before) is an exact duplicate, withheld without running the checks
+    /// or touching the tag's state; any other point is checked, then
+    /// remembered.
+    pub fn check_recent_into(
+        &mut self,
+        point: &Point,
+        now_ns: i64,
+        recent: &mut RecentPoints,
+        events: &mut Vec<DqEvent>,
+    ) -> Verdict {
+        let fp = fingerprint(point);
+        if recent.contains(fp) {
+            let policy = checks::Policy {
+                quarantine_future: self.cfg.quarantine_future,
+                quarantine_syntax: self.cfg.quarantine_syntax,
+            };
+            return checks::remembered_duplicate(point, policy);
+        }
+        let verdict = self.check_into(point, now_ns, events);
+        recent.insert(fp);
+        verdict
     }
 
     /// [`Engine::check`], appending events to `events`.

@@ -38,8 +38,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidTx;
 use weir_shared::heartbeat::{Heartbeat, LaneFec, seal_heartbeat};
-use weir_shared::ledger::BlockSummary;
 use weir_shared::lane::{LANES, Lane};
+use weir_shared::ledger::BlockSummary;
 use weir_shared::record::{FileChunk, Record};
 use weir_shared::seal::{Keyring, SessionKey};
 use weir_shared::wire::{KeyId, Role, SessionId};
@@ -264,23 +264,7 @@ async fn start(
             key_id.0
         )
     })?;
-    let (store, numbering, role) = match sources {
-        Sources::Configured => {
-            let (store, n) = StateStore::open(&cfg.raw.sender.state_path)?;
-            (Some(store), n, Role::Daemon)
-        }
-        // A one-shot push numbers from zero in an epoch of its own role.
-        Sources::Pushed => (
-            None,
-            Numbering::from_zero(u64::try_from(unix_ms()).unwrap_or(0)),
-            Role::OneShot,
-        ),
-    };
-    let numbering = Arc::new(numbering);
-    let mut random = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-        .map_err(|_| anyhow::anyhow!("drawing a session id"))?;
-    let session = SessionId::new(cfg.raw.sender.id, role, numbering.epoch, random);
+    let (store, numbering, session) = open_session(&cfg, sources)?;
     let key = Arc::new(psk.session_key(session));
     let socket = send::open_socket(&cfg).await?;
     tracing::info!(session = %session.short_hex(), sender = cfg.raw.sender.id, epoch = numbering.epoch,
@@ -370,6 +354,31 @@ async fn start(
         tasks,
     };
     Ok((handle, pushed))
+}
+
+/// The session's numbering (the daemon's persisted state, or a one-shot
+/// push's own from zero) and its id.
+fn open_session(
+    cfg: &ValidTx,
+    sources: Sources,
+) -> anyhow::Result<(Option<StateStore>, Arc<Numbering>, SessionId)> {
+    let (store, numbering, role) = match sources {
+        Sources::Configured => {
+            let (store, n) = StateStore::open(&cfg.raw.sender.state_path)?;
+            (Some(store), n, Role::Daemon)
+        }
+        // A one-shot push numbers from zero in an epoch of its own role.
+        Sources::Pushed => (
+            None,
+            Numbering::from_zero(u64::try_from(unix_ms()).unwrap_or(0)),
+            Role::OneShot,
+        ),
+    };
+    let mut random = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| anyhow::anyhow!("drawing a session id"))?;
+    let session = SessionId::new(cfg.raw.sender.id, role, numbering.epoch, random);
+    Ok((store, Arc::new(numbering), session))
 }
 
 /// Spawn the configured sources onto the lanes' inputs (alert, bulk), or

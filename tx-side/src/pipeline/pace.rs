@@ -319,7 +319,7 @@ async fn wait_for_work(queues: &mut [LaneQueue]) {
     let due = queues.iter().filter_map(|q| q.repeats.next_due()).min();
     let [alert, bulk] = queues else { return };
     let wake = due.map_or_else(
-        || tokio::time::Instant::now() + Duration::from_secs(3600),
+        || tokio::time::Instant::now() + Duration::from_hours(1),
         tokio::time::Instant::from_std,
     );
     tokio::select! {
@@ -393,9 +393,7 @@ pub async fn run(
             Source::Fresh(l) => {
                 queues[l.index()].take_fresh(now(), fits, &mut burst, &telemetry);
             }
-            Source::Repeat(l) => queues[l.index()]
-                .repeats
-                .take(fits, &mut burst, &telemetry),
+            Source::Repeat(l) => queues[l.index()].repeats.take(fits, &mut burst, &telemetry),
         }
         pacer.consume(burst.buf.len() as u64);
         to_send
@@ -497,12 +495,16 @@ mod tests {
         assert_eq!(first.buf, bytes);
         assert_eq!(first.done.len(), 1, "the first sending completes the block");
         // Nothing until it is due.
-        assert!(step(&mut q, t0 + after - Duration::from_millis(1), 16, &tel).is_none());
+        assert!(step(&mut q, t0 + Duration::from_millis(2999), 16, &tel).is_none());
         assert_eq!(q[1].repeats.next_due(), Some(t0 + after));
         let again = step(&mut q, t0 + after, 16, &tel).expect("repeat");
         assert_eq!(again.buf, bytes, "same datagrams, byte for byte");
         assert!(again.done.is_empty(), "a repeat completes nothing again");
-        assert_eq!(tel.blocks_repeated.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            tel.blocks_repeated
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         assert!(q[1].repeats.is_idle());
         assert_eq!(q[1].repeats.held, 0);
     }
@@ -545,7 +547,9 @@ mod tests {
         for _ in 0..3 {
             step(&mut q, t0, 16, &tel).expect("fresh");
         }
-        let skipped = tel.repeats_skipped.load(std::sync::atomic::Ordering::Relaxed);
+        let skipped = tel
+            .repeats_skipped
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(skipped, 2);
         assert_eq!(q[1].repeats.skipping, 2, "one run of skips, logged once");
         assert_eq!(q[1].repeats.held, 3 * DGRAM as u64);
@@ -562,7 +566,7 @@ mod tests {
     fn a_closed_lane_flushes_its_repeats_at_once() {
         let (mut q, [a, b]) = queues(
             lane_cfg(None, 1 << 20, 1),
-            lane_cfg(Some(Duration::from_secs(60)), 1 << 20, 2),
+            lane_cfg(Some(Duration::from_mins(1)), 1 << 20, 2),
         );
         let tel = Telemetry::default();
         let t0 = Instant::now();
@@ -577,7 +581,11 @@ mod tests {
         // Fresh blocks (interleaved two at a time), then every repeat at
         // once rather than a minute later.
         assert_eq!(out.len(), 12);
-        assert_eq!(tel.blocks_repeated.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(
+            tel.blocks_repeated
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
         assert!(q.iter().all(|q| !q.open && q.repeats.is_idle()));
     }
 
@@ -589,7 +597,11 @@ mod tests {
         let t0 = Instant::now();
         step(&mut q, t0, 16, &tel).expect("fresh");
         assert!(q[1].repeats.is_idle());
-        assert!(step(&mut q, t0 + Duration::from_secs(3600), 16, &tel).is_none());
-        assert_eq!(tel.repeats_skipped.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(step(&mut q, t0 + Duration::from_hours(1), 16, &tel).is_none());
+        assert_eq!(
+            tel.repeats_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

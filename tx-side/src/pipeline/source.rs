@@ -108,7 +108,7 @@ fn eligible_name(name: &str) -> bool {
 }
 
 /// Files in `dir` as (name, size, mtime), sorted oldest first.
-fn list(dir: &Path) -> std::io::Result<Vec<(String, u64, SystemTime)>> {
+pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(String, u64, SystemTime)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
