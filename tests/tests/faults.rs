@@ -10,6 +10,11 @@
 //! Needs Mosquitto (the broker restart), root for a tmpfs (the full disk;
 //! skipped with a reason without), and libfaketime (the clock jumps,
 //! `apt-get install faketime`; skipped with a reason without).
+//!
+//! Known gaps, marked where they are: the receiver does not recover from a
+//! full disk without a restart (an ignored test), and the record-level gap
+//! accounting across receiver crashes is not exact yet (a TODO in
+//! `receiver_killed_mid_stream_three_times_recovers_without_duplicates`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -285,10 +285,15 @@ fn check_point(topic: &str, p: &Json, ts_ms: bool) -> String {
             && session
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "id is {{16 lower-case hex}}-{{seq}}: {}",
+        "id is {{16 lower-case hex}}-{{lane}}{{seq}}: {}",
         ctx()
     );
-    assert_eq!(id_seq, seq.to_string(), "id ends in seq: {}", ctx());
+    assert_eq!(
+        id_seq,
+        format!("b{seq}"),
+        "a point's id ends in b (bulk) and its seq: {}",
+        ctx()
+    );
     let ts = p["ts"].as_str().unwrap_or_else(|| panic!("ts: {}", ctx()));
     let ts_ns = p["ts_ns"]
         .as_i64()
@@ -649,7 +654,11 @@ fn every_topic_and_payload_follows_the_contract() {
         assert!((1..=1000).contains(&sev));
         assert!(p["severity_band"].is_string() && p["severity_native"].is_string());
         let id = p["id"].as_str().expect("alert id");
-        assert_eq!(id, format!("{session}-{}", p["seq"]));
+        assert_eq!(
+            id,
+            format!("{session}-a{}", p["seq"]),
+            "an alert id ends in a (alert lane) and its seq"
+        );
         assert!(
             ids.insert(id.to_owned()),
             "alert ids unique among all records"
