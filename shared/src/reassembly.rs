@@ -854,6 +854,49 @@ mod tests {
     }
 
     #[test]
+    fn session_start_accounts_for_blocks_sent_before_we_listened() {
+        let s = SessionId([6; 16]);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let key = |seq| BlockKey {
+            session: s,
+            lane: Lane::Bulk,
+            seq,
+        };
+        // Blocks 5 and 6 arrive first; 6 while 5 is still pending.
+        for seq in [5, 6] {
+            for (h, sym) in &datagrams(s, Lane::Bulk, seq, &block(seq), 100) {
+                if let Ok(Some(_)) = r.handle_symbol(t0, h, sym) {
+                    r.confirm(t0, key(seq), KeyId(1));
+                }
+            }
+        }
+        // The first heartbeat says the session started at block 2: blocks
+        // 2..=4 were sent before we listened and are owed; 5 and 6 were
+        // delivered and must not be reported.
+        r.session_start(t0, s, KeyId(1), [0, 2]);
+        r.handle_heartbeat(t0, s, KeyId(1), [None, Some(6)]);
+        assert!(!r.is_fresh(key(5)), "a replay of block 5 is still refused");
+        r.poll_timeouts(t0 + Duration::from_secs(10));
+        assert_eq!(
+            r.poll_lost(),
+            Some(LostRange {
+                session: s,
+                lane: Lane::Bulk,
+                first: 2,
+                last: 4
+            })
+        );
+        assert_eq!(r.poll_lost(), None);
+        // A restarted receiver resumes at a stored floor: below it is old.
+        let mut again = Reassembler::new(limits());
+        again.restore(t0, s, KeyId(1), Lane::Bulk, 7);
+        again.session_start(t0, s, KeyId(1), [0, 2]);
+        assert!(!again.is_fresh(key(6)), "below the stored floor");
+        assert!(again.is_fresh(key(7)));
+    }
+
+    #[test]
     fn junk_flood_is_bounded() {
         let mut r = Reassembler::new(limits());
         let t0 = Instant::now();

@@ -479,7 +479,12 @@ fn assert_republished_identically(t: &Tally, restarts_and_rewinds: u64) {
         for c in &copies[1..] {
             extra += 1;
             assert_eq!(c.id, first.id, "{row:?} published under two record ids");
-            assert_eq!(c.payload, first.payload, "{row:?} published again, changed");
+            assert!(
+                c.payload == first.payload,
+                "{row:?} published again, changed:\n{}\n{}",
+                first.payload,
+                c.payload
+            );
         }
         assert!(
             copies.len() as u64 <= 1 + restarts_and_rewinds,

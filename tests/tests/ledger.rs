@@ -261,3 +261,71 @@ fn beyond_the_budget_every_lost_record_is_in_the_ledger() {
         "{text}"
     );
 }
+
+#[test]
+fn numbering_survives_sender_restarts_and_crosses_narrow_counter_wraps() {
+    const ROWS: usize = 4_000;
+    // The sender's numbering starts just below 2^32 (a u32 wrap, and a
+    // re-keying boundary: 2^32 is a multiple of 2^20).
+    let first_block: u64 = (1 << 32) - 3;
+    let first_record: u64 = (1 << 32) - 1_000;
+    let mut r = rig(Impairment::clean(9), &DOCUMENTED);
+    let _ = r.tx.terminate(Duration::from_secs(15));
+    let state = r.site.path("tx-state.json");
+    std::fs::write(
+        &state,
+        format!(
+            r#"{{"epoch":1,"next_block":[0,{first_block}],"next_record":[0,{first_record}],"clean":true}}"#
+        ),
+    )
+    .expect("seed the sender state");
+    let tx_cfg = r.site.path("tx.toml");
+    r.tx = start_tx(&r.site, &tx_cfg, "tx2.log");
+    r.site
+        .drop_file("aveva", "one.csv", aveva_export(5, ROWS).as_bytes());
+    let one = r.sub.wait_for(Duration::from_secs(60), |m| {
+        m.iter().filter(|x| x.topic.starts_with("uns/")).count() >= ROWS
+    });
+    assert!(
+        one,
+        "first file across the wrap: {}",
+        point_ids(&r.sub).1.len()
+    );
+    let _ = r.tx.terminate(Duration::from_secs(15));
+    let saved: Json =
+        serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("state is JSON");
+    assert_eq!(saved["clean"], true);
+    assert!(saved["next_block"][1].as_u64() > Some(1 << 32), "{saved}");
+    assert_eq!(
+        saved["next_record"][1].as_u64(),
+        Some(first_record + ROWS as u64)
+    );
+
+    // A restarted sender continues the numbering, in a newer session the
+    // receiver accepts.
+    r.tx = start_tx(&r.site, &tx_cfg, "tx3.log");
+    r.site
+        .drop_file("aveva", "two.csv", aveva_export(6, ROWS).as_bytes());
+    let two = r.sub.wait_for(Duration::from_secs(60), |m| {
+        m.iter().filter(|x| x.topic.starts_with("uns/")).count() >= 2 * ROWS
+    });
+    let (msgs, ids) = point_ids(&r.sub);
+    let _ = r.tx.terminate(Duration::from_secs(15));
+    let c = stop_rx(&mut r.rx);
+    assert!(two, "second file after the restart: {} points", ids.len());
+    assert_eq!((msgs, ids.len()), (2 * ROWS, 2 * ROWS), "each point once");
+    let mut seqs: Vec<u64> = ids
+        .iter()
+        .filter_map(|id| id.rsplit_once("-b").and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (first_record..first_record + 2 * ROWS as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "record numbers run on, unbroken, across the restart"
+    );
+    assert_eq!(c["blocks_lost"], 0, "{c}");
+    assert_eq!(c["records_lost"], 0, "{c}");
+    assert_eq!(c["drop_old_session"], 0, "{c}");
+    assert_eq!(c["drop_auth"], 0, "re-keyed blocks open: {c}");
+}

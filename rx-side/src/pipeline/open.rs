@@ -108,3 +108,37 @@ impl Gate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_shared::lane::Lane;
+    use weir_shared::seal::{Psk, sealed_len};
+
+    #[test]
+    fn a_retired_key_is_refused_though_loaded() {
+        let psk = Psk::new(KeyId(3), [7; 32]);
+        let session = SessionId([9; 16]);
+        let mut body = b"a block".to_vec();
+        let header = Header {
+            kind: Kind::Symbol,
+            key_id: KeyId(3),
+            lane: Lane::Bulk,
+            session,
+            seq: 1,
+            transfer_len: u32::try_from(sealed_len(body.len())).unwrap_or(0),
+            symbol_size: 64,
+            payload_id: 0,
+        };
+        psk.session_key(session)
+            .seal(Kind::Symbol, Lane::Bulk, 1, &header.aad(), &mut body)
+            .expect("seal");
+        let mut open = Gate::new(Keyring::new([psk.clone()]));
+        assert!(open.open_block(&header, &mut body.clone()).is_ok());
+        let mut retired = Gate::new(Keyring::new([psk])).with_retired(&[3]);
+        assert_eq!(
+            retired.open_block(&header, &mut body),
+            Err(OpenError::Retired(3))
+        );
+    }
+}
