@@ -824,17 +824,13 @@ fn replayed_earlier_session_into_the_running_receiver_publishes_nothing() {
 }
 
 #[test]
-#[ignore = "needs older-session refusal"]
 fn replayed_earlier_session_after_a_receiver_restart_publishes_nothing() {
     replay_earlier_session(true);
 }
 
 /// An empty UDP datagram is a datagram too: it must be counted (received,
-/// and dropped as malformed) like any other. Today `recv` splits each
-/// received buffer into datagrams with `chunks(stride)`, which yields
-/// nothing for an empty buffer, so empty datagrams vanish uncounted.
+/// and dropped as malformed) like any other.
 #[test]
-#[ignore = "product bug: empty datagrams are not counted (rx-side/src/pipeline/recv.rs)"]
 fn empty_datagrams_are_counted() {
     let site = Site::new();
     let mut rig = start_rig(&site);

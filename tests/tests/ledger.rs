@@ -283,7 +283,7 @@ fn numbering_survives_sender_restarts_and_crosses_narrow_counter_wraps() {
     r.tx = start_tx(&r.site, &tx_cfg, "tx2.log");
     r.site
         .drop_file("aveva", "one.csv", aveva_export(5, ROWS).as_bytes());
-    let one = r.sub.wait_for(Duration::from_secs(60), |m| {
+    let one = r.sub.wait_for(Duration::from_mins(1), |m| {
         m.iter().filter(|x| x.topic.starts_with("uns/")).count() >= ROWS
     });
     assert!(
@@ -306,7 +306,7 @@ fn numbering_survives_sender_restarts_and_crosses_narrow_counter_wraps() {
     r.tx = start_tx(&r.site, &tx_cfg, "tx3.log");
     r.site
         .drop_file("aveva", "two.csv", aveva_export(6, ROWS).as_bytes());
-    let two = r.sub.wait_for(Duration::from_secs(60), |m| {
+    let two = r.sub.wait_for(Duration::from_mins(1), |m| {
         m.iter().filter(|x| x.topic.starts_with("uns/")).count() >= 2 * ROWS
     });
     let (msgs, ids) = point_ids(&r.sub);

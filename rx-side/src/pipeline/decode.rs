@@ -56,6 +56,8 @@ pub struct Core {
     /// below it were sent while this receiver was not listening.
     first_seen: HashMap<(SessionId, Lane), u64>,
     book_written: Instant,
+    /// Lane floors at the last book save (stored at the next one).
+    floors_seen: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
 }
 
 impl Core {
@@ -93,6 +95,7 @@ impl Core {
             gaps,
             first_seen: HashMap::new(),
             book_written: t,
+            floors_seen: HashMap::new(),
         })
     }
 
@@ -427,10 +430,22 @@ fn save_book(core: &mut Core, t: Instant, last: bool) {
         return;
     }
     core.book_written = t;
+    // Store the floors of the previous save, not today's: a block below
+    // today's floor may still wait for its outbox commit, and a crash must
+    // leave it counted as lost (over-reported), never passed over.
+    // At the end the outbox writer commits everything handed to it before
+    // it stops, so today's floors are safe to store.
     for session in core.book.sessions() {
-        if let Some(floors) = core.reassembler.floors(session) {
-            core.book.set_floors(session, floors);
+        let Some(floors) = core.reassembler.floors(session) else {
+            continue;
+        };
+        let old = core.floors_seen.insert(session, floors);
+        if let Some(store) = if last { Some(floors) } else { old } {
+            core.book.set_floors(session, store);
         }
+    }
+    if core.floors_seen.len() > core.max_sessions * 2 {
+        core.floors_seen.clear();
     }
     if let Err(e) = core.book.flush() {
         tracing::error!(error = %format!("{e:#}"), "Session book not written.");
