@@ -115,23 +115,7 @@ pub struct Process {
 impl Process {
     /// Start `program args…`, stderr to `log`, stdout captured.
     pub fn start(name: &str, program: &Path, args: &[&str], log: PathBuf) -> Self {
-        let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Self {
-            child: Some(child),
-            log,
-            name: name.into(),
-        }
+        Self::start_with_env(name, program, args, log, &[])
     }
 
     /// The process id.

@@ -175,19 +175,8 @@ fn main() -> anyhow::Result<()> {
                 chunk_bytes,
                 progress: !quiet,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let summary = rt.block_on(async move {
-                let cancel = tokio_util::sync::CancellationToken::new();
-                let on_signal = cancel.clone();
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    tracing::warn!("Interrupted: sending what was taken, then stopping.");
-                    on_signal.cancel();
-                });
-                weir_tx::push::push(cfg, keys, fingerprint, opts, cancel).await
-            })?;
+            let summary =
+                run_push(|cancel| weir_tx::push::push(cfg, keys, fingerprint, opts, cancel))?;
             println!("{summary}");
             anyhow::ensure!(summary.complete(), "not every file was sent");
             Ok(())
@@ -247,15 +236,18 @@ fn run(config: &Path) -> anyhow::Result<()> {
 }
 
 /// `weir-tx resend`: check everything, push, print the summary.
-fn resend(config: &Path, opts: &ResendOptions) -> anyhow::Result<()> {
-    let (cfg, fingerprint) = load(config)?;
-    let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
-    // Every mistake is reported before anything is sent.
-    let job = weir_tx::resend::plan(&cfg, opts)?;
+/// Run a one-shot push (`send`, `resend`) on its own runtime; a signal
+/// stops taking input, and what was taken is still sent.
+fn run_push<F>(
+    push: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> anyhow::Result<weir_tx::push::PushSummary>
+where
+    F: std::future::Future<Output = anyhow::Result<weir_tx::push::PushSummary>>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = rt.block_on(async move {
+    rt.block_on(async move {
         let cancel = tokio_util::sync::CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
@@ -263,8 +255,16 @@ fn resend(config: &Path, opts: &ResendOptions) -> anyhow::Result<()> {
             tracing::warn!("Interrupted: sending what was taken, then stopping.");
             on_signal.cancel();
         });
-        weir_tx::push::push_job(cfg, keys, fingerprint, job, cancel).await
-    })?;
+        push(cancel).await
+    })
+}
+
+fn resend(config: &Path, opts: &ResendOptions) -> anyhow::Result<()> {
+    let (cfg, fingerprint) = load(config)?;
+    let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
+    // Every mistake is reported before anything is sent.
+    let job = weir_tx::resend::plan(&cfg, opts)?;
+    let summary = run_push(|cancel| weir_tx::push::push_job(cfg, keys, fingerprint, job, cancel))?;
     println!("spool {}: {summary}", opts.spool);
     anyhow::ensure!(summary.complete(), "not every file was sent");
     Ok(())
