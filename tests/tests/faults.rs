@@ -456,13 +456,15 @@ fn receiver_killed_mid_stream_three_times_recovers_without_duplicates() {
     //         on the gaps topic == points sent
     //     i.e. assert_eq!(t.distinct() as u64 + gap_records(&rig.sub), rows as u64)
     //
-    // Gap events carry `records` now, but the sum is not yet right: a
-    // restarted receiver reports the blocks its killed predecessor had
-    // already delivered as lost (`cause: receiver_down`), so the sum runs
-    // over (3000 + 1902 of 3000 in the runs so far). Until that is fixed
-    // only the weaker properties are asserted: no crash, nothing published
-    // under two record ids or changed, nothing published more often than
-    // the outbox's at-least-once republishing allows, every point valid.
+    // (printed above as "accounting"). It does not hold yet: a restarted
+    // receiver at times reports blocks its killed predecessor had already
+    // delivered as lost (`cause: receiver_down`; 3000 + 1902 of 3000 in
+    // about one run in three, also at d7dabd8), and once a gap came without
+    // `records` (`gap_entries_uncounted`). Enable the assertion once the
+    // ledger is exact. Until then only the weaker properties are asserted:
+    // no crash, nothing published under two record ids or changed, nothing
+    // published more often than the outbox's at-least-once republishing
+    // allows, every point valid.
     assert!(t.distinct() <= rows);
     assert!(t.distinct() > rows / 2, "most points arrived");
     assert_nothing_forged(&c);

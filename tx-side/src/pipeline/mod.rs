@@ -278,7 +278,13 @@ async fn start(
     // records (the batch stage reads the alert channel first).
     let (alert_tx, alert_rx) = mpsc::channel(4096);
     let (bulk_tx, bulk_rx) = mpsc::channel(4096);
-    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::channel(4)).unzip();
+    // Room for a whole interleave's worth of encoded blocks: the pacer
+    // can only spread a burst over the blocks it has in hand.
+    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = cfg
+        .lanes
+        .iter()
+        .map(|l| mpsc::channel(l.interleave_blocks.max(4)))
+        .unzip();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let (burst_tx, burst_rx) = mpsc::channel(8);
 
