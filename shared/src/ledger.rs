@@ -83,28 +83,31 @@ pub enum LedgerError {
     TooLarge,
 }
 
-/// Where a record came from, for the ledger.
-pub fn record_source(r: &Record) -> String {
-    let mut s = match r {
-        Record::Point(p) => p
-            .source
-            .file
-            .clone()
-            .unwrap_or_else(|| p.source.system.as_str().to_owned()),
+/// Where a record came from, for the ledger: borrowed where the record
+/// holds it (a point's file, a chunk's name), built only for alerts.
+pub fn record_source(r: &Record) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let s: Cow<'_, str> = match r {
+        Record::Point(p) => Cow::Borrowed(
+            p.source
+                .file
+                .as_deref()
+                .unwrap_or_else(|| p.source.system.as_str()),
+        ),
         Record::Alert(a) => match &a.host {
-            Some(h) => format!("{}:{h}", a.source.as_str()),
-            None => a.source.as_str().to_owned(),
+            Some(h) => Cow::Owned(format!("{}:{h}", a.source.as_str())),
+            None => Cow::Borrowed(a.source.as_str()),
         },
-        Record::FileChunk(c) => c.name.clone(),
+        Record::FileChunk(c) => Cow::Borrowed(&c.name),
     };
-    if s.len() > MAX_SOURCE_LEN {
-        let mut cut = MAX_SOURCE_LEN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+    if s.len() <= MAX_SOURCE_LEN {
+        return s;
     }
-    s
+    let mut cut = MAX_SOURCE_LEN;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(s[..cut].to_owned())
 }
 
 /// The time a record speaks of, ns since the epoch.
@@ -136,14 +139,14 @@ impl SummaryBuilder {
             self.t_min_ns = Some(self.t_min_ns.map_or(t, |m| m.min(t)));
             self.t_max_ns = Some(self.t_max_ns.map_or(t, |m| m.max(t)));
         }
-        // Records of one source come in runs: checking the last name first
-        // keeps this cheap.
+        // Records of one source come in runs: comparing borrowed names
+        // allocates nothing for the records of a source already named.
         let source = record_source(record);
-        if self.sources.last() == Some(&source) || self.sources.contains(&source) {
+        if self.sources.iter().rev().any(|s| *s == source) {
             return;
         }
         if self.sources.len() < MAX_SOURCES {
-            self.sources.push(source);
+            self.sources.push(source.into_owned());
         } else {
             self.more_sources = self.more_sources.saturating_add(1);
         }

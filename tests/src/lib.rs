@@ -207,34 +207,14 @@ const RX_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// # Panics
 /// If the receiver does not say it started in time, with its log.
 pub fn start_rx(site: &Site, config: &Path, log: &str) -> Process {
-    let rx = Process::start(
-        "weir-rx",
-        &binaries().rx,
-        &["run", "--config", &config.display().to_string()],
-        site.path(log),
-    );
-    let deadline = Instant::now() + RX_START_TIMEOUT;
-    while !rx.log_text().contains("Receiver started.") {
-        assert!(
-            Instant::now() < deadline,
-            "weir-rx did not start:\n{}",
-            rx.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    rx
+    start_rx_with_env(site, config, log, &[])
 }
 
 /// Start `weir-tx run --config <config>`, its stderr in `log` inside the
 /// site. Returns at once: wait for what the test needs (a listener, a
 /// file in `done/`) where it matters.
 pub fn start_tx(site: &Site, config: &Path, log: &str) -> Process {
-    Process::start(
-        "weir-tx",
-        &binaries().tx,
-        &["run", "--config", &config.display().to_string()],
-        site.path(log),
-    )
+    start_tx_with_env(site, config, log, &[])
 }
 
 /// Stop the receiver (SIGTERM, at most 20 s) and read the final counters

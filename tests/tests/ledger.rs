@@ -22,14 +22,12 @@ struct Fec {
     ratio: f64,
     min_repair: i64,
     interleave: i64,
-    rate_mbps: f64,
 }
 
 const DOCUMENTED: Fec = Fec {
     ratio: 0.5,
     min_repair: 16,
     interleave: 8,
-    rate_mbps: 100.0,
 };
 
 struct Rig {
@@ -60,7 +58,7 @@ fn rig(imp: Impairment, fec: &Fec) -> Rig {
     cfg["lanes"]["bulk"]["min_repair"] = toml::Value::Integer(fec.min_repair);
     cfg["lanes"]["bulk"]["interleave_blocks"] = toml::Value::Integer(fec.interleave);
     cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(64 * 1024);
-    cfg["link"]["rate_mbps"] = toml::Value::Float(fec.rate_mbps);
+    cfg["link"]["rate_mbps"] = toml::Value::Float(100.0);
     let tx_cfg = site.write_toml("tx.toml", &cfg);
     let tx = start_tx(&site, &tx_cfg, "tx.log");
     Rig {
@@ -161,7 +159,6 @@ fn beyond_the_budget_every_lost_record_is_in_the_ledger() {
         ratio: 0.05,
         min_repair: 1,
         interleave: 1,
-        rate_mbps: 100.0,
     };
     let mut r = rig(imp, &thin);
     r.site

@@ -58,8 +58,7 @@ pub struct Telemetry {
 #[derive(Debug, Default)]
 struct Marks {
     in_flight: BTreeMap<(usize, u64), BlockSummary>,
-    start: [LaneMarks; LANES],
-    next_record: [u64; LANES],
+    lanes: [LaneMarks; LANES],
     recent: [Option<BlockSummary>; LANES],
 }
 
@@ -110,7 +109,7 @@ impl Telemetry {
                 .collect();
             for k in done {
                 if let Some(s) = m.in_flight.remove(&k) {
-                    m.next_record[i] = s.end_record();
+                    m.lanes[i].next_record = s.end_record();
                     m.recent[i] = Some(s);
                 }
             }
@@ -122,12 +121,11 @@ impl Telemetry {
         if let Ok(mut m) = self.marks.lock() {
             for l in Lane::ALL {
                 let i = l.index();
-                m.start[i] = LaneMarks {
+                m.lanes[i] = LaneMarks {
                     first_block: first_block[i],
                     first_record: first_record[i],
                     next_record: first_record[i],
                 };
-                m.next_record[i] = first_record[i];
             }
         }
     }
@@ -144,10 +142,7 @@ impl Telemetry {
         let Ok(m) = self.marks.lock() else {
             return (Default::default(), Vec::new());
         };
-        let marks = Lane::ALL.map(|l| LaneMarks {
-            next_record: m.next_record[l.index()],
-            ..m.start[l.index()]
-        });
+        let marks = m.lanes;
         let recent = Lane::ALL
             .into_iter()
             .filter_map(|l| m.recent[l.index()].clone().map(|s| (l, s)))

@@ -22,7 +22,6 @@ use weir_shared::contract::rfc3339_ns;
 use weir_shared::lane::Lane;
 use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
 use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
-use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::files::{FileWork, notify_lost};
@@ -61,50 +60,58 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core with these limits and keys, its ledger file and session
-    /// book; resumes the sessions the book names.
+    /// A core with these limits and this AEAD gate, its ledger file and
+    /// session book; resumes the sessions the book names.
     pub fn new(
         limits: ReassemblyLimits,
-        keyring: Keyring,
+        gate: Gate,
         ledger: &weir_shared::config::LedgerConfig,
     ) -> anyhow::Result<Self> {
         let book = Book::load(&ledger.sessions_path, ledger.allow_older_sessions)?;
         let gaps = GapLog::open(&ledger.gaps_path)?;
         let mut reassembler = Reassembler::new(limits);
         let t = now();
-        for (session, key_id, floors) in book.resume_points() {
+        let mut ledger_core = Ledger::new(LedgerLimits {
+            max_summaries: 4096,
+            max_sessions: limits.max_sessions,
+            resolve_timeout: ledger.resolve_timeout,
+        });
+        for p in book.resume_points() {
             for lane in Lane::ALL {
-                if let Some(floor) = floors[lane.index()] {
-                    reassembler.restore(t, session, key_id, lane, floor);
+                let Some(floor) = p.floors[lane.index()] else {
+                    continue;
+                };
+                // Replays below the floor are refused. Blocks delivered
+                // since the save before may not have been committed when
+                // the receiver stopped: written down as (possible) losses,
+                // so a crash never passes one over.
+                reassembler.restore(t, p.session, p.key_id, lane, floor);
+                if let Some(unsure) = p.unsure[lane.index()].filter(|&u| u < floor) {
+                    ledger_core.lost(
+                        t,
+                        p.session,
+                        lane,
+                        unsure,
+                        floor - 1,
+                        GapCause::ReceiverDown,
+                    );
                 }
             }
         }
         Ok(Self {
             reassembler,
-            gate: Gate::new(keyring),
+            gate,
             hb_seq: HashMap::new(),
             seen: HashSet::new(),
             max_sessions: limits.max_sessions,
             files: None,
-            ledger: Ledger::new(LedgerLimits {
-                max_summaries: 4096,
-                max_sessions: limits.max_sessions,
-                resolve_timeout: ledger.resolve_timeout,
-            }),
+            ledger: ledger_core,
             book,
             gaps,
             first_seen: HashMap::new(),
             book_written: t,
             floors_seen: HashMap::new(),
         })
-    }
-
-    /// Refuse these key ids (`keys.retired_key_ids`).
-    #[must_use]
-    pub fn with_retired(mut self, retired: &[u16]) -> Self {
-        self.gate =
-            std::mem::replace(&mut self.gate, Gate::new(Keyring::default())).with_retired(retired);
-        self
     }
 
     /// Admit an authenticated session (see [`Book`]); counts a refusal.
@@ -261,10 +268,10 @@ fn deliver(
     first_sight(core, out.topics, out.to_outbox, &block.header);
     if let Ok(mut l) = out.link.lock() {
         l.record_delivered(key.session, key.lane, key.seq);
+        super::headroom::record_block(stats, &mut l, key.lane, block.tally);
     }
     add(&stats.blocks_ok, 1);
     add(&stats.fec_repaired, u64::from(block.repaired));
-    super::headroom::record_block(stats, out.link, key, block.tally);
     block.sealed.truncate(frame_len);
     let opened = OpenedBlock {
         session: key.session,
@@ -430,19 +437,21 @@ fn save_book(core: &mut Core, t: Instant, last: bool) {
         return;
     }
     core.book_written = t;
-    // Store the floors of the previous save, not today's: a block below
-    // today's floor may still wait for its outbox commit, and a crash must
-    // leave it counted as lost (over-reported), never passed over.
-    // At the end the outbox writer commits everything handed to it before
-    // it stops, so today's floors are safe to store.
+    // Today's floors refuse replays after a restart; the floors of the
+    // save before mark where delivery is unsure (a block below today's
+    // floor may still wait for its outbox commit). At the end the outbox
+    // commits everything handed to it before it stops: nothing is unsure.
     for session in core.book.sessions() {
         let Some(floors) = core.reassembler.floors(session) else {
             continue;
         };
-        let old = core.floors_seen.insert(session, floors);
-        if let Some(store) = if last { Some(floors) } else { old } {
-            core.book.set_floors(session, store);
-        }
+        let before = core.floors_seen.insert(session, floors);
+        let unsure = if last {
+            floors
+        } else {
+            before.unwrap_or(floors)
+        };
+        core.book.set_floors(session, floors, unsure);
     }
     if core.floors_seen.len() > core.max_sessions * 2 {
         core.floors_seen.clear();

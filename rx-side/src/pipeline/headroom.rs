@@ -19,7 +19,7 @@ use weir_shared::fec::SymbolTally;
 use weir_shared::headroom::{HeadroomMeter, HeadroomReport};
 use weir_shared::heartbeat::LaneFec;
 use weir_shared::lane::{LANES, Lane};
-use weir_shared::reassembly::{BlockKey, LostRange};
+use weir_shared::reassembly::LostRange;
 
 use super::LinkState;
 use crate::stats::{RxStats, add};
@@ -51,19 +51,12 @@ impl Headroom {
 }
 
 /// Feed a rebuilt, authenticated block to its lane's meter and the counters.
-pub(crate) fn record_block(
-    stats: &RxStats,
-    link: &Mutex<LinkState>,
-    key: BlockKey,
-    tally: SymbolTally,
-) {
+pub(crate) fn record_block(stats: &RxStats, link: &mut LinkState, lane: Lane, tally: SymbolTally) {
     add(&stats.fec_symbols_missing, u64::from(tally.missing));
     stats
         .fec_repair_needed_max
         .fetch_max(u64::from(tally.repair_needed()), Ordering::Relaxed);
-    if let Ok(mut l) = link.lock() {
-        l.headroom.meters[key.lane.index()].handle_block(tally);
-    }
+    link.headroom.meters[lane.index()].handle_block(tally);
 }
 
 /// Feed blocks declared lost to their lane's meter.
@@ -100,13 +93,10 @@ mod tests {
             missing_runs: 1,
             longest_run: 3,
         };
-        let key = |lane| BlockKey {
-            session: s,
-            lane,
-            seq: 0,
-        };
-        record_block(&stats, &link, key(Lane::Bulk), tally);
-        record_block(&stats, &link, key(Lane::Alert), SymbolTally::default());
+        if let Ok(mut l) = link.lock() {
+            record_block(&stats, &mut l, Lane::Bulk, tally);
+            record_block(&stats, &mut l, Lane::Alert, SymbolTally::default());
+        }
         record_lost(
             &link,
             LostRange {

@@ -35,6 +35,24 @@ struct BookEntry {
     session: String,
     key_id: u16,
     floors: [Option<u64>; LANES],
+    /// The floors of the save before: blocks from here up to `floors` were
+    /// delivered, but may not have reached the outbox before a crash.
+    #[serde(default)]
+    unsure: [Option<u64>; LANES],
+}
+
+/// Where a restarted receiver resumes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The session.
+    pub session: SessionId,
+    /// Its key id.
+    pub key_id: KeyId,
+    /// Every block below these was resolved.
+    pub floors: [Option<u64>; LANES],
+    /// Blocks from these up to `floors` were delivered, but the outbox may
+    /// not have committed them before the receiver stopped.
+    pub unsure: [Option<u64>; LANES],
 }
 
 /// Whether a session may deliver.
@@ -112,18 +130,26 @@ impl Book {
         })
     }
 
-    /// The stored newest session of every sender, its key id and lane
-    /// floors: where a restarted receiver resumes.
-    pub fn resume_points(&self) -> Vec<(SessionId, KeyId, [Option<u64>; LANES])> {
+    /// The stored newest session of every sender: where a restarted
+    /// receiver resumes it.
+    pub fn resume_points(&self) -> Vec<ResumePoint> {
         self.entries
             .values()
-            .filter_map(|e| Some((SessionId(unhex(&e.session)?), KeyId(e.key_id), e.floors)))
+            .filter_map(|e| {
+                Some(ResumePoint {
+                    session: SessionId(unhex(&e.session)?),
+                    key_id: KeyId(e.key_id),
+                    floors: e.floors,
+                    unsure: e.unsure,
+                })
+            })
             .collect()
     }
 
     /// Whether symbols of `session` are already known to be refused.
     pub fn is_refused(&self, session: SessionId) -> bool {
-        self.refused.contains(&session)
+        // Asked for every datagram: skip the hash while nothing is refused.
+        !self.refused.is_empty() && self.refused.contains(&session)
     }
 
     /// Admit an authenticated session, or refuse it as older than the
@@ -165,6 +191,7 @@ impl Book {
                     session: hex(&session.0),
                     key_id: key_id.0,
                     floors: [None; LANES],
+                    unsure: [None; LANES],
                 },
             );
             self.dirty = true;
@@ -175,12 +202,18 @@ impl Book {
 
     /// How far the lanes of `session` are resolved (kept only for the
     /// newest session of each sender).
-    pub fn set_floors(&mut self, session: SessionId, floors: [Option<u64>; LANES]) {
+    pub fn set_floors(
+        &mut self,
+        session: SessionId,
+        floors: [Option<u64>; LANES],
+        unsure: [Option<u64>; LANES],
+    ) {
         if let Some(e) = self.entries.get_mut(&sender_key(session))
             && e.session == hex(&session.0)
-            && e.floors != floors
+            && (e.floors, e.unsure) != (floors, unsure)
         {
             e.floors = floors;
+            e.unsure = unsure;
             self.dirty = true;
         }
     }
@@ -324,7 +357,7 @@ mod tests {
             Admission::New,
             "roles are ordered apart"
         );
-        b.set_floors(new, [Some(3), Some(40)]);
+        b.set_floors(new, [Some(3), Some(40)], [Some(3), Some(35)]);
         b.flush().expect("flush");
 
         let mut b = Book::load(&path, false).expect("reload");
@@ -340,10 +373,13 @@ mod tests {
             "the stored newest resumes"
         );
         let points = b.resume_points();
-        assert!(
-            points.contains(&(new, KeyId(1), [Some(3), Some(40)])),
-            "{points:?}"
-        );
+        let expected = ResumePoint {
+            session: new,
+            key_id: KeyId(1),
+            floors: [Some(3), Some(40)],
+            unsure: [Some(3), Some(35)],
+        };
+        assert!(points.contains(&expected), "{points:?}");
 
         let mut lax = Book::load(&path, true).expect("reload");
         assert_eq!(

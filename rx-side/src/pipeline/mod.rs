@@ -328,9 +328,12 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let (dq_tx, dq_reload, refused) =
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     tasks.spawn(decode::run(
-        decode::Core::new(cfg.reassembly, keyring, &cfg.raw.ledger)?
-            .with_retired(&cfg.raw.keys.retired_key_ids)
-            .with_files(files_tx.clone()),
+        decode::Core::new(
+            cfg.reassembly,
+            open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
+            &cfg.raw.ledger,
+        )?
+        .with_files(files_tx.clone()),
         stats.clone(),
         link.clone(),
         topics.clone(),
