@@ -35,7 +35,7 @@ use crate::stats::{RxStats, add};
 /// How often pending blocks are expired and lost blocks reported.
 const TICK: Duration = Duration::from_millis(200);
 /// How often the session book is written (when it changed).
-const BOOK_EVERY: Duration = Duration::from_secs(1);
+const BOOK_EVERY: Duration = TICK;
 
 /// The decode stage's state.
 pub struct Core {
