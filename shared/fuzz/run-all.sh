@@ -41,7 +41,10 @@ fi
 
 # Release with debug assertions and overflow checks: an arithmetic
 # overflow on hostile input is a finding, not a silent wrap.
-build_flags=(--release --debug-assertions --sanitizer "$sanitizer")
+# FUZZ_CODEGEN_UNITS (default 16) trades a little run speed for a much
+# faster build; a long campaign may set 1.
+build_flags=(--release --debug-assertions --sanitizer "$sanitizer"
+  --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
 
 if [ -n "${FUZZ_TARGETS:-}" ]; then
   read -r -a targets <<<"$FUZZ_TARGETS"
@@ -51,7 +54,14 @@ fi
 
 echo "=== building the fuzz targets (sanitizer: $sanitizer)"
 start=$SECONDS
-"${cargo[@]}" fuzz build "${build_flags[@]}"
+if ! "${cargo[@]}" fuzz build "${build_flags[@]}"; then
+  # A linker killed by the machine (a bus error when the disk runs short,
+  # say) is not a finding: show the disk, then build again one job at a
+  # time, which needs the least memory and scratch space.
+  df -h "$fuzz_dir" || true
+  echo "=== fuzz build failed; once more, one job at a time"
+  CARGO_BUILD_JOBS=1 "${cargo[@]}" fuzz build "${build_flags[@]}"
+fi
 echo "built in $((SECONDS - start)) s"
 
 triple="$(rustc -vV | sed -n 's/^host: //p')"
