@@ -321,6 +321,15 @@ impl Ledger {
         self.lanes.entry((session, lane)).or_default()
     }
 
+    /// The first block of the lowest lost run of a lane not yet reported,
+    /// if any: a durable record of how far the lane is resolved must stay
+    /// below it.
+    pub fn pending_from(&self, session: SessionId, lane: Lane) -> Option<u64> {
+        self.lanes
+            .get(&(session, lane))
+            .and_then(|l| l.runs.keys().next().copied())
+    }
+
     /// A delivered block's trailer: its own summary and its predecessors'.
     pub fn describe(&mut self, session: SessionId, lane: Lane, summaries: &[BlockSummary]) {
         let max = self.limits.max_summaries;
@@ -599,6 +608,8 @@ mod tests {
         let mut l = Ledger::new(LIMITS);
         l.lost(t, s, Lane::Bulk, 3, 3, GapCause::Link);
         assert!(l.poll(t).is_empty(), "nothing known about block 3 yet");
+        assert_eq!(l.pending_from(s, Lane::Bulk), Some(3), "not yet reported");
+        assert_eq!(l.pending_from(s, Lane::Alert), None);
         l.describe(
             s,
             Lane::Bulk,
@@ -611,6 +622,7 @@ mod tests {
         assert!(e[0].sources_complete);
         assert_eq!((e[0].t_first_ns, e[0].t_last_ns), (Some(30), Some(39)));
         assert!(l.poll(t).is_empty(), "reported once");
+        assert_eq!(l.pending_from(s, Lane::Bulk), None, "reported");
     }
 
     #[test]

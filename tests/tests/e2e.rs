@@ -117,6 +117,7 @@ fn sample_exports_cross_a_lossy_link_exactly_once() {
         reorder: 0.02,
         burst: 0.0,
         burst_len: 0,
+        burst_at: None,
         corrupt: 0.001,
     };
     let t0 = std::time::Instant::now();

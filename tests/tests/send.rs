@@ -74,6 +74,7 @@ fn send_pushes_opaque_files_across_a_lossy_link() {
         reorder: 0.01,
         burst: 0.0,
         burst_len: 0,
+        burst_at: None,
         corrupt: 0.0,
     };
     let mut link = start_link(&site, imp);

@@ -9,8 +9,14 @@
 //! Every block's trailer (its own summary and its predecessors') and every
 //! heartbeat's marks feed the loss [`Ledger`], which turns lost block
 //! ranges into counted, described gap entries. The session [`Book`]
-//! refuses sessions older than the newest of their sender, and lets a
-//! restarted receiver resume where it stopped.
+//! refuses sessions older than the newest of their sender.
+//!
+//! Every [`TICK`] each lane's floor goes to the outbox behind the blocks
+//! handed over before it ([`LaneFloors`]): below it, every block was handed
+//! over or written down in the gap ledger. A restarted receiver resumes
+//! each lane at its committed floor and marks the blocks the outbox
+//! committed above it as delivered, so a block is neither published twice
+//! nor passed over across a crash.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,15 +33,13 @@ use weir_shared::wire::{Header, Kind, SessionId};
 use super::files::{FileWork, notify_lost};
 use super::ledger::{Admission, Book, GapLog, gap_json};
 use super::open::{Gate, OpenError};
-use super::outbox::Item;
+use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
 use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_event};
 use crate::stats::{RxStats, add};
 
 /// How often pending blocks are expired and lost blocks reported.
 const TICK: Duration = Duration::from_millis(200);
-/// How often the session book is written (when it changed).
-const BOOK_EVERY: Duration = TICK;
 
 /// The decode stage's state.
 pub struct Core {
@@ -54,50 +58,46 @@ pub struct Core {
     /// First block delivered in this process per session lane: lost blocks
     /// below it were sent while this receiver was not listening.
     first_seen: HashMap<(SessionId, Lane), u64>,
-    book_written: Instant,
-    /// Lane floors at the last book save (stored at the next one).
-    floors_seen: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
+    /// Lane floors last handed to the outbox.
+    floors_sent: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
 }
 
 impl Core {
     /// A core with these limits and this AEAD gate, its ledger file and
-    /// session book; resumes the sessions the book names.
+    /// session book; resumes the newest session of every sender where the
+    /// outbox says it stopped.
     pub fn new(
         limits: ReassemblyLimits,
         gate: Gate,
         ledger: &weir_shared::config::LedgerConfig,
+        outbox: &Outbox,
     ) -> anyhow::Result<Self> {
         let book = Book::load(&ledger.sessions_path, ledger.allow_older_sessions)?;
         let gaps = GapLog::open(&ledger.gaps_path)?;
         let mut reassembler = Reassembler::new(limits);
         let t = now();
-        let mut ledger_core = Ledger::new(LedgerLimits {
+        let resume = outbox
+            .resume(|s| book.is_newest(s))
+            .map_err(|e| anyhow::anyhow!("reading lane state from the outbox: {e}"))?;
+        for r in resume {
+            // Replays below the floor are refused; blocks the outbox
+            // committed above it are not taken again. Every other block
+            // is still open: delivered if its symbols come, else counted.
+            reassembler.restore(t, r.session, r.key_id, r.lane, r.floor);
+            for seq in r.delivered {
+                let key = BlockKey {
+                    session: r.session,
+                    lane: r.lane,
+                    seq,
+                };
+                reassembler.confirm(t, key, r.key_id);
+            }
+        }
+        let ledger_core = Ledger::new(LedgerLimits {
             max_summaries: 4096,
             max_sessions: limits.max_sessions,
             resolve_timeout: ledger.resolve_timeout,
         });
-        for p in book.resume_points() {
-            for lane in Lane::ALL {
-                let Some(floor) = p.floors[lane.index()] else {
-                    continue;
-                };
-                // Replays below the floor are refused. Blocks delivered
-                // since the save before may not have been committed when
-                // the receiver stopped: written down as (possible) losses,
-                // so a crash never passes one over.
-                reassembler.restore(t, p.session, p.key_id, lane, floor);
-                if let Some(unsure) = p.unsure[lane.index()].filter(|&u| u < floor) {
-                    ledger_core.lost(
-                        t,
-                        p.session,
-                        lane,
-                        unsure,
-                        floor - 1,
-                        GapCause::ReceiverDown,
-                    );
-                }
-            }
-        }
         Ok(Self {
             reassembler,
             gate,
@@ -109,16 +109,26 @@ impl Core {
             book,
             gaps,
             first_seen: HashMap::new(),
-            book_written: t,
-            floors_seen: HashMap::new(),
+            floors_sent: HashMap::new(),
         })
     }
 
     /// Admit an authenticated session (see [`Book`]); counts a refusal.
     fn admit(&mut self, stats: &RxStats, header: &Header) -> bool {
-        if self.book.admit(header.session, header.key_id) == Admission::Refused {
-            add(&stats.drop_old_session, 1);
-            return false;
+        match self.book.admit(header.session, header.key_id) {
+            Admission::Refused => {
+                add(&stats.drop_old_session, 1);
+                return false;
+            }
+            // Written before any of its blocks can be committed: a
+            // restarted receiver keeps the lane state of the sessions the
+            // book names.
+            Admission::New => {
+                if let Err(e) = self.book.flush() {
+                    tracing::error!(error = %format!("{e:#}"), "Session book not written.");
+                }
+            }
+            Admission::Known => {}
         }
         true
     }
@@ -215,9 +225,15 @@ pub async fn run(
         }
     }
     // Input closed: report whatever is already known lost, and what is
-    // still waiting to be counted.
+    // still waiting to be counted; the final floors wait for room.
     core.reassembler.poll_timeouts(now());
     report_lost(&mut core, &out, true);
+    for f in moved_floors(&mut core) {
+        to_outbox
+            .send(Item::Floors(f))
+            .await
+            .map_err(|_| StageError::Closed("decode"))?;
+    }
     Ok(())
 }
 
@@ -427,36 +443,117 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
         };
         send_event(out.to_outbox, msg);
     }
-    save_book(core, t, last);
+    send_floors(core, out.to_outbox);
 }
 
-/// Keep the book's lane floors current, and write it at most every
-/// [`BOOK_EVERY`] (and at the end).
-fn save_book(core: &mut Core, t: Instant, last: bool) {
-    if !last && t.saturating_duration_since(core.book_written) < BOOK_EVERY {
-        return;
-    }
-    core.book_written = t;
-    // Today's floors refuse replays after a restart; the floors of the
-    // save before mark where delivery is unsure (a block below today's
-    // floor may still wait for its outbox commit). At the end the outbox
-    // commits everything handed to it before it stops: nothing is unsure.
+/// The lane floors of the newest sessions that moved since last handed
+/// over. A lane's floor stays below a lost block until its gap entry is
+/// written down, so the outbox never stores a floor past a loss the gaps
+/// file does not have yet.
+fn moved_floors(core: &mut Core) -> Vec<LaneFloors> {
+    let mut out = Vec::new();
     for session in core.book.sessions() {
-        let Some(floors) = core.reassembler.floors(session) else {
+        let (Some(mut floors), Some(key_id)) = (
+            core.reassembler.floors(session),
+            core.reassembler.session_key_id(session),
+        ) else {
             continue;
         };
-        let before = core.floors_seen.insert(session, floors);
-        let unsure = if last {
-            floors
-        } else {
-            before.unwrap_or(floors)
+        for lane in Lane::ALL {
+            let i = lane.index();
+            if let (Some(f), Some(p)) = (floors[i], core.ledger.pending_from(session, lane)) {
+                floors[i] = Some(f.min(p));
+            }
+        }
+        if core.floors_sent.get(&session) != Some(&floors) {
+            out.push(LaneFloors {
+                session,
+                key_id,
+                floors,
+            });
+        }
+    }
+    out
+}
+
+/// Hand the lane floors that moved to the outbox, behind the blocks
+/// already handed over. A full queue: tried again next tick.
+fn send_floors(core: &mut Core, to_outbox: &Sender<Item>) {
+    for f in moved_floors(core) {
+        if to_outbox.try_send(Item::Floors(f)).is_ok() {
+            if core.floors_sent.len() >= core.max_sessions * 2 {
+                core.floors_sent.clear();
+            }
+            core.floors_sent.insert(f.session, f.floors);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_shared::lane::Lane;
+    use weir_shared::seal::Keyring;
+    use weir_shared::wire::{KeyId, Role};
+
+    use super::*;
+
+    #[test]
+    fn a_restarted_core_takes_no_committed_block_again_and_keeps_the_rest_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let session = SessionId::new(3, Role::Daemon, 100, [9; 4]);
+        let older = SessionId::new(3, Role::Daemon, 99, [8; 4]);
+        let ledger = weir_shared::config::LedgerConfig {
+            gaps_path: dir.path().join("gaps.jsonl"),
+            sessions_path: dir.path().join("sessions.json"),
+            ..Default::default()
         };
-        core.book.set_floors(session, floors, unsure);
-    }
-    if core.floors_seen.len() > core.max_sessions * 2 {
-        core.floors_seen.clear();
-    }
-    if let Err(e) = core.book.flush() {
-        tracing::error!(error = %format!("{e:#}"), "Session book not written.");
+        let mut book = Book::load(&ledger.sessions_path, false).expect("book");
+        book.admit(older, KeyId(1));
+        book.admit(session, KeyId(1));
+        book.flush().expect("flush");
+        let outbox = Outbox::open(&dir.path().join("outbox.redb")).expect("outbox");
+        // The killed receiver: bulk resolved below 10; 10 and 12 committed
+        // above it, 11 and 13 still in flight.
+        let floors = |session| LaneFloors {
+            session,
+            key_id: KeyId(1),
+            floors: [None, Some(10)],
+        };
+        outbox
+            .commit_lane_state(floors(session), &[(Lane::Bulk, 10), (Lane::Bulk, 12)])
+            .expect("commit");
+        outbox
+            .commit_lane_state(floors(older), &[(Lane::Bulk, 10)])
+            .expect("commit");
+        let limits = ReassemblyLimits {
+            max_block_bytes: 1 << 20,
+            max_pending_blocks: 16,
+            block_timeout: Duration::from_secs(2),
+            gap_timeout: Duration::from_secs(3),
+            window_blocks: 1024,
+            max_sessions: 4,
+        };
+        let core =
+            Core::new(limits, Gate::new(Keyring::default()), &ledger, &outbox).expect("core");
+        let fresh = |seq| {
+            core.reassembler.is_fresh(BlockKey {
+                session,
+                lane: Lane::Bulk,
+                seq,
+            })
+        };
+        assert!(!fresh(9), "below the floor: a replay");
+        assert!(!fresh(10) && !fresh(12), "committed: never taken again");
+        assert!(fresh(11) && fresh(13), "not committed: still open");
+        assert_eq!(
+            core.reassembler.floors(older),
+            None,
+            "only the newest resumes"
+        );
+        assert_eq!(
+            outbox.resume(|_| true).expect("resume").len(),
+            1,
+            "the older session's state is gone"
+        );
     }
 }

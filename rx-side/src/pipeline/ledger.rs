@@ -3,16 +3,15 @@
 //!
 //! ```text
 //!  decode ──GapEntry──> gaps file (append-only JSON lines, fsynced) ──> `weir-rx gaps`
-//!         └─session accepted / lane floors──> sessions file (replaced atomically)
+//!         └─session accepted──> sessions file (replaced atomically)
 //! ```
 //!
-//! The book keeps, per `(sender, role)`, the newest session accepted and
-//! how far each of its lanes was resolved. A session older than the
-//! newest is refused (unless `ledger.allow_older_sessions`), so traffic
-//! captured from an earlier session cannot be replayed, even after the
-//! receiver restarts; and a restarted receiver resumes the newest session
-//! at its stored floors, refusing replays below them and counting as lost
-//! what was sent while it was down.
+//! The book keeps, per `(sender, role)`, the newest session accepted. A
+//! session older than the newest is refused (unless
+//! `ledger.allow_older_sessions`), so traffic captured from an earlier
+//! session cannot be replayed, even after the receiver restarts. How far
+//! each lane of those sessions was resolved is kept in the outbox, in the
+//! same transactions as the blocks (`outbox::LaneResume`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -21,7 +20,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use weir_shared::contract::rfc3339_ns;
-use weir_shared::lane::LANES;
 use weir_shared::ledger::GapEntry;
 use weir_shared::wire::{KeyId, SessionId};
 
@@ -34,25 +32,6 @@ struct BookEntry {
     epoch: u64,
     session: String,
     key_id: u16,
-    floors: [Option<u64>; LANES],
-    /// The floors of the save before: blocks from here up to `floors` were
-    /// delivered, but may not have reached the outbox before a crash.
-    #[serde(default)]
-    unsure: [Option<u64>; LANES],
-}
-
-/// Where a restarted receiver resumes a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResumePoint {
-    /// The session.
-    pub session: SessionId,
-    /// Its key id.
-    pub key_id: KeyId,
-    /// Every block below these was resolved.
-    pub floors: [Option<u64>; LANES],
-    /// Blocks from these up to `floors` were delivered, but the outbox may
-    /// not have committed them before the receiver stopped.
-    pub unsure: [Option<u64>; LANES],
 }
 
 /// Whether a session may deliver.
@@ -130,22 +109,6 @@ impl Book {
         })
     }
 
-    /// The stored newest session of every sender: where a restarted
-    /// receiver resumes it.
-    pub fn resume_points(&self) -> Vec<ResumePoint> {
-        self.entries
-            .values()
-            .filter_map(|e| {
-                Some(ResumePoint {
-                    session: SessionId(unhex(&e.session)?),
-                    key_id: KeyId(e.key_id),
-                    floors: e.floors,
-                    unsure: e.unsure,
-                })
-            })
-            .collect()
-    }
-
     /// Whether symbols of `session` are already known to be refused.
     pub fn is_refused(&self, session: SessionId) -> bool {
         // Asked for every datagram: skip the hash while nothing is refused.
@@ -190,8 +153,6 @@ impl Book {
                     epoch: session.epoch(),
                     session: hex(&session.0),
                     key_id: key_id.0,
-                    floors: [None; LANES],
-                    unsure: [None; LANES],
                 },
             );
             self.dirty = true;
@@ -200,30 +161,20 @@ impl Book {
         Admission::New
     }
 
-    /// How far the lanes of `session` are resolved (kept only for the
-    /// newest session of each sender).
-    pub fn set_floors(
-        &mut self,
-        session: SessionId,
-        floors: [Option<u64>; LANES],
-        unsure: [Option<u64>; LANES],
-    ) {
-        if let Some(e) = self.entries.get_mut(&sender_key(session))
-            && e.session == hex(&session.0)
-            && (e.floors, e.unsure) != (floors, unsure)
-        {
-            e.floors = floors;
-            e.unsure = unsure;
-            self.dirty = true;
-        }
-    }
-
-    /// Sessions whose floors are kept.
+    /// The newest session of every sender: the sessions whose lane
+    /// state is kept.
     pub fn sessions(&self) -> Vec<SessionId> {
         self.entries
             .values()
             .filter_map(|e| unhex(&e.session).map(SessionId))
             .collect()
+    }
+
+    /// Whether `session` is the newest of its sender.
+    pub fn is_newest(&self, session: SessionId) -> bool {
+        self.entries
+            .get(&sender_key(session))
+            .is_some_and(|e| e.session == hex(&session.0))
     }
 
     /// Write the book if it changed (replace atomically, fsync).
@@ -357,7 +308,6 @@ mod tests {
             Admission::New,
             "roles are ordered apart"
         );
-        b.set_floors(new, [Some(3), Some(40)], [Some(3), Some(35)]);
         b.flush().expect("flush");
 
         let mut b = Book::load(&path, false).expect("reload");
@@ -372,14 +322,7 @@ mod tests {
             Admission::New,
             "the stored newest resumes"
         );
-        let points = b.resume_points();
-        let expected = ResumePoint {
-            session: new,
-            key_id: KeyId(1),
-            floors: [Some(3), Some(40)],
-            unsure: [Some(3), Some(35)],
-        };
-        assert!(points.contains(&expected), "{points:?}");
+        assert!(b.is_newest(new) && b.is_newest(other_role) && !b.is_newest(old));
 
         let mut lax = Book::load(&path, true).expect("reload");
         assert_eq!(

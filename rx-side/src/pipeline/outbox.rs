@@ -18,6 +18,16 @@
 //! the publisher directly. Nothing blocks the decoder: decode sheds a block
 //! (counted, reported) only if the writer itself falls behind.
 //!
+//! Lane state, for a restarted receiver (see `decode`): the `lanes` table
+//! holds each session lane's floor (every block below it was committed
+//! here or written down in the gap ledger) and the `delivered` table the
+//! blocks committed at or above it. Floors travel through the same queue
+//! as the blocks, so a floor is stored only after every block handed over
+//! before it; a block's `delivered` key is stored in the block's own
+//! transaction. Together they say exactly which blocks a crash left
+//! unresolved: a restarted receiver neither passes one over nor publishes
+//! one twice.
+//!
 //! Acknowledged blocks are kept for `retain_acked`: a broker restarted
 //! without persistence loses what it acknowledged but had not yet
 //! delivered, so on such a restart everything still in the outbox is
@@ -29,11 +39,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use weir_shared::config::OutboxConfig;
-use weir_shared::lane::Lane;
-use weir_shared::wire::SessionId;
+use weir_shared::lane::{LANES, Lane};
+use weir_shared::wire::{KeyId, SessionId};
 
 use super::{Message, OpenedBlock, StageError, now};
 use crate::stats::{RxStats, add};
@@ -52,6 +63,9 @@ pub enum OutboxError {
         /// Entry key.
         key: u64,
     },
+    /// The database could not be opened again after a failed write.
+    #[error("outbox database is closed after a failed write and could not be opened again")]
+    Closed,
     /// The blocking task running a database operation died.
     #[error("outbox task: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -114,6 +128,36 @@ pub enum Item {
     Event(Message),
     /// The data-quality engine's state, kept (replaced) for the next start.
     DqState(Vec<u8>),
+    /// A session's lane floors: every block below one was handed over
+    /// before this item or written down as lost.
+    Floors(LaneFloors),
+}
+
+/// A session's lane floors (`None`: the lane has not started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneFloors {
+    /// The session.
+    pub session: SessionId,
+    /// The key it authenticated with.
+    pub key_id: KeyId,
+    /// Per lane, by [`Lane::index`].
+    pub floors: [Option<u64>; LANES],
+}
+
+/// Where a restarted receiver resumes one session lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneResume {
+    /// The session.
+    pub session: SessionId,
+    /// The key it authenticated with.
+    pub key_id: KeyId,
+    /// The lane.
+    pub lane: Lane,
+    /// Every block below it is resolved.
+    pub floor: u64,
+    /// Blocks at or above `floor` resolved (stored, or refused and
+    /// reported), ascending.
+    pub delivered: Vec<u64>,
 }
 
 /// Table of single values kept beside the queue (not published).
@@ -123,6 +167,55 @@ const DQ_STATE: &str = "dq_state";
 /// Key of the Sparkplug bdSeq the next start connects with (u64 LE), in
 /// [`META`].
 const BD_SEQ: &str = "sparkplug_bd_seq";
+/// Lane floors: key session (16) ‖ lane (1); value floor (u64 LE) ‖ key
+/// id (u16 LE).
+const LANE_FLOORS: TableDefinition<'static, &'static [u8], &'static [u8]> =
+    TableDefinition::new("lanes");
+/// Blocks resolved at or above their lane's floor (stored, or refused
+/// and reported as a gap): key session (16) ‖ lane (1) ‖ seq (u64 BE, so
+/// keys sort by sequence).
+const DELIVERED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new("delivered");
+
+/// A [`LANE_FLOORS`] key.
+fn lane_key(session: SessionId, lane: Lane) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..16].copy_from_slice(&session.0);
+    k[16] = lane as u8;
+    k
+}
+
+/// A [`DELIVERED`] key.
+fn delivered_key(session: SessionId, lane: Lane, seq: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..17].copy_from_slice(&lane_key(session, lane));
+    k[17..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The session, lane and sequence of a [`DELIVERED`] key.
+fn parse_delivered_key(k: &[u8]) -> Option<(SessionId, Lane, u64)> {
+    let k: &[u8; 25] = k.try_into().ok()?;
+    let (lk, seq) = k.split_at(17);
+    let (session, lane) = parse_lane_key(lk)?;
+    Some((session, lane, u64::from_be_bytes(seq.try_into().ok()?)))
+}
+
+/// The floor and key id of a [`LANE_FLOORS`] value.
+fn parse_floor(v: &[u8]) -> Option<(u64, KeyId)> {
+    let v: &[u8; 10] = v.try_into().ok()?;
+    let (floor, key_id) = v.split_at(8);
+    Some((
+        u64::from_le_bytes(floor.try_into().ok()?),
+        KeyId(u16::from_le_bytes(key_id.try_into().ok()?)),
+    ))
+}
+
+/// The session and lane of a [`LANE_FLOORS`] key.
+fn parse_lane_key(k: &[u8]) -> Option<(SessionId, Lane)> {
+    let k: &[u8; 17] = k.try_into().ok()?;
+    let session: [u8; 16] = k[..16].try_into().ok()?;
+    Some((SessionId(session), Lane::from_u8(k[16])?))
+}
 
 /// What an entry holds.
 #[derive(Debug)]
@@ -235,8 +328,28 @@ pub fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
 }
 
 /// The outbox file.
+///
+/// After a failed write the database refuses every later one until it is
+/// opened again (a full disk, say): the writer then calls [`Outbox::reopen`]
+/// before its next commit, which succeeds once the disk has room again.
 pub struct Outbox {
-    db: Database,
+    path: std::path::PathBuf,
+    /// `None` only while being opened again, or if that failed.
+    db: std::sync::RwLock<Option<Database>>,
+}
+
+/// Open (or create) the database file and its tables.
+fn open_db(path: &Path) -> Result<Database, OutboxError> {
+    let db = Database::create(path).map_err(db_err)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    for t in Table::ALL {
+        txn.open_table(t.def()).map_err(db_err)?;
+    }
+    txn.open_table(META).map_err(db_err)?;
+    txn.open_table(LANE_FLOORS).map_err(db_err)?;
+    txn.open_table(DELIVERED).map_err(db_err)?;
+    txn.commit().map_err(db_err)?;
+    Ok(db)
 }
 
 impl Outbox {
@@ -245,26 +358,108 @@ impl Outbox {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| db_err(redb::StorageError::Io(e)))?;
         }
-        let db = Database::create(path).map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        for t in Table::ALL {
-            txn.open_table(t.def()).map_err(db_err)?;
+        let db = open_db(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db: std::sync::RwLock::new(Some(db)),
+        })
+    }
+
+    /// Close the database and open it again (recovering it if needed):
+    /// the way out of a failed write.
+    pub fn reopen(&self) -> Result<(), OutboxError> {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The file stays locked until the old handle is gone.
+        drop(db.take());
+        *db = Some(open_db(&self.path)?);
+        Ok(())
+    }
+
+    /// The open database (`None`: closed after a failed write).
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lanes a restarted receiver resumes: those of the sessions
+    /// `keep` names. The state of every other session is deleted.
+    pub fn resume(&self, keep: impl Fn(SessionId) -> bool) -> Result<Vec<LaneResume>, OutboxError> {
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let mut txn = db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut out = Vec::new();
+        {
+            let mut lanes = txn.open_table(LANE_FLOORS).map_err(db_err)?;
+            let mut delivered = txn.open_table(DELIVERED).map_err(db_err)?;
+            let mut stale = Vec::new();
+            for r in lanes.iter().map_err(db_err)? {
+                let (k, v) = r.map_err(db_err)?;
+                let parsed = parse_lane_key(k.value()).zip(parse_floor(v.value()));
+                match parsed {
+                    Some(((session, lane), (floor, key_id))) if keep(session) => {
+                        out.push(LaneResume {
+                            session,
+                            key_id,
+                            lane,
+                            floor,
+                            delivered: Vec::new(),
+                        });
+                    }
+                    _ => stale.push(k.value().to_vec()),
+                }
+            }
+            for k in &stale {
+                lanes.remove(k.as_slice()).map_err(db_err)?;
+            }
+            // Keep the `delivered` keys of kept lanes at or above their
+            // floor; everything else is of no further use.
+            let kept: std::collections::HashMap<(SessionId, Lane), usize> = out
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ((r.session, r.lane), i))
+                .collect();
+            let mut keys = Vec::new();
+            delivered
+                .retain(|k, ()| {
+                    let Some((session, lane, seq)) = parse_delivered_key(k) else {
+                        return false;
+                    };
+                    match kept.get(&(session, lane)) {
+                        Some(&i) if seq >= out[i].floor => {
+                            keys.push((i, seq));
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .map_err(db_err)?;
+            for (i, seq) in keys {
+                out[i].delivered.push(seq);
+            }
         }
-        txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(out)
     }
 
     /// The data-quality state the last run kept, if any.
     pub fn dq_state(&self) -> Result<Option<Vec<u8>>, OutboxError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(META).map_err(db_err)?;
         Ok(t.get(DQ_STATE).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
     /// The Sparkplug bdSeq the next start connects with, if one was kept.
     pub fn bd_seq(&self) -> Result<Option<u64>, OutboxError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(META).map_err(db_err)?;
         let v = t.get(BD_SEQ).map_err(db_err)?;
         Ok(v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
@@ -272,7 +467,9 @@ impl Outbox {
 
     /// Keep (durably) the Sparkplug bdSeq the next start connects with.
     pub fn set_bd_seq(&self, bd_seq: u64) -> Result<(), OutboxError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -284,7 +481,9 @@ impl Outbox {
 
     /// Next free key and the bytes held by block tables.
     fn scan(&self) -> Result<(u64, u64), OutboxError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let mut next = 0;
         let mut bytes = 0;
         for t in Table::ALL {
@@ -302,28 +501,26 @@ impl Outbox {
         Ok((next, bytes))
     }
 
-    /// Store `puts` and delete `dels` in one durable transaction; returns
+    /// Store a group in one durable transaction: its entries, deletions,
+    /// data-quality state, delivered block keys and lane floors. Returns
     /// the block bytes the deletions freed (an entry already gone frees
     /// nothing, so acknowledging twice is harmless).
-    fn commit(
-        &self,
-        puts: &[(EntryRef, Vec<u8>)],
-        dels: &[EntryRef],
-        dq_state: Option<&[u8]>,
-    ) -> Result<u64, OutboxError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+    fn commit(&self, g: &Group) -> Result<u64, OutboxError> {
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
-        if let Some(state) = dq_state {
+        if let Some(state) = &g.dq_state {
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(DQ_STATE, state).map_err(db_err)?;
+            meta.insert(DQ_STATE, state.as_slice()).map_err(db_err)?;
         }
         let mut freed = 0;
         for t in Table::ALL {
             let mut table = txn.open_table(t.def()).map_err(db_err)?;
-            for (at, v) in puts.iter().filter(|(at, _)| at.table == t) {
+            for (at, v) in g.puts.iter().filter(|(at, _)| at.table == t) {
                 table.insert(at.key, v.as_slice()).map_err(db_err)?;
             }
-            for at in dels.iter().filter(|at| at.table == t) {
+            for at in g.dels.iter().filter(|at| at.table == t) {
                 if let Some(old) = table.remove(at.key).map_err(db_err)?
                     && t != Table::Events
                 {
@@ -331,8 +528,52 @@ impl Outbox {
                 }
             }
         }
+        {
+            let mut delivered = txn.open_table(DELIVERED).map_err(db_err)?;
+            for k in &g.delivered {
+                delivered.insert(k.as_slice(), ()).map_err(db_err)?;
+            }
+            let mut lanes = txn.open_table(LANE_FLOORS).map_err(db_err)?;
+            for f in &g.floors {
+                for lane in Lane::ALL {
+                    let Some(floor) = f.floors[lane.index()] else {
+                        continue;
+                    };
+                    let mut v = [0u8; 10];
+                    v[..8].copy_from_slice(&floor.to_le_bytes());
+                    v[8..].copy_from_slice(&f.key_id.0.to_le_bytes());
+                    lanes
+                        .insert(lane_key(f.session, lane).as_slice(), v.as_slice())
+                        .map_err(db_err)?;
+                    let below =
+                        delivered_key(f.session, lane, 0)..delivered_key(f.session, lane, floor);
+                    delivered
+                        .retain_in(below.start.as_slice()..below.end.as_slice(), |_, ()| false)
+                        .map_err(db_err)?;
+                }
+            }
+        }
         txn.commit().map_err(db_err)?;
         Ok(freed)
+    }
+
+    /// Commit lane state alone: what the writer does for blocks and
+    /// floors (for tests of the stages that resume from it).
+    #[cfg(test)]
+    pub(super) fn commit_lane_state(
+        &self,
+        floors: LaneFloors,
+        resolved: &[(Lane, u64)],
+    ) -> Result<(), OutboxError> {
+        let g = Group {
+            delivered: resolved
+                .iter()
+                .map(|&(lane, seq)| delivered_key(floors.session, lane, seq))
+                .collect(),
+            floors: vec![floors],
+            ..Group::default()
+        };
+        self.commit(&g).map(|_| ())
     }
 
     /// Up to `n` entries of `table` after `after` (from the start if `None`).
@@ -342,7 +583,9 @@ impl Outbox {
         after: Option<u64>,
         n: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.def()).map_err(db_err)?;
         let from = after.map_or(0, |k| k.saturating_add(1));
         let mut out = Vec::with_capacity(n);
@@ -356,7 +599,9 @@ impl Outbox {
     /// Entries held in `table`.
     pub fn len(&self, table: Table) -> Result<u64, OutboxError> {
         use redb::ReadableTableMetadata;
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.def()).map_err(db_err)?;
         t.len().map_err(db_err)
     }
@@ -382,6 +627,7 @@ fn item_bytes(i: &Item) -> usize {
         Item::Block(b) => b.frame.len(),
         Item::Event(m) => m.payload.len(),
         Item::DqState(s) => s.len(),
+        Item::Floors(_) => 0,
     }
 }
 /// How often acknowledged entries past their retention are deleted.
@@ -417,6 +663,8 @@ struct Writer {
     retained: VecDeque<(Instant, EntryRef)>,
     /// See [`WriterIo::refused`].
     refused: Option<UnboundedSender<Vec<u8>>>,
+    /// The last commit failed: open the database again before the next.
+    failed: bool,
 }
 
 /// One group commit, planned.
@@ -427,6 +675,19 @@ struct Group {
     added: u64,
     /// The newest data-quality state in the batch.
     dq_state: Option<Vec<u8>>,
+    /// [`DELIVERED`] keys of the blocks stored or refused.
+    delivered: Vec<[u8; 25]>,
+    /// Lane floors, in the order handed over.
+    floors: Vec<LaneFloors>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+            && self.dels.is_empty()
+            && self.dq_state.is_none()
+            && self.floors.is_empty()
+    }
 }
 
 impl Writer {
@@ -463,7 +724,14 @@ impl Writer {
                     g.dq_state = Some(s);
                     continue;
                 }
-                Item::Block(b) => Body::Block(b),
+                Item::Floors(f) => {
+                    g.floors.push(f);
+                    continue;
+                }
+                Item::Block(b) => {
+                    g.delivered.push(delivered_key(b.session, b.lane, b.seq));
+                    Body::Block(b)
+                }
                 Item::Event(m) => Body::Event(m),
             };
             let (table, v) = encode_body(&item);
@@ -496,22 +764,22 @@ impl Writer {
     /// Commit a group; on failure its blocks are lost (counted, reported
     /// through `fallback`) and its deletions retried later.
     async fn commit(&mut self, g: Group, io: &WriterIo) -> Result<(), StageError> {
-        let Group {
-            puts,
-            dels,
-            added,
-            dq_state,
-        } = g;
-        let stored = puts.len() as u64;
+        let stored = g.puts.len() as u64;
+        let added = g.added;
         let db = self.outbox.clone();
-        let (r, puts, dels) = tokio::task::spawn_blocking(move || {
-            let r = db.commit(&puts, &dels, dq_state.as_deref());
-            (r, puts, dels)
+        let reopen = self.failed;
+        let (r, Group { puts, dels, .. }) = tokio::task::spawn_blocking(move || {
+            let r = if reopen { db.reopen() } else { Ok(()) }.and_then(|()| db.commit(&g));
+            (r, g)
         })
         .await
         .map_err(|e| StageError::Outbox(e.to_string()))?;
         match r {
             Ok(freed) => {
+                if self.failed {
+                    tracing::warn!("Outbox writable again.");
+                }
+                self.failed = false;
                 self.bytes = (self.bytes + added).saturating_sub(freed);
                 add(&self.stats.outbox_committed, stored);
                 if stored > 0 {
@@ -520,17 +788,23 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Outbox commit failed: blocks counted as lost.");
+                self.failed = true;
                 for (at, v) in &puts {
-                    if let Ok(Body::Block(b)) = decode_body(*at, v) {
-                        self.forget(&b);
-                        add(&self.stats.outbox_refused, 1);
-                        let gap = refused_event(&io.gaps_topic, &b, "outbox_error");
-                        if io.fallback.try_send(vec![gap]).is_err() {
-                            tracing::error!(
-                                seq = b.seq,
-                                "Gap report for a lost block could not be queued."
-                            );
+                    // Blocks become gap reports; events (gap, audit) go to
+                    // the publisher as they are.
+                    let msg = match decode_body(*at, v) {
+                        Ok(Body::Block(b)) => {
+                            self.forget(&b);
+                            add(&self.stats.outbox_refused, 1);
+                            refused_event(&io.gaps_topic, &b, "outbox_error")
                         }
+                        Ok(Body::Event(m)) => m,
+                        Err(_) => continue,
+                    };
+                    // The publisher's queue is full: wait for room apart.
+                    if let Err(TrySendError::Full(m)) = io.fallback.try_send(vec![msg]) {
+                        let tx = io.fallback.clone();
+                        tokio::spawn(async move { tx.send(m).await });
                     }
                 }
                 let t = now();
@@ -567,6 +841,7 @@ pub async fn write(
         bytes,
         retained: VecDeque::new(),
         refused: io.refused.take(),
+        failed: false,
     };
     let mut items_open = true;
     let mut acks_open = true;
@@ -604,7 +879,7 @@ pub async fn write(
             w.retained.push_back((now(), a));
         }
         let g = w.plan(batch, !items_open, &io.gaps_topic);
-        if !g.puts.is_empty() || !g.dels.is_empty() || g.dq_state.is_some() {
+        if !g.is_empty() {
             w.commit(g, &io).await?;
         }
     }
@@ -753,8 +1028,12 @@ mod tests {
             let o = Outbox::open(&path).expect("open");
             let (_, va) = encode_body(&block(Lane::Alert, 1, b"alert"));
             let (_, vb) = encode_body(&block(Lane::Bulk, 1, b"bulk!!"));
-            o.commit(&[(a, va), (b, vb)], &[], Some(b"state"))
-                .expect("commit");
+            let g = Group {
+                puts: vec![(a, va), (b, vb)],
+                dq_state: Some(b"state".to_vec()),
+                ..Group::default()
+            };
+            o.commit(&g).expect("commit");
         }
         let o = Outbox::open(&path).expect("reopen");
         let (next, bytes) = o.scan().expect("scan");
@@ -763,7 +1042,11 @@ mod tests {
         assert_eq!(bytes, (2 * BLOCK_HEAD + 11 + 6) as u64);
         assert_eq!(o.read(Table::Bulk, None, 10).expect("read").len(), 1);
         assert_eq!(o.read(Table::Bulk, Some(1), 10).expect("read").len(), 0);
-        o.commit(&[], &[a], None).expect("delete");
+        let g = Group {
+            dels: vec![a],
+            ..Group::default()
+        };
+        o.commit(&g).expect("delete");
         assert_eq!(o.dq_state().expect("meta").as_deref(), Some(&b"state"[..]));
         assert_eq!(o.bd_seq().expect("meta"), None);
         o.set_bd_seq(201).expect("bd_seq");
@@ -772,5 +1055,54 @@ mod tests {
         assert_eq!(o.bd_seq().expect("meta"), Some(201));
         assert_eq!(o.len(Table::Alert).expect("len"), 0);
         assert_eq!(o.scan().expect("scan").1, (BLOCK_HEAD + 6 + 6) as u64);
+    }
+
+    #[test]
+    fn lane_state_resumes_exactly_and_forgets_other_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.redb");
+        let (s1, s2) = (SessionId([1; 16]), SessionId([2; 16]));
+        let floors = |session, alert, bulk| LaneFloors {
+            session,
+            key_id: KeyId(7),
+            floors: [alert, bulk],
+        };
+        {
+            let o = Outbox::open(&path).expect("open");
+            // Blocks 10..=14 of s1's bulk lane resolved, then a floor of
+            // 12: keys below it go, the rest stay.
+            let g = Group {
+                delivered: (10..=14)
+                    .map(|q| delivered_key(s1, Lane::Bulk, q))
+                    .chain([delivered_key(s2, Lane::Alert, 3)])
+                    .collect(),
+                floors: vec![floors(s1, None, Some(12)), floors(s2, Some(3), None)],
+                ..Group::default()
+            };
+            o.commit(&g).expect("commit");
+            // A later floor for the same lane replaces the first.
+            let g = Group {
+                delivered: vec![delivered_key(s1, Lane::Bulk, 20)],
+                floors: vec![floors(s1, None, Some(13))],
+                ..Group::default()
+            };
+            o.commit(&g).expect("commit");
+        }
+        let o = Outbox::open(&path).expect("reopen");
+        let r = o.resume(|s| s == s1).expect("resume");
+        assert_eq!(
+            r,
+            vec![LaneResume {
+                session: s1,
+                key_id: KeyId(7),
+                lane: Lane::Bulk,
+                floor: 13,
+                delivered: vec![13, 14, 20],
+            }]
+        );
+        // s2 was not kept: its state is gone for good.
+        assert_eq!(o.resume(|_| true).expect("resume"), r);
+        assert_eq!(parse_delivered_key(&[0; 24]), None);
+        assert_eq!(parse_lane_key(&[0; 18]), None);
     }
 }

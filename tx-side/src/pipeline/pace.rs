@@ -9,9 +9,13 @@
 //! ```
 //!
 //! Interleaving spreads a burst of loss over several blocks, each of which
-//! can repair a little, instead of wiping out one. Completions leave in
-//! block order per lane, so a file is marked sent only once every block
-//! before (and including) its last one has left.
+//! can repair a little, instead of wiping out one. A source slower than
+//! the link would leave the pacer one block in hand, sent alone and whole
+//! into any burst; so a lane sends fresh blocks only with
+//! `interleave_blocks` of them in hand, or once none has arrived for
+//! `interleave_wait` (or its input closed). Completions leave in block
+//! order per lane, so a file is marked sent only once every block before
+//! (and including) its last one has left.
 //!
 //! **Repeats** (`lanes.*.repeat_after`): a diode cannot ask for a block
 //! again, so against link outages longer than FEC can bridge a lane may
@@ -59,6 +63,10 @@ struct Active {
 #[derive(Default)]
 struct Interleave {
     active: VecDeque<Active>,
+    /// The block whose datagram goes next: the round carries on across
+    /// bursts, so a burst shorter than the round does not always start
+    /// (and favour) the first blocks.
+    cursor: usize,
 }
 
 impl Interleave {
@@ -82,7 +90,7 @@ impl Interleave {
     /// Fill `out` up to `max` datagrams, round-robin over the blocks; a
     /// block whose last datagram left is handed to `finished`.
     fn take(&mut self, max: usize, out: &mut Burst, mut finished: impl FnMut(EncodedBlock)) {
-        let mut i = 0;
+        let mut i = self.cursor;
         while out.buf.len() / out.segment.max(1) < max && !self.active.is_empty() {
             if i >= self.active.len() {
                 i = 0;
@@ -103,6 +111,7 @@ impl Interleave {
                 i += 1;
             }
         }
+        self.cursor = i;
     }
 }
 
@@ -204,6 +213,11 @@ struct LaneQueue {
     rx: Receiver<EncodedBlock>,
     open: bool,
     depth: usize,
+    /// `interleave_wait`.
+    wait: Duration,
+    /// Since when fewer than `depth` fresh blocks are in hand and none has
+    /// arrived.
+    short_since: Option<Instant>,
     fresh: Interleave,
     /// Blocks started, in sequence order, with their completion once sent.
     order: VecDeque<(u64, Option<Completion>)>,
@@ -216,6 +230,8 @@ impl LaneQueue {
             rx,
             open: true,
             depth: cfg.interleave_blocks,
+            wait: cfg.interleave_wait,
+            short_since: None,
             fresh: Interleave::default(),
             order: VecDeque::new(),
             repeats: Repeats::new(lane, cfg),
@@ -225,6 +241,29 @@ impl LaneQueue {
     fn admit(&mut self, block: EncodedBlock) {
         self.order.push_back((block.seq, None));
         self.fresh.push(block);
+        self.short_since = None;
+    }
+
+    /// Start (or stop) the wait for company at `now`.
+    fn note_short(&mut self, now: Instant) {
+        if self.fresh.is_empty() || self.fresh.len() >= self.depth || !self.open {
+            self.short_since = None;
+        } else if self.short_since.is_none() {
+            self.short_since = Some(now);
+        }
+    }
+
+    /// Whether fresh blocks may go at `now`.
+    fn fresh_ready(&self, now: Instant) -> bool {
+        !self.fresh.is_empty()
+            && self
+                .short_since
+                .is_none_or(|s| now.saturating_duration_since(s) >= self.wait)
+    }
+
+    /// When fresh blocks waiting for company go anyway.
+    fn fresh_due(&self) -> Option<Instant> {
+        self.short_since.map(|s| s + self.wait)
     }
 
     /// What a `recv` on the lane's input gave.
@@ -292,11 +331,14 @@ const PRIORITY: [Source; 4] = [
     Source::Fresh(Lane::Bulk),
 ];
 
-/// The source the next burst comes from, and its datagram length.
-fn pick(queues: &[LaneQueue]) -> Option<(Source, usize)> {
+/// The source the next burst comes from at `now`, and its datagram length.
+fn pick(queues: &[LaneQueue], now: Instant) -> Option<(Source, usize)> {
     PRIORITY.into_iter().find_map(|s| {
         let len = match s {
-            Source::Fresh(l) => queues.get(l.index())?.fresh.datagram_len(),
+            Source::Fresh(l) => {
+                let q = queues.get(l.index())?;
+                q.fresh_ready(now).then(|| q.fresh.datagram_len()).flatten()
+            }
             Source::Repeat(l) => queues.get(l.index())?.repeats.sending.datagram_len(),
         };
         len.map(|len| (s, len))
@@ -308,15 +350,20 @@ fn pick(queues: &[LaneQueue]) -> Option<(Source, usize)> {
 fn prepare(queues: &mut [LaneQueue], now: Instant) {
     for q in queues {
         q.refill();
+        q.note_short(now);
         let flush = !q.open;
         q.repeats.promote(now, q.depth, flush);
     }
 }
 
-/// Nothing can be sent now: wait for a block on either lane or for the
-/// next repeat to fall due.
+/// Nothing can be sent now: wait for a block on either lane, for the next
+/// repeat to fall due, or for blocks waiting for company to go anyway.
 async fn wait_for_work(queues: &mut [LaneQueue]) {
-    let due = queues.iter().filter_map(|q| q.repeats.next_due()).min();
+    let due = queues
+        .iter()
+        .flat_map(|q| [q.repeats.next_due(), q.fresh_due()])
+        .flatten()
+        .min();
     let [alert, bulk] = queues else { return };
     let wake = due.map_or_else(
         || tokio::time::Instant::now() + Duration::from_hours(1),
@@ -362,8 +409,9 @@ pub async fn run(
         .map(|((lane, rx), cfg)| LaneQueue::new(lane, rx, &cfg))
         .collect();
     loop {
-        prepare(&mut queues, now());
-        let Some((source, unit)) = pick(&queues) else {
+        let t = now();
+        prepare(&mut queues, t);
+        let Some((source, unit)) = pick(&queues, t) else {
             if queues.iter().all(|q| !q.open && q.repeats.is_idle()) {
                 return Ok(());
             }
@@ -418,6 +466,7 @@ mod tests {
             max_age: Duration::from_millis(1),
             zstd_level: None,
             interleave_blocks: depth,
+            interleave_wait: Duration::ZERO,
             repeat_after,
             repeat_buffer_bytes: cap,
         }
@@ -470,7 +519,7 @@ mod tests {
     /// One burst of at most `max` datagrams from whatever `pick` chooses.
     fn step(queues: &mut [LaneQueue], t: Instant, max: usize, tel: &Telemetry) -> Option<Burst> {
         prepare(queues, t);
-        let (source, _) = pick(queues)?;
+        let (source, _) = pick(queues, t)?;
         let mut b = burst();
         match source {
             Source::Fresh(l) => queues[l.index()].take_fresh(t, max, &mut b, tel),
@@ -603,5 +652,39 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn a_short_lane_waits_for_company_then_goes_interleaved() {
+        let wait = Duration::from_millis(500);
+        let bulk = ValidLane {
+            interleave_wait: wait,
+            ..lane_cfg(None, 1 << 20, 3)
+        };
+        let (mut q, [_a, b]) = queues(lane_cfg(None, 1 << 20, 1), bulk);
+        let tel = Telemetry::default();
+        let t0 = Instant::now();
+        b.try_send(block(Lane::Bulk, 0, 2)).expect("queue");
+        assert!(step(&mut q, t0, 16, &tel).is_none(), "one block waits");
+        b.try_send(block(Lane::Bulk, 1, 2)).expect("queue");
+        // An arrival starts the wait again.
+        let t1 = t0 + Duration::from_millis(400);
+        assert!(step(&mut q, t1, 16, &tel).is_none(), "two blocks wait");
+        assert_eq!(q[1].fresh_due(), Some(t1 + wait));
+        b.try_send(block(Lane::Bulk, 2, 2)).expect("queue");
+        let full = step(&mut q, t1, 16, &tel).expect("three go at once");
+        assert_eq!(
+            sent(&full),
+            [(1, 0), (1, 1), (1, 2), (1, 0), (1, 1), (1, 2)],
+            "interleaved round-robin"
+        );
+        // Alone again: it goes once the wait is over.
+        b.try_send(block(Lane::Bulk, 3, 2)).expect("queue");
+        let t2 = t1 + Duration::from_millis(10);
+        assert!(step(&mut q, t2, 16, &tel).is_none());
+        let almost = t2 + wait.saturating_sub(Duration::from_millis(1));
+        assert!(step(&mut q, almost, 16, &tel).is_none());
+        let late = step(&mut q, t2 + wait, 16, &tel).expect("after the wait");
+        assert_eq!(sent(&late), [(1, 3), (1, 3)]);
     }
 }
