@@ -11,6 +11,7 @@
 //! blocks are shed, counted and reported as gaps.
 
 pub mod keys;
+pub mod metrics;
 pub mod pipeline;
 pub mod stats;
 

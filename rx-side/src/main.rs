@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_shared::config::{RxConfig, ValidRx};
 
+mod notify;
+
 #[derive(Parser)]
 #[command(
     name = "weir-rx",
@@ -180,16 +182,22 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let link_timeout = cfg.raw.link.link_timeout;
             rt.block_on(async move {
+                weir_rx::metrics::install(cfg.metrics)?;
                 let mut handle = weir_rx::run(cfg, keys).await?;
+                let status = notify::Source::new(&handle, link_timeout);
+                notify::ready(&status);
+                notify::spawn_keepalive(status);
                 tokio::spawn(reload_on_hangup(config.clone(), handle.dq_reload()));
                 let cancel = handle.cancel_token();
                 tokio::spawn(async move {
                     shutdown_signal().await;
                     tracing::info!("Shutting down: publishing what was decoded.");
+                    notify::stopping();
                     cancel.cancel();
                 });
-                handle.join().await?;
+                handle.join().await.inspect_err(notify::failed)?;
                 let s = handle.stats.snapshot();
                 // The final counters, one JSON line on stdout, for operators
                 // and scripts.

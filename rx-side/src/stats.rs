@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+use weir_shared::dq::{Check, Flag, Verdict};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -11,6 +12,13 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct RxStats {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Messages handed to the MQTT client that it then reported
+            /// not acknowledged (connection or session lost): published
+            /// again from the outbox. Exported as a metric only, so the
+            /// status topic's `counters` keep their documented shape.
+            pub publish_failed: AtomicU64,
+            /// Points counted by data-quality flag (metrics only).
+            pub dq_flags: DqFlagCounts,
         }
 
         /// A point-in-time copy of [`RxStats`].
@@ -135,4 +143,115 @@ counters! {
 /// Add `n` to a counter.
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The flags a point's verdict can carry, in the order of
+/// [`DqFlagCounts::worst`].
+pub const DQ_FLAGS: [Flag; 5] = [
+    Flag::Pass,
+    Flag::NotEvaluated,
+    Flag::Suspect,
+    Flag::Fail,
+    Flag::Missing,
+];
+
+/// The flags counted per check, in the order of [`DqFlagCounts::checks`]:
+/// those that say something is wrong.
+pub const DQ_BAD_FLAGS: [Flag; 3] = [Flag::Suspect, Flag::Fail, Flag::Missing];
+
+/// A flag's name, as in metrics labels.
+pub fn flag_name(flag: Flag) -> &'static str {
+    match flag {
+        Flag::Pass => "pass",
+        Flag::NotEvaluated => "not_evaluated",
+        Flag::Suspect => "suspect",
+        Flag::Fail => "fail",
+        Flag::Missing => "missing",
+    }
+}
+
+/// Points judged by the data-quality stage, by flag (monotonic).
+#[derive(Debug, Default)]
+pub struct DqFlagCounts {
+    /// Per point, its worst flag ([`DQ_FLAGS`] order).
+    pub worst: [AtomicU64; DQ_FLAGS.len()],
+    /// Per check ([`Check::index`]), the points it flagged suspect, fail or
+    /// missing ([`DQ_BAD_FLAGS`] order).
+    pub checks: [[AtomicU64; DQ_BAD_FLAGS.len()]; Check::COUNT],
+}
+
+/// The same counts for one block, kept locally and added to
+/// [`DqFlagCounts`] once per block (never one atomic per point).
+#[derive(Debug, Default)]
+pub struct DqTally {
+    worst: [u64; DQ_FLAGS.len()],
+    checks: [[u64; DQ_BAD_FLAGS.len()]; Check::COUNT],
+}
+
+impl DqTally {
+    /// Count one point's verdict.
+    pub fn handle(&mut self, v: &Verdict) {
+        if let Some(i) = DQ_FLAGS.iter().position(|f| *f == v.worst) {
+            self.worst[i] += 1;
+        }
+        for (check, flag) in v.checks() {
+            if let Some(i) = DQ_BAD_FLAGS.iter().position(|f| *f == flag) {
+                self.checks[check.index()][i] += 1;
+            }
+        }
+    }
+
+    /// Add the counts to `to` and start again from zero.
+    pub fn flush(&mut self, to: &DqFlagCounts) {
+        for (n, c) in self.worst.iter_mut().zip(&to.worst) {
+            if *n > 0 {
+                add(c, std::mem::take(n));
+            }
+        }
+        for (row, counters) in self.checks.iter_mut().zip(&to.checks) {
+            for (n, c) in row.iter_mut().zip(counters) {
+                if *n > 0 {
+                    add(c, std::mem::take(n));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_shared::dq::{DqConfig, Engine};
+    use weir_shared::record::{Point, SourceSystem, Value};
+
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_worst_flags_and_bad_checks_once_per_flush() {
+        let mut engine = Engine::new(DqConfig::default().validate().expect("valid"));
+        let now = 1_710_000_000_000_000_000;
+        let mut tally = DqTally::default();
+        for (i, v) in [(0i64, 1.0), (1, f64::NAN), (2, 2.0)] {
+            let p = Point::new(SourceSystem::PiWebApi, "t", now - 3 + i, Value::F64(v));
+            tally.handle(&engine.check(&p, now).0);
+        }
+        let counts = DqFlagCounts::default();
+        tally.flush(&counts);
+        tally.flush(&counts);
+        let worst: Vec<u64> = counts
+            .worst
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(worst.iter().sum::<u64>(), 3, "{worst:?}");
+        let fail = DQ_BAD_FLAGS
+            .iter()
+            .position(|f| *f == Flag::Fail)
+            .expect("fail");
+        assert_eq!(
+            counts.checks[Check::GrossRange.index()][fail].load(Ordering::Relaxed),
+            1,
+            "NaN fails the range check"
+        );
+        assert_eq!(flag_name(Flag::NotEvaluated), "not_evaluated");
+    }
 }

@@ -34,6 +34,38 @@ fn bad(key: &'static str, reason: &'static str) -> ConfigError {
     ConfigError { key, reason }
 }
 
+// --------------------------------------------------------------- metrics
+
+/// `[metrics]` of either program: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port of the HTTP listener serving `/metrics` (any path
+    /// answers), e.g. `127.0.0.1:9464`. Empty or absent: no endpoint.
+    #[serde(default)]
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The address to serve metrics on; `None` when the endpoint is off.
+    pub fn validate(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            bad(
+                "metrics.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:9464",
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(bad("metrics.listen", "needs a port"));
+        }
+        Ok(Some(addr))
+    }
+}
+
 // ---------------------------------------------------------------- sender
 
 /// `weir-tx` configuration file.
@@ -62,6 +94,9 @@ pub struct TxConfig {
     /// Who this sender is, and where it keeps its numbering.
     #[serde(default)]
     pub sender: SenderConfig,
+    /// The Prometheus endpoint (off when absent).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[sender]`: the sender's identity and its persistent numbering.
@@ -270,6 +305,12 @@ pub struct LaneConfig {
     /// Blocks whose symbols are interleaved in send order, so a burst of
     /// loss costs several blocks a little instead of one block everything.
     pub interleave_blocks: u32,
+    /// How long the pacer waits for `interleave_blocks` blocks to be in
+    /// hand before it sends fewer interleaved (a source slower than the
+    /// link would otherwise send its blocks one after another, unprotected
+    /// against bursts). Latency against burst cover; zero: never wait.
+    #[serde(default = "default_interleave_wait", with = "humantime_serde")]
+    pub interleave_wait: Duration,
     /// Send every block a second time, this long after the first (time
     /// diversity against link outages longer than FEC can bridge); zero,
     /// the default, is off.
@@ -279,6 +320,11 @@ pub struct LaneConfig {
     /// does not fit is not repeated (counted: `repeats_skipped`).
     #[serde(default = "default_repeat_buffer")]
     pub repeat_buffer_bytes: u64,
+}
+
+/// Default of `lanes.*.interleave_wait`: 500 ms.
+fn default_interleave_wait() -> Duration {
+    Duration::from_millis(500)
 }
 
 /// Default of `lanes.*.repeat_buffer_bytes`: 64 MiB.
@@ -295,6 +341,7 @@ impl LaneConfig {
             max_age: Duration::from_millis(2),
             zstd_level: 1,
             interleave_blocks: 1,
+            interleave_wait: default_interleave_wait(),
             repeat_after: Duration::ZERO,
             repeat_buffer_bytes: default_repeat_buffer(),
         }
@@ -308,6 +355,7 @@ impl LaneConfig {
             max_age: Duration::from_millis(200),
             zstd_level: 1,
             interleave_blocks: 4,
+            interleave_wait: default_interleave_wait(),
             repeat_after: Duration::ZERO,
             repeat_buffer_bytes: default_repeat_buffer(),
         }
@@ -438,6 +486,8 @@ pub struct ValidLane {
     pub zstd_level: Option<i32>,
     /// Blocks interleaved in send order.
     pub interleave_blocks: usize,
+    /// Longest wait for `interleave_blocks` blocks before sending fewer.
+    pub interleave_wait: Duration,
     /// Each block is sent again this long after the first time; `None`: off.
     pub repeat_after: Option<Duration>,
     /// Most bytes of encoded blocks held for their repeat.
@@ -461,6 +511,8 @@ pub struct ValidTx {
     pub burst_bytes: u64,
     /// Per-lane settings, indexed by [`Lane::index`].
     pub lanes: [ValidLane; LANES],
+    /// Where to serve Prometheus metrics (`[metrics]`); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Symbol size for an MTU: the IP/UDP payload minus Weir's overhead,
@@ -475,7 +527,7 @@ pub fn symbol_size_for_mtu(mtu: u16, ipv6: bool) -> Option<u16> {
     u16::try_from(aligned).ok().filter(|s| *s >= 64)
 }
 
-fn valid_lane(c: &LaneConfig, keys: [&'static str; 8]) -> Result<ValidLane, ConfigError> {
+fn valid_lane(c: &LaneConfig, keys: [&'static str; 9]) -> Result<ValidLane, ConfigError> {
     if !(0.0..=10.0).contains(&c.repair_ratio) || !c.repair_ratio.is_finite() {
         return Err(bad(keys[0], "must be between 0 and 10"));
     }
@@ -502,12 +554,16 @@ fn valid_lane(c: &LaneConfig, keys: [&'static str; 8]) -> Result<ValidLane, Conf
     if !(64 * 1024..=1 << 40).contains(&c.repeat_buffer_bytes) {
         return Err(bad(keys[7], "must be between 64 KiB and 1 TiB"));
     }
+    if c.interleave_wait > Duration::from_secs(10) {
+        return Err(bad(keys[8], "must be at most 10 s"));
+    }
     // reason: repair_ratio was checked to be finite and in 0..=10 above, so
     // the rounded permille value is a small non-negative integer.
     #[allow(clippy::cast_sign_loss)]
     let repair_permille = (c.repair_ratio * 1000.0).round() as u32;
     Ok(ValidLane {
         interleave_blocks: c.interleave_blocks as usize,
+        interleave_wait: c.interleave_wait,
         repair_permille,
         min_repair: c.min_repair,
         max_batch_bytes: c.max_batch_bytes,
@@ -781,6 +837,7 @@ impl TxConfig {
                     "lanes.alert.interleave_blocks",
                     "lanes.alert.repeat_after",
                     "lanes.alert.repeat_buffer_bytes",
+                    "lanes.alert.interleave_wait",
                 ],
             )?,
             valid_lane(
@@ -794,6 +851,7 @@ impl TxConfig {
                     "lanes.bulk.interleave_blocks",
                     "lanes.bulk.repeat_after",
                     "lanes.bulk.repeat_buffer_bytes",
+                    "lanes.bulk.interleave_wait",
                 ],
             )?,
         ];
@@ -822,6 +880,7 @@ impl TxConfig {
         valid_spools(&self.spools, lanes[Lane::Bulk.index()].max_batch_bytes)?;
         valid_alert_sources(&self.syslogs, &self.follows)?;
         valid_alert_queue(&self.alert_queue)?;
+        let metrics = self.metrics.validate()?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
         for (lane, key) in lanes.iter().zip([
             "lanes.alert.repeat_buffer_bytes",
@@ -842,6 +901,7 @@ impl TxConfig {
             rate_bytes_per_sec,
             burst_bytes,
             lanes,
+            metrics,
         })
     }
 }
@@ -878,6 +938,9 @@ pub struct RxConfig {
     /// point topics; alerts, gaps, audit, dq and status stay JSON.
     #[serde(default)]
     pub sparkplug: Option<crate::sparkplug::SparkplugConfig>,
+    /// The Prometheus endpoint (off when absent).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[outbox]` of the receiver: decoded blocks wait here, on disk, until the
@@ -910,9 +973,9 @@ pub struct LedgerConfig {
     /// Append-only JSON lines, one per gap (`weir-rx gaps` reads it).
     #[serde(default = "default_gaps_path")]
     pub gaps_path: PathBuf,
-    /// The newest session of every sender, and how far its lanes were
-    /// resolved (so a restarted receiver refuses replays and counts what
-    /// it missed).
+    /// The newest session of every sender (so a restarted receiver
+    /// refuses replays of older ones; how far each lane was resolved is
+    /// kept in the outbox).
     #[serde(default = "default_sessions_path")]
     pub sessions_path: PathBuf,
     /// Accept a session older than the newest one of its sender (after a
@@ -1359,6 +1422,8 @@ pub struct ValidRx {
     pub decode: DecodeLimits,
     /// File output, when `[files]` is configured.
     pub files: Option<ValidFiles>,
+    /// Where to serve Prometheus metrics (`[metrics]`); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 fn topic_segment_ok(s: &str) -> bool {
@@ -1418,6 +1483,7 @@ impl RxConfig {
         if let Some(sparkplug) = &self.sparkplug {
             sparkplug.validate()?;
         }
+        let metrics = self.metrics.validate()?;
         let reassembly = ReassemblyLimits {
             max_block_bytes: l.max_block_bytes,
             max_pending_blocks: l.max_pending_blocks,
@@ -1440,6 +1506,7 @@ impl RxConfig {
             reassembly,
             decode,
             files,
+            metrics,
         })
     }
 }
@@ -1478,7 +1545,34 @@ mod tests {
             follows: vec![],
             alert_queue: AlertQueueConfig::default(),
             sender: SenderConfig::default(),
+            metrics: MetricsConfig::default(),
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_checked_by_key() {
+        assert_eq!(tx().validate().expect("valid").metrics, None);
+        let with = |listen: &str| {
+            let mut c = tx();
+            c.metrics.listen = listen.into();
+            c.validate().map(|v| v.metrics).map_err(|e| e.key)
+        };
+        assert_eq!(with(""), Ok(None));
+        assert_eq!(
+            with("127.0.0.1:9464"),
+            Ok(Some("127.0.0.1:9464".parse().expect("addr")))
+        );
+        assert_eq!(with("[::1]:9464").map(|a| a.is_some()), Ok(true));
+        for bad in ["localhost:9464", "127.0.0.1", "127.0.0.1:0", ":9464"] {
+            assert_eq!(with(bad), Err("metrics.listen"), "{bad}");
+        }
+        let parsed: MetricsConfig =
+            serde_json::from_str(r#"{"listen": "0.0.0.0:9465"}"#).expect("parses");
+        assert_eq!(
+            parsed.validate().map(|a| a.map(|a| a.port())),
+            Ok(Some(9465))
+        );
+        assert!(serde_json::from_str::<MetricsConfig>(r#"{"listn": "0.0.0.0:9465"}"#).is_err());
     }
 
     #[test]
@@ -1736,8 +1830,15 @@ mod tests {
             dq: crate::dq::DqConfig::default(),
             files: None,
             sparkplug: None,
+            metrics: MetricsConfig::default(),
         };
         assert!(c.clone().validate().is_ok());
+        let mut bad_listen = c.clone();
+        bad_listen.metrics.listen = "127.0.0.1:x".into();
+        assert_eq!(
+            bad_listen.validate().map(|_| ()).map_err(|e| e.key),
+            Err("metrics.listen")
+        );
         let mut s = c.clone();
         s.sparkplug = Some(crate::sparkplug::SparkplugConfig::new("plant1", "gw/01"));
         assert_eq!(

@@ -37,6 +37,33 @@ pub struct TxCounters {
     pub alerts_dropped: u64,
 }
 
+/// Sender health figures carried in the heartbeat trailer, for the
+/// receiver to export as `weir_sender_*` metrics (the OT sender's health,
+/// seen from the IT side). Counters are monotonic within a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxHealth {
+    /// Repair symbols sent (FEC overhead actually spent).
+    pub repair_symbols: u64,
+    /// Datagrams the kernel refused to send.
+    pub send_errors: u64,
+    /// Records refused because one alone exceeded a batch.
+    pub records_refused: u64,
+    /// Blocks sent a second time (`repeat_after`).
+    pub blocks_repeated: u64,
+    /// Blocks not repeated because the repeat buffer was full.
+    pub repeats_skipped: u64,
+    /// Bytes of the files waiting in the spools' `incoming/`.
+    pub spool_bytes: u64,
+    /// Bytes held in the alert queue on disk.
+    pub alert_queue_bytes: u64,
+    /// The pacer's rate, bytes per second of datagrams.
+    pub rate_bytes_per_sec: u64,
+}
+
+/// Most bytes [`TxHealth`] takes on the wire: 8 varint `u64`s of at most
+/// 10 bytes each.
+pub const MAX_HEALTH_BYTES: usize = 8 * 10;
+
 /// A lane's forward error correction, as the sender applies it (so the
 /// receiver can report how much of it the link actually needed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +110,10 @@ pub struct Heartbeat {
     /// Summary of the last block fully sent, per lane that sent one: a
     /// lost tail block is still described.
     pub recent: Vec<(Lane, crate::ledger::BlockSummary)>,
+    /// Sender health (the body's trailer; `None` from a sender that sends
+    /// none).
+    #[serde(skip)]
+    pub health: Option<TxHealth>,
 }
 
 /// Why a heartbeat could not be read.
@@ -109,6 +140,9 @@ pub fn seal_heartbeat(
     out: &mut Vec<u8>,
 ) -> Result<(), HeartbeatError> {
     let mut body = postcard::to_allocvec(hb).map_err(|_| HeartbeatError::TooLarge)?;
+    if let Some(health) = &hb.health {
+        body = postcard::to_extend(health, body).map_err(|_| HeartbeatError::TooLarge)?;
+    }
     let header = Header {
         kind: Kind::Heartbeat,
         key_id,
@@ -139,7 +173,19 @@ pub fn open_heartbeat(
         &header.aad(),
         &mut buf,
     )?;
-    postcard::from_bytes(plain).map_err(|_| HeartbeatError::Decode)
+    decode_body(plain)
+}
+
+/// Decode a heartbeat body: the heartbeat, then the optional health
+/// trailer. Bytes after a complete trailer are ignored (a newer sender may
+/// append fields); a trailer cut short is an error.
+fn decode_body(plain: &[u8]) -> Result<Heartbeat, HeartbeatError> {
+    let (mut hb, rest): (Heartbeat, &[u8]) =
+        postcard::take_from_bytes(plain).map_err(|_| HeartbeatError::Decode)?;
+    if !rest.is_empty() {
+        hb.health = Some(postcard::from_bytes(rest).map_err(|_| HeartbeatError::Decode)?);
+    }
+    Ok(hb)
 }
 
 #[cfg(test)]
@@ -166,6 +212,7 @@ mod tests {
             marks: [LaneMarks::default(); LANES],
             fec: [LaneFec::default(); LANES],
             recent: Vec::new(),
+            health: None,
         };
         let mut dg = Vec::new();
         seal_heartbeat(&key, KeyId(1), session, 7, &hb, &mut dg).expect("seal");
@@ -173,5 +220,101 @@ mod tests {
         assert_eq!(open_heartbeat(&key, &h, p), Ok(hb));
         let forged = Header { seq: 8, ..h };
         assert!(open_heartbeat(&key, &forged, p).is_err());
+    }
+
+    fn full(health: Option<TxHealth>) -> Heartbeat {
+        Heartbeat {
+            sent_unix_ms: i64::MIN,
+            uptime_ms: u64::MAX,
+            last_sent: [Some(u64::MAX), Some(u64::MAX)],
+            counters: TxCounters {
+                records: u64::MAX,
+                blocks: 7,
+                datagrams: 70,
+                ..TxCounters::default()
+            },
+            spool_depth: 2,
+            config_fingerprint: [0xab; 8],
+            marks: [LaneMarks::default(); LANES],
+            fec: [LaneFec::default(); LANES],
+            recent: Vec::new(),
+            health,
+        }
+    }
+
+    #[test]
+    fn health_trailer_roundtrips_and_stays_bounded() {
+        let psk = Psk::new(KeyId(1), [9; 32]);
+        let session = SessionId([8; 16]);
+        let key = psk.session_key(session);
+        let most = TxHealth {
+            repair_symbols: u64::MAX,
+            send_errors: u64::MAX,
+            records_refused: u64::MAX,
+            blocks_repeated: u64::MAX,
+            repeats_skipped: u64::MAX,
+            spool_bytes: u64::MAX,
+            alert_queue_bytes: u64::MAX,
+            rate_bytes_per_sec: u64::MAX,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&most).expect("encode").len(),
+            MAX_HEALTH_BYTES
+        );
+        for health in [None, Some(TxHealth::default()), Some(most)] {
+            let hb = full(health);
+            let mut dg = Vec::new();
+            seal_heartbeat(&key, KeyId(1), session, 3, &hb, &mut dg).expect("seal");
+            let (h, p) = parse(&dg).expect("parse");
+            assert_eq!(open_heartbeat(&key, &h, p), Ok(hb));
+        }
+        // The largest heartbeat with its trailer still fits one datagram.
+        let mut dg = Vec::new();
+        seal_heartbeat(&key, KeyId(1), session, 3, &full(Some(most)), &mut dg).expect("seal");
+        assert!(dg.len() < 576, "{} bytes", dg.len());
+    }
+
+    #[test]
+    fn old_and_new_bodies_decode_both_ways() {
+        let with = full(Some(TxHealth {
+            send_errors: 5,
+            spool_bytes: 1 << 40,
+            ..TxHealth::default()
+        }));
+        let core = postcard::to_allocvec(&with).expect("encode");
+        let core_len = core.len();
+        let direct =
+            postcard::to_extend(&with.health.expect("health"), core.clone()).expect("trailer");
+        // A receiver that knows no trailer reads the heartbeat and stops.
+        let old: Heartbeat = postcard::from_bytes(&direct).expect("old reader");
+        assert_eq!(
+            old,
+            Heartbeat {
+                health: None,
+                ..with.clone()
+            }
+        );
+        // A body from a sender that sends no trailer: no health.
+        assert_eq!(
+            decode_body(&core),
+            Ok(Heartbeat {
+                health: None,
+                ..with.clone()
+            })
+        );
+        // Both parts: the health as sent.
+        assert_eq!(decode_body(&direct), Ok(with.clone()));
+        // A newer sender's longer trailer: the known fields are read.
+        let mut longer = direct.clone();
+        longer.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode_body(&longer), Ok(with));
+        // A trailer cut short is refused, never half-read.
+        for cut in core_len + 1..direct.len() {
+            assert_eq!(
+                decode_body(&direct[..cut]),
+                Err(HeartbeatError::Decode),
+                "cut at {cut}"
+            );
+        }
     }
 }

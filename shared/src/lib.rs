@@ -5,7 +5,8 @@
 //! correction ([`fec`]) and how much of it the link needs ([`headroom`]),
 //! block reassembly and loss accounting ([`reassembly`]), the record model and batch frames ([`record`]),
 //! heartbeats ([`heartbeat`]), the loss ledger ([`ledger`]), file assembly ([`files`]), pacing arithmetic ([`pace`]), the MQTT
-//! contract ([`contract`]) and configuration ([`config`]). No tokio, no
+//! contract ([`contract`]), configuration ([`config`]) and where secret files
+//! are read from ([`credentials`]). No tokio, no
 //! sockets, no clock reads, no filesystem: callers pass `now` and buffers,
 //! so every piece is deterministic under test.
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@
 pub mod alerts;
 pub mod config;
 pub mod contract;
+pub mod credentials;
 pub mod dq;
 pub mod fec;
 pub mod files;

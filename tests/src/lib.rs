@@ -20,6 +20,10 @@
 //!   it), [`rss_kib`], [`FakeClock`] (libfaketime: one program's wall clock
 //!   jumps), [`Tmpfs`] (a small disk), and [`aveva_export_row`] (which row
 //!   of [`aveva_export`] a published point is).
+//! * [`prom`]: a strict reader of the Prometheus text format and a scrape
+//!   over HTTP (the metrics tests).
+
+pub mod prom;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -64,10 +68,17 @@ pub fn binaries() -> &'static Binaries {
         cmd.args(["build", "-p", "weir-tx", "-p", "weir-rx"]);
         // The test runner sets CARGO_* variables describing this test crate;
         // build scripts watching them would see a changed environment and
-        // rebuild on every run. Hand the nested build a clean one.
+        // rebuild on every run. Hand the nested build a clean one, but keep
+        // the settings of the outer build (profile, incremental, jobs):
+        // without them it would build everything again, differently.
+        let keep = |k: &str| {
+            ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"].contains(&k)
+                || k.starts_with("CARGO_PROFILE_")
+                || k.starts_with("CARGO_BUILD_")
+        };
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            if k.starts_with("CARGO_") && !keep(&k) {
                 cmd.env_remove(&*k);
             }
         }
@@ -462,6 +473,9 @@ pub struct Impairment {
     pub burst: f64,
     /// Length of a loss burst.
     pub burst_len: u32,
+    /// One burst placed by hand: the datagrams numbered `at..at + len`,
+    /// counting every datagram the relay saw from 0.
+    pub burst_at: Option<(u64, u32)>,
     /// Probability a datagram has one byte flipped.
     pub corrupt: f64,
 }
@@ -476,6 +490,7 @@ impl Impairment {
             reorder: 0.0,
             burst: 0.0,
             burst_len: 0,
+            burst_at: None,
             corrupt: 0.0,
         }
     }
@@ -625,7 +640,7 @@ fn relay(
             continue;
         };
         let mut d = buf[..n].to_vec();
-        stats.seen.fetch_add(1, Ordering::Relaxed);
+        let index = stats.seen.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = capture.lock() {
             c.push(d.clone());
         }
@@ -648,6 +663,13 @@ fn relay(
             if let Some((h, _)) = held.pop_front() {
                 let _ = out.send_to(&h, output);
             }
+        }
+        if imp
+            .burst_at
+            .is_some_and(|(at, len)| (at..at + u64::from(len)).contains(&index))
+        {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         if burst_left == 0 && imp.burst > 0.0 && rng.random_bool(imp.burst) {
             burst_left = imp.burst_len;

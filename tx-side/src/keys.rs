@@ -2,24 +2,28 @@
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use weir_shared::credentials::{self, CREDENTIALS_DIRECTORY};
 use weir_shared::seal::{Keyring, Psk, load_key_file};
 use weir_shared::wire::KeyId;
 
-/// Read every key file, refusing any that group or others can read.
+/// Read every key file, refusing any that group or others can read. A
+/// relative path names a systemd credential (see
+/// [`weir_shared::credentials`]).
 pub fn load_keyring<P: AsRef<Path>>(files: &[P]) -> anyhow::Result<Keyring> {
+    let credentials_dir = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
     let mut keys = Vec::with_capacity(files.len());
     for f in files {
         let f = f.as_ref();
-        let mode = std::fs::metadata(f)
-            .with_context(|| format!("key file {}", f.display()))?
-            .permissions()
-            .mode();
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("key file {}", f.display()))?;
-        keys.push(load_key_file(mode, &text).with_context(|| format!("key file {}", f.display()))?);
+        let read = || -> anyhow::Result<_> {
+            let secret = credentials::resolve(f, credentials_dir.as_deref())?;
+            let mode = std::fs::metadata(&secret.path)?.permissions().mode();
+            let text = std::fs::read_to_string(&secret.path)?;
+            Ok(load_key_file(secret.checked_mode(mode), &text)?)
+        };
+        keys.push(read().with_context(|| format!("key file {}", f.display()))?);
     }
     Ok(Keyring::new(keys))
 }

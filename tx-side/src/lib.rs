@@ -11,6 +11,7 @@
 //! channel back-pressures the source, and spool files simply wait on disk.
 
 pub mod keys;
+pub mod metrics;
 pub mod pipeline;
 pub mod push;
 pub mod resend;

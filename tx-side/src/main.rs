@@ -10,6 +10,8 @@ use weir_shared::config::{DEFAULT_CHUNK_BYTES, TxConfig, ValidTx};
 use weir_shared::formats::Format;
 use weir_tx::resend::{ResendOptions, Selection};
 
+mod notify;
+
 #[derive(Parser)]
 #[command(
     name = "weir-tx",
@@ -211,15 +213,23 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let (metrics, rate) = (cfg.metrics, cfg.rate_bytes_per_sec);
     rt.block_on(async move {
+        weir_tx::metrics::install(metrics)?;
         let mut handle = weir_tx::run(cfg, keys, fingerprint).await?;
+        if metrics.is_some() {
+            weir_tx::metrics::spawn(&handle, rate);
+        }
+        notify::ready(&handle.telemetry);
+        notify::spawn_keepalive(handle.telemetry.clone());
         let cancel = handle.cancel_token();
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("Shutting down: draining what was taken.");
+            notify::stopping();
             cancel.cancel();
         });
-        handle.join().await?;
+        handle.join().await.inspect_err(notify::failed)?;
         let t = handle.telemetry.counters();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use weir_shared::heartbeat::{LaneMarks, TxCounters};
+use weir_shared::heartbeat::{LaneMarks, TxCounters, TxHealth};
 use weir_shared::lane::{LANES, Lane};
 use weir_shared::ledger::BlockSummary;
 
@@ -33,6 +33,10 @@ pub struct Telemetry {
     pub lines_rejected: AtomicU64,
     /// Files waiting in spools.
     pub spool_depth: AtomicU64,
+    /// Bytes of the files waiting in spools.
+    pub spool_bytes: AtomicU64,
+    /// Bytes held in the alert queue on disk (a gauge).
+    pub alert_queue_bytes: AtomicU64,
     /// Send errors (datagrams the kernel refused).
     pub send_errors: AtomicU64,
     /// Records refused because one alone exceeded a batch.
@@ -76,6 +80,8 @@ impl Default for Telemetry {
             file_transfers: AtomicU64::new(0),
             lines_rejected: AtomicU64::new(0),
             spool_depth: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(0),
+            alert_queue_bytes: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             records_refused: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
@@ -171,6 +177,21 @@ impl Telemetry {
             alerts: get(&self.alerts),
             alerts_rejected: get(&self.alerts_rejected),
             alerts_dropped: get(&self.alerts_dropped),
+        }
+    }
+
+    /// The heartbeat's health trailer; `rate_bytes_per_sec` is the pacer's
+    /// configured rate.
+    pub fn health(&self, rate_bytes_per_sec: u64) -> TxHealth {
+        TxHealth {
+            repair_symbols: get(&self.repair_symbols),
+            send_errors: get(&self.send_errors),
+            records_refused: get(&self.records_refused),
+            blocks_repeated: get(&self.blocks_repeated),
+            repeats_skipped: get(&self.repeats_skipped),
+            spool_bytes: get(&self.spool_bytes),
+            alert_queue_bytes: get(&self.alert_queue_bytes),
+            rate_bytes_per_sec,
         }
     }
 }

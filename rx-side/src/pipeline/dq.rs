@@ -41,7 +41,7 @@ use weir_shared::record::{DecodeLimits, Record, decode_frame};
 use super::outbox::Item;
 use super::publish::Topics;
 use super::{Message, OpenedBlock, StageError, unix_ns};
-use crate::stats::{RxStats, add};
+use crate::stats::{DqTally, RxStats, add};
 
 /// How often stale tags are looked for.
 const TICK: Duration = Duration::from_secs(1);
@@ -56,6 +56,7 @@ fn judge(
     block: &OpenedBlock,
     limits: DecodeLimits,
     events: &mut Vec<DqEvent>,
+    tally: &mut DqTally,
 ) -> Option<Vec<u8>> {
     if block.lane != Lane::Bulk {
         return None;
@@ -69,6 +70,7 @@ fn judge(
             Record::Point(p) => Some(engine.check_recent_into(p, now, recent, events)),
             _ => None,
         })
+        .inspect(|v| tally.handle(v))
         .collect();
     (!verdicts.is_empty()).then(|| encode_verdicts(&verdicts))
 }
@@ -137,11 +139,13 @@ pub async fn run(
     let mut out: Vec<Item> = Vec::new();
     let mut recent = RecentPoints::new(engine.config().duplicate_memory());
     let mut refused_open = true;
+    let mut tally = DqTally::default();
     loop {
         tokio::select! {
             item = io.from_decode.recv() => match item {
                 Some(Item::Block(mut b)) => {
-                    b.verdicts = judge(&mut engine, &mut recent, &b, limits, &mut events);
+                    b.verdicts = judge(&mut engine, &mut recent, &b, limits, &mut events, &mut tally);
+                    tally.flush(&stats.dq_flags);
                     out.push(Item::Block(b));
                 }
                 Some(other) => out.push(other),
@@ -225,10 +229,37 @@ mod tests {
         };
         let mut events = Vec::new();
         let mut recent = RecentPoints::new(16);
-        let v = judge(&mut engine, &mut recent, &block, limits, &mut events).expect("verdicts");
+        let mut tally = DqTally::default();
+        let v = judge(
+            &mut engine,
+            &mut recent,
+            &block,
+            limits,
+            &mut events,
+            &mut tally,
+        )
+        .expect("verdicts");
         assert_eq!(decode_verdicts(&v, 2).expect("decode").len(), 2);
+        let counts = crate::stats::DqFlagCounts::default();
+        tally.flush(&counts);
+        let judged: u64 = counts
+            .worst
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert_eq!(judged, 2, "one worst flag per point");
         block.lane = Lane::Alert;
-        assert!(judge(&mut engine, &mut recent, &block, limits, &mut events).is_none());
+        assert!(
+            judge(
+                &mut engine,
+                &mut recent,
+                &block,
+                limits,
+                &mut events,
+                &mut tally
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -255,8 +286,10 @@ mod tests {
             max_records: 1000,
         };
         let (mut recent, mut events) = (RecentPoints::new(100), Vec::new());
+        let mut tally = DqTally::default();
         let mut withheld = |engine: &mut Engine, recent: &mut RecentPoints| {
-            let v = judge(engine, recent, &block, limits, &mut events).expect("verdicts");
+            let v =
+                judge(engine, recent, &block, limits, &mut events, &mut tally).expect("verdicts");
             let v = decode_verdicts(&v, 4).expect("decode");
             v.iter()
                 .map(|v| v.withhold == Some(Withhold::Duplicate))

@@ -295,6 +295,36 @@ fn spawn_readers(
     }
 }
 
+/// The reporting tasks: the retained status every two seconds, and, with
+/// `[metrics]`, the metrics exporter (detached: the endpoint keeps showing
+/// the final counters until the process exits).
+fn spawn_reporting(
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+    cfg: &ValidRx,
+    (stats, link, store): (&Arc<RxStats>, &Arc<Mutex<LinkState>>, &Arc<outbox::Outbox>),
+    topics: &publish::Topics,
+    cancel: &CancellationToken,
+    (to_publish, to_outbox): (Sender<Vec<Message>>, Sender<outbox::Item>),
+) {
+    tasks.spawn(status::run(
+        topics.clone(),
+        cfg.raw.link.link_timeout,
+        stats.clone(),
+        link.clone(),
+        cancel.clone(),
+        to_publish,
+        to_outbox,
+    ));
+    if cfg.metrics.is_some() {
+        tokio::spawn(crate::metrics::export(crate::metrics::Sources {
+            stats: stats.clone(),
+            link: link.clone(),
+            store: store.clone(),
+            link_timeout: cfg.raw.link.link_timeout,
+        }));
+    }
+}
+
 /// Start the receiver. Must be called inside a tokio runtime.
 pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let store = Arc::new(
@@ -332,6 +362,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
             cfg.reassembly,
             open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
             &cfg.raw.ledger,
+            &store,
         )?
         .with_files(files_tx.clone()),
         stats.clone(),
@@ -364,15 +395,14 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         files_tx.as_ref(),
     );
     drop(files_tx);
-    tasks.spawn(status::run(
-        topics.clone(),
-        cfg.raw.link.link_timeout,
-        stats.clone(),
-        link.clone(),
-        cancel.clone(),
-        ephemeral_tx,
-        status_events,
-    ));
+    spawn_reporting(
+        &mut tasks,
+        &cfg,
+        (&stats, &link, &store),
+        &topics,
+        &cancel,
+        (ephemeral_tx, status_events),
+    );
     tasks.spawn(publish::run(
         cfg.raw.mqtt.clone(),
         topics,

@@ -13,6 +13,8 @@
 //! missing file, a PEM without a certificate, a key that does not match
 //! its certificate or a password file others can read stops startup with
 //! the offending key named; it never turns into an endless reconnect loop.
+//! A relative file path is the name of a systemd credential, read from
+//! `$CREDENTIALS_DIRECTORY` ([`weir_shared::credentials`]).
 //! What only the broker can judge (a wrong CA, a wrong password) shows as
 //! connection errors, retried with backoff by `publish`.
 
@@ -27,6 +29,7 @@ use rumqttc::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, Se
 use rumqttc::tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use weir_shared::config::{MqttConfig, MqttTlsConfig};
+use weir_shared::credentials::{self, CredentialError, SecretPath};
 use weir_shared::seal::KeyFileError;
 
 /// Why the `[mqtt]` security settings cannot be used. Each names the
@@ -42,6 +45,16 @@ pub enum SecurityError {
         path: PathBuf,
         /// What the OS said.
         cause: io::Error,
+    },
+    /// A relative path that cannot name a systemd credential.
+    #[error("config key `{key}`: {} {cause}", path.display())]
+    Credential {
+        /// The key naming the file.
+        key: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// Why it cannot be resolved.
+        cause: CredentialError,
     },
     /// A secret file that group or others may access.
     #[error("config key `{key}`: {} {cause}", path.display())]
@@ -107,9 +120,20 @@ impl std::fmt::Debug for Security {
     }
 }
 
+/// Where to read the file `key` names: a relative path is a systemd
+/// credential (see [`weir_shared::credentials`]).
+fn locate(key: &'static str, path: &Path) -> Result<SecretPath, SecurityError> {
+    let dir = std::env::var_os(credentials::CREDENTIALS_DIRECTORY).map(PathBuf::from);
+    credentials::resolve(path, dir.as_deref()).map_err(|cause| SecurityError::Credential {
+        key,
+        path: path.to_owned(),
+        cause,
+    })
+}
+
 /// Bytes of a file, the error naming `key`.
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
-    std::fs::read(path).map_err(|cause| SecurityError::Read {
+    std::fs::read(locate(key, path)?.path).map_err(|cause| SecurityError::Read {
         key,
         path: path.to_owned(),
         cause,
@@ -119,7 +143,8 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
 /// Bytes of a secret file, refused (like PSK files) when group or others
 /// may read or write it.
 fn read_secret(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
-    let mode = std::fs::metadata(path)
+    let secret = locate(key, path)?;
+    let mode = std::fs::metadata(&secret.path)
         .map_err(|cause| SecurityError::Read {
             key,
             path: path.to_owned(),
@@ -127,7 +152,7 @@ fn read_secret(key: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError>
         })?
         .permissions()
         .mode();
-    if mode & 0o077 != 0 {
+    if secret.checked_mode(mode) & 0o077 != 0 {
         return Err(SecurityError::Permissions {
             key,
             path: path.to_owned(),

@@ -196,6 +196,7 @@ pub(super) fn spawn_acker(
                     true
                 }
                 Err(e) => {
+                    add(&ack_stats.publish_failed, 1);
                     tracing::debug!(error = %e, "Publish not acknowledged.");
                     false
                 }

@@ -30,6 +30,26 @@ use crate::stats::RxStats;
 /// How often the retained status is published.
 const EVERY: Duration = Duration::from_secs(2);
 
+/// Blocks of `lane` the last heartbeat says were sent and that were not
+/// delivered yet (0 before any heartbeat).
+pub(crate) fn lag_blocks(link: &LinkState, lane: Lane) -> u64 {
+    let Some((_, session, hb)) = &link.last else {
+        return 0;
+    };
+    match (hb.last_sent[lane.index()], link.delivered(*session, lane)) {
+        (Some(s), Some(g)) => s.saturating_sub(g),
+        (Some(s), None) => s.saturating_add(1),
+        (None, _) => 0,
+    }
+}
+
+/// Whether a heartbeat arrived within `link_timeout` of `t`.
+pub(crate) fn link_up(link: &LinkState, link_timeout: Duration, t: std::time::Instant) -> bool {
+    link.last
+        .as_ref()
+        .is_some_and(|(at, ..)| t.duration_since(*at) < link_timeout)
+}
+
 /// The status body at `t`, and whether the link is up.
 fn body(
     link: &LinkState,
@@ -47,25 +67,14 @@ fn body(
             "uptime_ms": hb.uptime_ms,
             "last_block_sent": per_lane(&|l| serde_json::json!(hb.last_sent[l.index()])),
             "last_block_delivered": per_lane(&|l| serde_json::json!(link.delivered(*session, l))),
-            "lag_blocks": per_lane(&|l| {
-                let sent = hb.last_sent[l.index()];
-                let got = link.delivered(*session, l);
-                serde_json::json!(match (sent, got) {
-                    (Some(s), Some(g)) => s.saturating_sub(g),
-                    (Some(s), None) => s + 1,
-                    (None, _) => 0,
-                })
-            }),
+            "lag_blocks": per_lane(&|l| serde_json::json!(lag_blocks(link, l))),
             "counters": hb.counters,
             "spool_depth": hb.spool_depth,
             "config_fingerprint": format!("{:016x}", u64::from_be_bytes(hb.config_fingerprint)),
             "clock_skew_ms": link.skew_ms,
         })
     });
-    let link_up = link
-        .last
-        .as_ref()
-        .is_some_and(|(at, ..)| t.duration_since(*at) < link_timeout);
+    let link_up = link_up(link, link_timeout, t);
     let body = serde_json::json!({
         "online": true,
         "ts": rfc3339_ns(unix_ns()),
@@ -142,6 +151,7 @@ mod tests {
             marks: Default::default(),
             fec: Default::default(),
             recent: Vec::new(),
+            health: None,
         };
         let mut link = LinkState {
             last: Some((t, s, hb)),

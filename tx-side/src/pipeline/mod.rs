@@ -343,6 +343,7 @@ async fn start(
             min_repair: l.min_repair,
             interleave: u16::try_from(l.interleave_blocks).unwrap_or(u16::MAX),
         }),
+        rate_bytes_per_sec: cfg.rate_bytes_per_sec,
         numbering,
         store,
     };
@@ -423,6 +424,8 @@ struct Beat {
     config_fingerprint: [u8; 8],
     telemetry: Arc<Telemetry>,
     fec: [LaneFec; LANES],
+    /// The pacer's rate, for the health trailer.
+    rate_bytes_per_sec: u64,
     numbering: Arc<Numbering>,
     /// The daemon's numbering file (none for one-shot pushes).
     store: Option<StateStore>,
@@ -460,6 +463,7 @@ impl Beat {
             marks,
             fec: self.fec,
             recent,
+            health: Some(self.telemetry.health(self.rate_bytes_per_sec)),
         };
         let mut dgram = Vec::new();
         match seal_heartbeat(&self.key, self.key_id, self.session, seq, &hb, &mut dgram) {

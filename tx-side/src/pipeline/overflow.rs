@@ -201,6 +201,9 @@ pub fn start(
         tracing::warn!(alerts = recovered, path = %cfg.path.display(),
             "Alerts queued by the previous run: sending them first.");
     }
+    telemetry
+        .alert_queue_bytes
+        .store(store.lock().queued_bytes, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         waiting: AtomicU64::new(recovered),
         telemetry: telemetry.clone(),
@@ -250,6 +253,10 @@ async fn write(
         match blocking(&store, move |s| s.append(&frames)).await {
             Ok(appended) => {
                 add(&shared.telemetry.alerts, appended.stored);
+                shared
+                    .telemetry
+                    .alert_queue_bytes
+                    .store(appended.queued_bytes, Ordering::Relaxed);
                 shared.lost(appended.refused, "queue full (alert_queue.max_bytes)");
                 if appended.was_empty && appended.stored > 0 && shared.backlogs.hit(1).is_some() {
                     tracing::warn!(
@@ -324,10 +331,14 @@ async fn drain(
             handed = Some(key);
             cursor = key.saturating_add(1);
         }
-        if let Some(last) = handed
-            && let Err(e) = blocking(&store, move |s| s.remove_through(last)).await
-        {
-            shared.failed(&e, "delete");
+        if let Some(last) = handed {
+            match blocking(&store, move |s| s.remove_through(last)).await {
+                Ok(queued) => shared
+                    .telemetry
+                    .alert_queue_bytes
+                    .store(queued, Ordering::Relaxed),
+                Err(e) => shared.failed(&e, "delete"),
+            }
         }
         if stopped {
             return Ok(());
@@ -393,6 +404,8 @@ struct Appended {
     refused: u64,
     /// The queue held nothing before.
     was_empty: bool,
+    /// Bytes stored now.
+    queued_bytes: u64,
 }
 
 impl Store {
@@ -457,6 +470,7 @@ impl Store {
             stored,
             refused,
             was_empty,
+            queued_bytes: bytes,
         })
     }
 
@@ -469,14 +483,15 @@ impl Store {
         }
     }
 
-    /// Delete every entry up to and including `last`.
-    fn remove_through(&self, last: u64) -> Result<(), QueueError> {
+    /// Delete every entry up to and including `last`; returns the bytes
+    /// still stored.
+    fn remove_through(&self, last: u64) -> Result<u64, QueueError> {
         let mut inner = self.lock();
         if let Some(db) = &inner.db {
             let freed = remove_range(db, last)?;
             inner.queued_bytes = inner.queued_bytes.saturating_sub(freed);
         }
-        Ok(())
+        Ok(inner.queued_bytes)
     }
 }
 

@@ -359,7 +359,7 @@ pub async fn run(
         take(&intake, &taking(&name), &telemetry, &cancel, &to_batch).await?;
     }
     let mut settling = Settling::new(spool.scan_interval);
-    let mut last_depth = 0u64;
+    let mut last_depth = (0u64, 0u64);
     let mut next_scan = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -376,14 +376,16 @@ pub async fn run(
                 continue;
             }
         };
-        // Spools share one depth counter: move it by this spool's change.
-        let depth = files.len() as u64;
-        telemetry
-            .spool_depth
-            .fetch_add(depth, std::sync::atomic::Ordering::Relaxed);
-        telemetry
-            .spool_depth
-            .fetch_sub(last_depth, std::sync::atomic::Ordering::Relaxed);
+        // Spools share one depth counter (files, bytes): move it by this
+        // spool's change.
+        let depth = (files.len() as u64, files.iter().map(|f| f.1).sum::<u64>());
+        for (counter, now, before) in [
+            (&telemetry.spool_depth, depth.0, last_depth.0),
+            (&telemetry.spool_bytes, depth.1, last_depth.1),
+        ] {
+            counter.fetch_add(now, std::sync::atomic::Ordering::Relaxed);
+            counter.fetch_sub(before, std::sync::atomic::Ordering::Relaxed);
+        }
         last_depth = depth;
         let ready = {
             let marks = hints.marks.lock().unwrap_or_else(PoisonError::into_inner);
