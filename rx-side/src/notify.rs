@@ -1,54 +1,14 @@
-//! systemd service notifications (sd_notify(3)) for `weir-rx run`.
-//!
-//! ```text
-//!  pipeline started ─> READY=1 + STATUS=…
-//!  every min(WatchdogSec/2, 5 s) ─> WATCHDOG=1 (if asked for) + STATUS=…
-//!  SIGTERM / SIGINT ─> STOPPING=1 + STATUS=stopping…
-//!  pipeline failed ─> STATUS=failed: <error>
-//! ```
-//!
-//! Under `Type=notify`, systemd calls the service started only on
-//! `READY=1`, shows the last `STATUS=` line in `systemctl status`, and
-//! restarts the service when `WATCHDOG=1` pings stop for `WatchdogSec=`.
-//! Outside systemd (`NOTIFY_SOCKET` unset) every call here does nothing.
-//!
-//! The pings come from a task on the tokio runtime: they stop when the
-//! runtime or the process hangs, not when the link is merely quiet or the
-//! broker away (the outbox holds the data; the status line says so).
+//! The receiver's line for `systemctl status` (sent by `weir_notify`):
+//! link state, what was received and acknowledged, and losses when there
+//! are any.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sd_notify::NotifyState;
 use weir_rx::RxHandle;
 use weir_rx::pipeline::LinkState;
 use weir_rx::stats::{RxSnapshot, RxStats};
-
-/// How often the status line is refreshed when no watchdog asks for more.
-const STATUS_EVERY: Duration = Duration::from_secs(5);
-
-/// The shortest ping period, whatever `WATCHDOG_USEC` says.
-const MIN_PING_EVERY: Duration = Duration::from_millis(10);
-
-/// Whether systemd is listening (`NOTIFY_SOCKET` is set).
-fn enabled() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").is_some()
-}
-
-/// Send `states`; a failure is logged once.
-fn send(states: &[NotifyState<'_>]) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !enabled() {
-        return;
-    }
-    if let Err(e) = sd_notify::notify(states)
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        tracing::warn!(error = %e, "Cannot notify systemd (NOTIFY_SOCKET); further failures are not logged.");
-    }
-}
 
 /// What the status line is made from.
 #[derive(Clone)]
@@ -69,7 +29,7 @@ impl Source {
     }
 
     /// One short line for `systemctl status`.
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let last = self
             .link
             .lock()
@@ -103,50 +63,6 @@ fn status_line(link: &str, s: &RxSnapshot) -> String {
         }
     }
     line
-}
-
-/// The pipeline runs: `READY=1` with a first status line.
-pub(crate) fn ready(source: &Source) {
-    send(&[NotifyState::Ready, NotifyState::Status(&source.line())]);
-}
-
-/// An orderly stop began: `STOPPING=1`.
-pub(crate) fn stopping() {
-    send(&[
-        NotifyState::Stopping,
-        NotifyState::Status("stopping: publishing what was decoded"),
-    ]);
-}
-
-/// The pipeline failed: the error becomes the status line.
-pub(crate) fn failed(error: &anyhow::Error) {
-    send(&[NotifyState::Status(&format!("failed: {error:#}"))]);
-}
-
-/// Keep the status line fresh and, when systemd set a watchdog for this
-/// process (`sd_notify::watchdog_enabled`), ping it at half its interval.
-/// Runs until the runtime shuts down.
-pub(crate) fn spawn_keepalive(source: Source) {
-    if !enabled() {
-        return;
-    }
-    let watchdog = sd_notify::watchdog_enabled();
-    let every = watchdog.map_or(STATUS_EVERY, |w| {
-        (w / 2).clamp(MIN_PING_EVERY, STATUS_EVERY)
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let line = source.line();
-            if watchdog.is_some() {
-                send(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
-            } else {
-                send(&[NotifyState::Status(&line)]);
-            }
-        }
-    });
 }
 
 #[cfg(test)]
