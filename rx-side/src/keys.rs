@@ -1,4 +1,5 @@
-//! Loading pre-shared key files (the sender's `keygen` writes them).
+//! Loading pre-shared key files. Writing one (`keygen`) is common to both
+//! programs: `weir_service::keys`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,3 +28,7 @@ pub fn load_keyring<P: AsRef<Path>>(files: &[P]) -> anyhow::Result<Keyring> {
         .collect::<anyhow::Result<Vec<_>>>()
         .map(Keyring::new)
 }
+
+/// Writing a key (`keygen`): one function for both programs, so one
+/// file format.
+pub use weir_service::keys::keygen;

@@ -10,9 +10,11 @@
 //! and `publish` waits on the broker: when the publish queue is full, whole
 //! blocks are shed, counted and reported as gaps.
 
+pub mod audit;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod stats;
 
 pub use pipeline::{RxHandle, run};

@@ -1,5 +1,5 @@
 //! `weir-rx` command line: run the receiver, check a config, read the gap
-//! ledger.
+//! ledger, make a key, verify the audit log, report a day.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +47,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a fresh pre-shared key file (mode 0600), in the one format
+    /// `weir-tx keygen` and `weir-rx keygen` both write: make it on either
+    /// host, copy it to the other.
+    Keygen(weir_service::keys::KeygenArgs),
+    /// The hash-chained audit log (`audit.path`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Reconcile a day from the audit log: per flow, sent = received + lost,
+    /// and the controls the evidence supports (Markdown, or JSON).
+    Report {
+        /// The day, UTC (YYYY-MM-DD).
+        #[arg(long)]
+        day: String,
+        /// JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+        /// Write `weir-report-DAY.json` and `.md` into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        log: AuditLog,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain: print the record count and head hash, or name the
+    /// first bad line and why (exit 1).
+    Verify {
+        #[command(flatten)]
+        log: AuditLog,
+    },
+}
+
+/// Which audit log: `--path`, else `audit.path` of `--config`, else the default.
+#[derive(clap::Args)]
+struct AuditLog {
+    /// The audit log file.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Configuration file naming it (`audit.path`).
+    #[arg(long, short, env = "WEIR_RX_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AuditLog {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.path, &self.config) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(c)) => Ok(load(c)?.raw.audit_path()),
+            (None, None) => Ok(PathBuf::from("/var/lib/weir/rx-audit.jsonl")),
+        }
+    }
+}
+
+/// The SHA-256 of a config file, hex (for the audit log).
+fn config_sha256(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let d = ring::digest::digest(&ring::digest::SHA256, &text);
+    Some(weir_shared::audit::hex_bytes(d.as_ref()))
 }
 
 /// `weir-rx gaps`: print the ledger and a total.
@@ -127,7 +189,11 @@ fn load(path: &Path) -> anyhow::Result<ValidRx> {
 /// On SIGHUP, read the config again and apply its `[dq]` section (other
 /// sections need a restart). A config that does not load is logged and
 /// the running one kept.
-async fn reload_on_hangup(path: PathBuf, reload: weir_rx::pipeline::DqReload) {
+async fn reload_on_hangup(
+    path: PathBuf,
+    reload: weir_rx::pipeline::DqReload,
+    stats: std::sync::Arc<weir_rx::stats::RxStats>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -136,9 +202,18 @@ async fn reload_on_hangup(path: PathBuf, reload: weir_rx::pipeline::DqReload) {
         match load(&path).and_then(|c| Ok(c.raw.dq.validate()?)) {
             Ok(dq) => {
                 reload.apply(dq);
+                stats.audit.record(
+                    "config_reload",
+                    serde_json::json!({"file": path.display().to_string(), "sha256": config_sha256(&path),
+                        "applied": "[dq]"}),
+                );
                 tracing::info!(config = %path.display(), "SIGHUP: [dq] reloaded; other sections apply at the next start.");
             }
             Err(e) => {
+                stats.audit.record(
+                    "config_reload",
+                    serde_json::json!({"file": path.display().to_string(), "error": format!("{e:#}")}),
+                );
                 tracing::error!(config = %path.display(), error = format!("{e:#}"), "SIGHUP: config not reloaded; keeping the running one.");
             }
         }
@@ -154,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Keygen(args) => weir_service::keys::keygen_command(&args),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             let keys = weir_rx::keys::load_keyring(&cfg.raw.keys.files)?;
@@ -173,6 +249,15 @@ fn main() -> anyhow::Result<()> {
             since,
             json,
         } => print_gaps(&load(&config)?, since.as_deref(), json),
+        Command::Audit {
+            command: AuditCommand::Verify { log },
+        } => weir_service::audit::verify_command(&log.path()?),
+        Command::Report {
+            day,
+            json,
+            out,
+            log,
+        } => weir_rx::report::command(&log.path()?, &day, json, out.as_deref()),
         Command::Run { config } => {
             let cfg = load(&config)?;
             let keys = weir_rx::keys::load_keyring(&cfg.raw.keys.files)?;
@@ -186,18 +271,26 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 weir_rx::metrics::install(cfg.metrics)?;
                 let mut handle = weir_rx::run(cfg, keys).await?;
+                handle.stats.audit.record(
+                    "config",
+                    serde_json::json!({"file": config.display().to_string(), "sha256": config_sha256(&config)}),
+                );
                 let status = notify::Source::new(&handle, link_timeout);
-                notify::ready(&status);
-                notify::spawn_keepalive(status);
-                tokio::spawn(reload_on_hangup(config.clone(), handle.dq_reload()));
+                weir_service::notify::ready(&status.line());
+                weir_service::notify::spawn_keepalive(move || status.line());
+                tokio::spawn(reload_on_hangup(
+                    config.clone(),
+                    handle.dq_reload(),
+                    handle.stats.clone(),
+                ));
                 let cancel = handle.cancel_token();
                 tokio::spawn(async move {
                     shutdown_signal().await;
                     tracing::info!("Shutting down: publishing what was decoded.");
-                    notify::stopping();
+                    weir_service::notify::stopping("stopping: publishing what was decoded");
                     cancel.cancel();
                 });
-                handle.join().await.inspect_err(notify::failed)?;
+                handle.join().await.inspect_err(weir_service::notify::failed)?;
                 let s = handle.stats.snapshot();
                 // The final counters, one JSON line on stdout, for operators
                 // and scripts.

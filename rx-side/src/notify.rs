@@ -1,6 +1,6 @@
-//! The receiver's line for `systemctl status` (sent by `weir_notify`):
-//! link state, what was received and acknowledged, and losses when there
-//! are any.
+//! The receiver's line for `systemctl status` (sent by
+//! `weir_service::notify`): link state, what was received and
+//! acknowledged, and losses when there are any.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};

@@ -19,6 +19,8 @@ macro_rules! counters {
             pub publish_failed: AtomicU64,
             /// Points counted by data-quality flag (metrics only).
             pub dq_flags: DqFlagCounts,
+            /// The audit log (empty when none is installed).
+            pub audit: crate::audit::AuditSlot,
         }
 
         /// A point-in-time copy of [`RxStats`].

@@ -66,6 +66,44 @@ impl MetricsConfig {
     }
 }
 
+// ----------------------------------------------------------------- audit
+
+/// `[audit]` of either program: the hash-chained audit log
+/// ([`crate::audit`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The log file (JSON lines, appended and fsynced; one program per
+    /// file). Absent: `rx-audit.jsonl` or `tx-audit.jsonl` in the
+    /// directory of the program's state (`outbox.path`,
+    /// `sender.state_path`), so `/var/lib/weir/` with the defaults.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl AuditConfig {
+    /// Check `audit.path`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.path {
+            Some(p) if p.file_name().is_none() || p.is_dir() => {
+                Err(bad("audit.path", "must name a file, not a directory"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The log file: `path`, or `name` beside `state` (a state file).
+    pub fn resolve(&self, state: &std::path::Path, name: &str) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| {
+            state
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .join(name)
+        })
+    }
+}
+
 // ---------------------------------------------------------------- sender
 
 /// `weir-tx` configuration file.
@@ -97,6 +135,18 @@ pub struct TxConfig {
     /// The Prometheus endpoint (off when absent).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+impl TxConfig {
+    /// The audit log file (`audit.path`, or `tx-audit.jsonl` beside
+    /// `sender.state_path`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .resolve(&self.sender.state_path, "tx-audit.jsonl")
+    }
 }
 
 /// `[sender]`: the sender's identity and its persistent numbering.
@@ -880,6 +930,7 @@ impl TxConfig {
         valid_spools(&self.spools, lanes[Lane::Bulk.index()].max_batch_bytes)?;
         valid_alert_sources(&self.syslogs, &self.follows)?;
         valid_alert_queue(&self.alert_queue)?;
+        self.audit.validate()?;
         let metrics = self.metrics.validate()?;
         let datagram_bytes = OVERHEAD + usize::from(symbol_size);
         for (lane, key) in lanes.iter().zip([
@@ -941,6 +992,17 @@ pub struct RxConfig {
     /// The Prometheus endpoint (off when absent).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+impl RxConfig {
+    /// The audit log file (`audit.path`, or `rx-audit.jsonl` beside
+    /// `outbox.path`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit.resolve(&self.outbox.path, "rx-audit.jsonl")
+    }
 }
 
 /// `[outbox]` of the receiver: decoded blocks wait here, on disk, until the
@@ -1480,6 +1542,7 @@ impl RxConfig {
         self.mqtt.check_security()?;
         self.outbox.check(l.max_block_bytes)?;
         self.ledger.check()?;
+        self.audit.validate()?;
         if let Some(sparkplug) = &self.sparkplug {
             sparkplug.validate()?;
         }
@@ -1546,6 +1609,7 @@ mod tests {
             alert_queue: AlertQueueConfig::default(),
             sender: SenderConfig::default(),
             metrics: MetricsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 
@@ -1831,8 +1895,23 @@ mod tests {
             files: None,
             sparkplug: None,
             metrics: MetricsConfig::default(),
+            audit: AuditConfig::default(),
         };
         assert!(c.clone().validate().is_ok());
+        assert_eq!(
+            c.audit_path(),
+            std::path::PathBuf::from("/var/lib/weir/rx-audit.jsonl")
+        );
+        let mut bad_audit = c.clone();
+        bad_audit.audit.path = Some("/".into());
+        assert_eq!(
+            bad_audit
+                .validate()
+                .map(|_| ())
+                .expect_err("audit.path")
+                .key,
+            "audit.path"
+        );
         let mut bad_listen = c.clone();
         bad_listen.metrics.listen = "127.0.0.1:x".into();
         assert_eq!(

@@ -6,12 +6,14 @@
 //! block reassembly and loss accounting ([`reassembly`]), the record model and batch frames ([`record`]),
 //! heartbeats ([`heartbeat`]), the loss ledger ([`ledger`]), file assembly ([`files`]), pacing arithmetic ([`pace`]), the MQTT
 //! contract ([`contract`]), configuration ([`config`]) and where secret files
-//! are read from ([`credentials`]). No tokio, no
+//! are read from ([`credentials`]), and the hash-chained audit log
+//! ([`audit`]). No tokio, no
 //! sockets, no clock reads, no filesystem: callers pass `now` and buffers,
 //! so every piece is deterministic under test.
 #![warn(missing_docs)]
 
 pub mod alerts;
+pub mod audit;
 pub mod config;
 pub mod contract;
 pub mod credentials;

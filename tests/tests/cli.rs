@@ -54,6 +54,31 @@ fn keygen_writes_a_private_key_that_both_sides_accept() {
 }
 
 #[test]
+fn the_receiver_makes_keys_the_sender_accepts() {
+    let site = Site::new();
+    let key = site.path("weir-2.key");
+    let k = key.display().to_string();
+    let (ok, out) = run(&binaries().rx, &["keygen", "--out", &k, "--id", "2"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("wrote key id 2"), "{out}");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (ok, _) = run(&binaries().rx, &["keygen", "--out", &k, "--id", "2"]);
+    assert!(!ok, "keygen must refuse to overwrite a key");
+    let cfg = site.write(
+        "tx.toml",
+        &format!(
+            "[link]\ndestination = \"127.0.0.1:47000\"\nrate_mbps = 10.0\n[keys]\nfiles = [\"{k}\"]\nactive_key_id = 2\n"
+        ),
+    );
+    let (ok, out) = run(
+        &binaries().tx,
+        &["check-config", "--config", &cfg.display().to_string()],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
 fn group_or_world_readable_key_files_are_refused_by_name() {
     let site = Site::new();
     let key = site.path("open.key");

@@ -1,13 +1,12 @@
-//! Loading and generating pre-shared key files.
+//! Loading pre-shared key files. Writing one (`keygen`) is common to both
+//! programs: `weir_service::keys`.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use weir_shared::credentials::{self, CREDENTIALS_DIRECTORY};
-use weir_shared::seal::{Keyring, Psk, load_key_file};
-use weir_shared::wire::KeyId;
+use weir_shared::seal::{Keyring, load_key_file};
 
 /// Read every key file, refusing any that group or others can read. A
 /// relative path names a systemd credential (see
@@ -28,18 +27,6 @@ pub fn load_keyring<P: AsRef<Path>>(files: &[P]) -> anyhow::Result<Keyring> {
     Ok(Keyring::new(keys))
 }
 
-/// Write a fresh key with id `id` to `out`, mode 0600, refusing to
-/// overwrite an existing file.
-pub fn keygen(out: &Path, id: u16) -> anyhow::Result<()> {
-    let psk = Psk::generate(KeyId(id), &ring::rand::SystemRandom::new())
-        .map_err(|e| anyhow::anyhow!("drawing a key: {e}"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("creating key file {}", out.display()))?;
-    f.write_all(psk.to_file_text().as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
+/// Writing a key (`keygen`): one function for both programs, so one
+/// file format.
+pub use weir_service::keys::keygen;

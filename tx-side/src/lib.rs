@@ -10,6 +10,7 @@
 //! by a bounded channel. The sender may be slower than its inputs: a full
 //! channel back-pressures the source, and spool files simply wait on disk.
 
+pub mod audit;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;

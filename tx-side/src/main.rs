@@ -1,5 +1,5 @@
 //! `weir-tx` command line: run the sender, send files now, check a config,
-//! make a key.
+//! make a key, verify the audit log.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -93,14 +93,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Write a fresh pre-shared key file (mode 0600).
-    Keygen {
-        /// Where to write it; an existing file is never overwritten.
+    /// Write a fresh pre-shared key file (mode 0600), in the one format
+    /// `weir-tx keygen` and `weir-rx keygen` both write: make it on either
+    /// host, copy it to the other.
+    Keygen(weir_service::keys::KeygenArgs),
+    /// The hash-chained audit log (`audit.path`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain: print the record count and head hash, or name the
+    /// first bad line and why (exit 1). The file: `--path`, else
+    /// `audit.path` of `--config`, else the default.
+    Verify {
+        /// The audit log file.
         #[arg(long)]
-        out: PathBuf,
-        /// Key id (both sides refer to the key by it).
-        #[arg(long, default_value_t = 1)]
-        id: u16,
+        path: Option<PathBuf>,
+        /// Configuration file naming it (`audit.path`).
+        #[arg(long, short, env = "WEIR_TX_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -134,11 +149,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Keygen { out, id } => {
-            weir_tx::keys::keygen(&out, id)?;
-            println!("wrote key id {id} to {}", out.display());
-            Ok(())
+        Command::Audit {
+            command: AuditCommand::Verify { path, config },
+        } => {
+            let path = match (path, config) {
+                (Some(p), _) => p,
+                (None, Some(c)) => load(&c)?.0.raw.audit_path(),
+                (None, None) => PathBuf::from("/var/lib/weir/tx-audit.jsonl"),
+            };
+            weir_service::audit::verify_command(&path)
         }
+        Command::Keygen(args) => weir_service::keys::keygen_command(&args),
         Command::CheckConfig { config } => {
             let (cfg, _) = load(&config)?;
             let keys = weir_tx::keys::load_keyring(&cfg.raw.keys.files)?;
@@ -220,16 +241,20 @@ fn run(config: &Path) -> anyhow::Result<()> {
         if metrics.is_some() {
             weir_tx::metrics::spawn(&handle, rate);
         }
-        notify::ready(&handle.telemetry);
-        notify::spawn_keepalive(handle.telemetry.clone());
+        weir_service::notify::ready(&notify::status_line(&handle.telemetry));
+        let telemetry = handle.telemetry.clone();
+        weir_service::notify::spawn_keepalive(move || notify::status_line(&telemetry));
         let cancel = handle.cancel_token();
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("Shutting down: draining what was taken.");
-            notify::stopping();
+            weir_service::notify::stopping("stopping: sending what was taken");
             cancel.cancel();
         });
-        handle.join().await.inspect_err(notify::failed)?;
+        handle
+            .join()
+            .await
+            .inspect_err(weir_service::notify::failed)?;
         let t = handle.telemetry.counters();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(

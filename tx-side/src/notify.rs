@@ -1,5 +1,5 @@
-//! The sender's line for `systemctl status` (sent by `weir_notify`): what
-//! was sent, and trouble when there is some.
+//! The sender's line for `systemctl status` (sent by
+//! `weir_service::notify`): what was sent, and trouble when there is some.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;

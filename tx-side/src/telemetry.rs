@@ -56,6 +56,8 @@ pub struct Telemetry {
     last_sent: [AtomicU64; LANES],
     /// What the heartbeat tells the receiver's loss ledger.
     marks: Mutex<Marks>,
+    /// The audit log (empty when none is installed).
+    pub audit: crate::audit::AuditSlot,
 }
 
 /// Block summaries between seal and send, and what was last sent.
@@ -91,6 +93,7 @@ impl Default for Telemetry {
             repeats_skipped: AtomicU64::new(0),
             last_sent: [AtomicU64::new(0), AtomicU64::new(0)],
             marks: Mutex::new(Marks::default()),
+            audit: crate::audit::AuditSlot::default(),
         }
     }
 }

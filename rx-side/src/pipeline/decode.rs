@@ -60,6 +60,8 @@ pub struct Core {
     first_seen: HashMap<(SessionId, Lane), u64>,
     /// Lane floors last handed to the outbox.
     floors_sent: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
+    /// What arrived and what the senders say, for the audit log.
+    evidence: super::evidence::Evidence,
 }
 
 impl Core {
@@ -110,6 +112,7 @@ impl Core {
             gaps,
             first_seen: HashMap::new(),
             floors_sent: HashMap::new(),
+            evidence: super::evidence::Evidence::default(),
         })
     }
 
@@ -197,6 +200,7 @@ pub async fn run(
             _ = tick.tick() => {
                 core.reassembler.poll_timeouts(now());
                 report_lost(&mut core, &out, false);
+                core.evidence.poll(now(), &stats.audit, false);
                 continue;
             }
         };
@@ -210,7 +214,7 @@ pub async fn run(
             match header.kind {
                 Kind::Heartbeat => {
                     if heartbeat(&mut core, &out, &header, payload) {
-                        first_sight(&mut core, &topics, &to_outbox, &header);
+                        first_sight(&mut core, &out, &header);
                     }
                 }
                 Kind::Symbol => {
@@ -228,6 +232,7 @@ pub async fn run(
     // still waiting to be counted; the final floors wait for room.
     core.reassembler.poll_timeouts(now());
     report_lost(&mut core, &out, true);
+    core.evidence.poll(now(), &stats.audit, true);
     for f in moved_floors(&mut core) {
         to_outbox
             .send(Item::Floors(f))
@@ -277,11 +282,12 @@ fn deliver(
         return Ok(());
     };
     core.ledger.describe(key.session, key.lane, &summaries);
+    let summary = summaries.iter().find(|s| s.block == key.seq);
     core.reassembler.confirm(t, key, block.header.key_id);
     core.first_seen
         .entry((key.session, key.lane))
         .or_insert(key.seq);
-    first_sight(core, out.topics, out.to_outbox, &block.header);
+    first_sight(core, out, &block.header);
     if let Ok(mut l) = out.link.lock() {
         l.record_delivered(key.session, key.lane, key.seq);
         super::headroom::record_block(stats, &mut l, key.lane, block.tally);
@@ -310,7 +316,10 @@ fn deliver(
             core.ledger
                 .lost(t, b.session, b.lane, b.seq, b.seq, GapCause::Shed);
         }
-        Ok(()) | Err(TrySendError::Full(_)) => {}
+        Ok(()) => core
+            .evidence
+            .block(key.session, key.lane, key.seq, summary, frame_len),
+        Err(TrySendError::Full(_)) => {}
         Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
     }
     Ok(())
@@ -361,6 +370,7 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
         core.ledger
             .describe(header.session, *lane, std::slice::from_ref(summary));
     }
+    core.evidence.heartbeat(header.session, &hb);
     if let Ok(mut l) = out.link.lock() {
         l.skew_ms = hb.sent_unix_ms - unix_ms();
         l.headroom.handle_settings(&hb.fec);
@@ -371,7 +381,8 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
 
 /// Report a sender session the first time an authentic datagram of it
 /// arrives (a sender restart, or a second sender on the link).
-fn first_sight(core: &mut Core, topics: &Topics, to_outbox: &Sender<Item>, header: &Header) {
+fn first_sight(core: &mut Core, out: &Out<'_>, header: &Header) {
+    let (stats, topics, to_outbox) = (out.stats, out.topics, out.to_outbox);
     if core.seen.contains(&header.session) {
         return;
     }
@@ -380,6 +391,11 @@ fn first_sight(core: &mut Core, topics: &Topics, to_outbox: &Sender<Item>, heade
     }
     core.seen.insert(header.session);
     tracing::info!(session = %header.session.short_hex(), key_id = header.key_id.0, "New sender session.");
+    stats.audit.record(
+        "sender_session",
+        serde_json::json!({"session": header.session.short_hex(), "sender": header.session.sender(),
+            "epoch": header.session.epoch(), "key_id": header.key_id.0}),
+    );
     let body = serde_json::json!({
         "type": "sender_session", "session": header.session.short_hex(), "key_id": header.key_id.0,
         "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000)),
@@ -436,6 +452,7 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
             None => add(&stats.gap_entries_uncounted, 1),
         }
         core.gaps.append(&body);
+        stats.audit.record("gap", body.clone());
         let msg = Message {
             topic: out.topics.gaps.clone(),
             payload: body.to_string().into_bytes(),

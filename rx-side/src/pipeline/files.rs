@@ -467,6 +467,11 @@ impl Shell {
             Ok(Finished::Placed(path)) => {
                 add(&self.stats.files_done, 1);
                 tracing::info!(file = ?name, bytes = size, path = %path.display(), "File received.");
+                self.stats.audit.record(
+                    "file_delivered",
+                    serde_json::json!({"session": key.session.short_hex(), "file_id": key.file_id,
+                        "name": name, "bytes": size, "sha256": weir_shared::audit::hex(&sha256)}),
+                );
             }
             Ok(Finished::AlreadyThere(path)) => {
                 add(&self.stats.files_duplicate, 1);

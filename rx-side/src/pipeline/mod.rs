@@ -7,6 +7,7 @@
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
 //!    with [sparkplug]: validate ──points──> publish ──> sparkplug (own MQTT session) ──> spBv1.0/...
 //!    validate ──file chunks──> files ──> staging ──> output dir  (decode ──lost blocks──> files)
+//!    decode, files, ticker ──records (never waiting)──> audit log writer thread (`crate::audit`)
 //! ```
 //!
 //! `decode` and `open` share one task: the replay window may only move on
@@ -21,6 +22,7 @@
 
 pub mod decode;
 pub mod dq;
+mod evidence;
 pub mod files;
 pub mod headroom;
 pub mod ledger;
@@ -190,6 +192,16 @@ impl RxHandle {
     /// Wait for the pipeline to end. After a shutdown that gave up on the
     /// broker, stages finding their successor gone is expected, not an error.
     pub async fn join(&mut self) -> anyhow::Result<()> {
+        let r = self.join_stages().await;
+        if let Some((writer, store)) = self.stats.audit.take_writer() {
+            let mut body = evidence::delivery_json(&self.stats.snapshot(), &store);
+            body["error"] = r.as_ref().err().map(|e| format!("{e:#}")).into();
+            writer.close("shutdown", body).await;
+        }
+        r
+    }
+
+    async fn join_stages(&mut self) -> anyhow::Result<()> {
         while let Some(r) = self.tasks.join_next().await {
             match r.map_err(|e| anyhow::anyhow!("stage panicked: {e}"))? {
                 Err(StageError::Closed(stage)) if self.cancel.is_cancelled() => {
@@ -306,6 +318,12 @@ fn spawn_reporting(
     cancel: &CancellationToken,
     (to_publish, to_outbox): (Sender<Vec<Message>>, Sender<outbox::Item>),
 ) {
+    tokio::spawn(evidence::ticker(
+        (stats.clone(), store.clone()),
+        cancel.clone(),
+        topics.audit.clone(),
+        to_outbox.clone(),
+    ));
     tasks.spawn(status::run(
         topics.clone(),
         cfg.raw.link.link_timeout,
@@ -333,7 +351,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     );
     let socket = recv::open_socket(&cfg)?;
     let local_addr = socket.local_addr()?;
-    let stats = Arc::new(RxStats::default());
+    let stats = new_stats(&cfg, &keyring, local_addr, &store)?;
     let link = Arc::new(Mutex::new(LinkState::default()));
     let cancel = CancellationToken::new();
     let (recv_tx, recv_rx) = mpsc::channel(64);
@@ -427,6 +445,31 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         tasks,
         dq_reload: DqReload(Arc::new(dq_reload)),
     })
+}
+
+/// The counters, with the audit log (`audit.path`) opened, its chain
+/// continued, and a `startup` record: what this receiver runs with (key
+/// ids, never keys).
+fn new_stats(
+    cfg: &ValidRx,
+    keyring: &Keyring,
+    listen: std::net::SocketAddr,
+    store: &Arc<outbox::Outbox>,
+) -> anyhow::Result<Arc<RxStats>> {
+    let stats = Arc::new(RxStats::default());
+    let writer = weir_service::audit::start(&cfg.raw.audit_path())?;
+    stats.audit.install(writer, store.clone());
+    stats.audit.record(
+        "startup",
+        serde_json::json!({
+            "program": "weir-rx", "version": env!("CARGO_PKG_VERSION"),
+            "listen": listen.to_string(), "key_ids": keyring.ids().map(|k| k.0).collect::<Vec<_>>(),
+            "retired_key_ids": cfg.raw.keys.retired_key_ids,
+            "outbox": cfg.raw.outbox.path.display().to_string(),
+            "gaps": cfg.raw.ledger.gaps_path.display().to_string(),
+        }),
+    );
+    Ok(stats)
 }
 
 /// The data-quality stage, its engine restored from the state the outbox

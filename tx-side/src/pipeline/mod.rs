@@ -95,6 +95,18 @@ impl FileDone {
             AfterSend::Delete => std::fs::remove_file(&self.working),
             AfterSend::Keep => Ok(()),
         };
+        let name = self
+            .working
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        telemetry.audit.record(
+            "file_done",
+            serde_json::json!({"file": name, "then": match &self.then {
+                AfterSend::Move(to) => to.display().to_string(),
+                AfterSend::Delete => "deleted".to_owned(),
+                AfterSend::Keep => "kept".to_owned(),
+            }, "error": result.as_ref().err().map(ToString::to_string)}),
+        );
         match result {
             Ok(()) => crate::telemetry::add(&telemetry.files_done, 1),
             Err(e) => {
@@ -193,6 +205,20 @@ impl TxHandle {
 
     /// Wait for the pipeline to end (after cancellation or a stage error).
     pub async fn join(&mut self) -> anyhow::Result<()> {
+        let r = self.join_stages().await;
+        if let Some((writer, ())) = self.telemetry.audit.take_writer() {
+            let t = &self.telemetry;
+            let body = serde_json::json!({
+                "session": self.session.short_hex(), "counters": t.counters(),
+                "last_sent": t.last_sent(), "marks": t.marks().0,
+                "error": r.as_ref().err().map(|e| format!("{e:#}")),
+            });
+            writer.close("shutdown", body).await;
+        }
+        r
+    }
+
+    async fn join_stages(&mut self) -> anyhow::Result<()> {
         while let Some(r) = self.tasks.join_next().await {
             r.context("stage panicked")?.context("stage failed")?;
         }
@@ -267,12 +293,10 @@ async fn start(
     let (store, numbering, session) = open_session(&cfg, sources)?;
     let key = Arc::new(psk.session_key(session));
     let socket = send::open_socket(&cfg).await?;
-    tracing::info!(session = %session.short_hex(), sender = cfg.raw.sender.id, epoch = numbering.epoch,
-        key_id = key_id.0, symbol_size = cfg.symbol_size,
-        destination = %cfg.raw.link.destination, "Sender session started.");
-
-    let telemetry = Arc::new(Telemetry::default());
-    telemetry.start_marks(numbering.first_block, numbering.first_record);
+    let telemetry = session_started(
+        (&cfg, &keyring, sources),
+        (session, &numbering, config_fingerprint),
+    )?;
     let cancel = CancellationToken::new();
     // One source channel per lane, so an alert never queues behind bulk
     // records (the batch stage reads the alert channel first).
@@ -361,6 +385,46 @@ async fn start(
         tasks,
     };
     Ok((handle, pushed))
+}
+
+/// The session's telemetry, with the audit log (`audit.path`) opened,
+/// its chain continued, and a `startup` record: the session, its
+/// numbering, and the key ids (never key material). Only the daemon keeps
+/// an audit log: a one-shot push does not share the daemon's file.
+fn session_started(
+    (cfg, keyring, sources): (&ValidTx, &Keyring, Sources),
+    (session, numbering, config_fingerprint): (SessionId, &Numbering, [u8; 8]),
+) -> anyhow::Result<Arc<Telemetry>> {
+    tracing::info!(session = %session.short_hex(), sender = cfg.raw.sender.id, epoch = numbering.epoch,
+        key_id = cfg.raw.keys.active_key_id, symbol_size = cfg.symbol_size,
+        destination = %cfg.raw.link.destination, "Sender session started.");
+    let telemetry = Arc::new(Telemetry::default());
+    telemetry.start_marks(numbering.first_block, numbering.first_record);
+    if sources == Sources::Pushed {
+        return Ok(telemetry);
+    }
+    let writer = weir_service::audit::start(&cfg.raw.audit_path())?;
+    let audit = &telemetry.audit;
+    audit.install(writer, ());
+    let fp = weir_shared::audit::hex_bytes(&config_fingerprint);
+    let lanes: Vec<serde_json::Value> = Lane::ALL
+        .iter()
+        .map(|l| {
+            serde_json::json!({"lane": l.as_str(), "first_block": numbering.first_block[l.index()],
+                "first_record": numbering.first_record[l.index()]})
+        })
+        .collect();
+    audit.record(
+        "startup",
+        serde_json::json!({
+            "program": "weir-tx", "version": env!("CARGO_PKG_VERSION"),
+            "session": session.short_hex(), "sender": cfg.raw.sender.id, "epoch": numbering.epoch,
+            "config_fingerprint": fp, "key_ids": keyring.ids().map(|k| k.0).collect::<Vec<_>>(),
+            "active_key_id": cfg.raw.keys.active_key_id,
+            "destination": cfg.raw.link.destination.to_string(), "lanes": lanes,
+        }),
+    );
+    Ok(telemetry)
 }
 
 /// The session's numbering (the daemon's persisted state, or a one-shot

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //!  Frame ──(next seq of its lane; header as AAD)──> SealedBlock ──> encode
+//!                                                      └─ range (blocks, records, SHA-256) ──> audit log
 //! ```
 //!
 //! The block sequence number is per lane and doubles as the nonce, so it
 //! is assigned here, where the nonce is used, and nowhere else.
+//!
+//! Sealed blocks are also written to the audit log, a range at a time
+//! (`crate::audit::SealedRange`: at most 1024 blocks or 10 s, and the
+//! rest when the stage ends), so a reconciliation can count every block.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use weir_shared::seal::{SessionKey, sealed_len};
 use weir_shared::wire::{Header, KeyId, Kind, SessionId};
 
 use super::{Frame, SealedBlock, StageError};
+use crate::audit::SealedRange;
 use crate::state::Numbering;
 use crate::telemetry::Telemetry;
 
@@ -45,7 +51,22 @@ pub async fn run(
     to_encode: Sender<SealedBlock>,
 ) -> Result<(), StageError> {
     let mut history: VecDeque<weir_shared::ledger::BlockSummary> = VecDeque::new();
-    while let Some(frame) = from_batch.recv().await {
+    // Sealed blocks not yet written to the audit log (one range per lane).
+    let mut range: Option<SealedRange> = None;
+    loop {
+        let deadline = range.as_ref().map(SealedRange::deadline);
+        let frame = tokio::select! {
+            f = from_batch.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            () = sleep_until(deadline), if deadline.is_some() => {
+                if let Some(r) = range.take() {
+                    r.flush(&s.telemetry.audit);
+                }
+                continue;
+            }
+        };
         let lane = frame.lane;
         let seq = s.numbering.next_block[lane.index()].fetch_add(1, Ordering::Relaxed);
         let mut summary = frame.summary;
@@ -68,6 +89,18 @@ pub async fn run(
         };
         s.key
             .seal(Kind::Symbol, lane, seq, &header.aad(), &mut sealed)?;
+        if range.as_ref().is_some_and(|r| r.lane() != lane)
+            && let Some(r) = range.take()
+        {
+            r.flush(&s.telemetry.audit);
+        }
+        let t = super::now();
+        SealedRange::note(&mut range, t, lane, &summary, &sealed);
+        if range.as_ref().is_some_and(|r| r.due(t))
+            && let Some(r) = range.take()
+        {
+            r.flush(&s.telemetry.audit);
+        }
         s.telemetry.block_sealed(lane, summary);
         let block = SealedBlock {
             header,
@@ -80,5 +113,16 @@ pub async fn run(
             .await
             .map_err(|_| StageError::Closed("seal"))?;
     }
+    if let Some(r) = range.take() {
+        r.flush(&s.telemetry.audit);
+    }
     Ok(())
+}
+
+/// Sleep until `at` (forever when `None`; the select guard skips that).
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }

@@ -566,6 +566,10 @@ pub async fn take(
         (Taken::Refused(reason), Disposal::Spool { spool, dirs, .. }) => {
             quarantine_file(dirs, &file.name, &file.path, reason);
             add(&telemetry.files_quarantined, 1);
+            telemetry.audit.record(
+                "file_quarantined",
+                serde_json::json!({"spool": spool, "file": file.name, "reason": reason}),
+            );
             tracing::warn!(spool, file = %file.name, %reason, "File quarantined.");
         }
         (Taken::Refused(reason), Disposal::Keep) => {
@@ -598,8 +602,12 @@ async fn take_export(
         file: Some(file.name.clone()),
         ..base.clone()
     };
-    let parsed = bytes.and_then(|b| format.parse(&b, &ctx).map_err(|e| e.to_string()));
-    let ParseOutput { points, rejects } = match parsed {
+    let parsed = bytes.and_then(|b| {
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &b);
+        let out = format.parse(&b, &ctx).map_err(|e| e.to_string())?;
+        Ok((out, sha256, b.len()))
+    });
+    let (ParseOutput { points, rejects }, sha256, size) = match parsed {
         Ok(out) => out,
         Err(reason) => return Ok(Taken::Refused(reason)),
     };
@@ -607,6 +615,13 @@ async fn take_export(
         add(&telemetry.lines_rejected, rejects.len() as u64);
         report_rejects(file, &rejects);
     }
+    audit_taken(
+        telemetry,
+        file,
+        (size as u64, sha256.as_ref()),
+        points.len(),
+        &rejects,
+    );
     add(&telemetry.records_taken, points.len() as u64);
     for p in points {
         to_batch
@@ -615,6 +630,37 @@ async fn take_export(
             .map_err(|_| StageError::Closed("source"))?;
     }
     Ok(Taken::Handed)
+}
+
+/// The audit record of a historian export taken: its size and SHA-256,
+/// records, and the lines quarantined (the first few, with their reasons).
+fn audit_taken(
+    telemetry: &Telemetry,
+    file: &Taking<'_>,
+    (size, sha256): (u64, &[u8]),
+    records: usize,
+    rejects: &[Reject],
+) {
+    let spool = match file.disposal {
+        Disposal::Spool { spool, .. } => Some(spool),
+        Disposal::Keep => None,
+    };
+    let first: Vec<serde_json::Value> = rejects
+        .iter()
+        .take(20)
+        .map(|r| serde_json::json!({"line": r.line, "reason": r.reason.code()}))
+        .collect();
+    telemetry.audit.record(
+        "file_taken",
+        serde_json::json!({"spool": spool, "file": file.name, "kind": "historian", "bytes": size,
+            "sha256": weir_shared::audit::hex(sha256.try_into().unwrap_or(&[0; 32])), "records": records}),
+    );
+    if !rejects.is_empty() {
+        telemetry.audit.record(
+            "quarantined_lines",
+            serde_json::json!({"spool": spool, "file": file.name, "lines": rejects.len(), "first": first}),
+        );
+    }
 }
 
 /// Write rejected lines beside the quarantine (spool) or log them.
@@ -712,6 +758,11 @@ impl Chunker {
         };
         let file_id = telemetry.file_transfers.fetch_add(1, Ordering::Relaxed);
         add(&telemetry.records_taken, u64::from(chunks));
+        telemetry.audit.record(
+            "file_taken",
+            serde_json::json!({"file": file.name, "kind": "files", "file_id": file_id,
+                "bytes": hashed.size, "sha256": weir_shared::audit::hex(&hashed.sha256), "chunks": chunks}),
+        );
         let mut again = Sha256::new(&SHA256);
         for index in 0..chunks {
             if cancel.is_cancelled() {
