@@ -338,7 +338,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
 }
 
 /// Set `flag` on Ctrl-C (SIGINT) or SIGTERM.
-async fn interrupt_flag(flag: Arc<AtomicBool>) {
+pub(crate) async fn interrupt_flag(flag: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -493,7 +493,7 @@ fn watch(
 }
 
 /// Orderly shutdown, sender first; each step bounded.
-fn shutdown(
+pub(crate) fn shutdown(
     (tx_rt, tx): (tokio::runtime::Runtime, weir_tx::TxHandle),
     (rx_rt, rx): (tokio::runtime::Runtime, weir_rx::RxHandle),
     proxy: Option<LossyLink>,
@@ -553,7 +553,7 @@ fn write_spool(spool: &Path, opts: &Options) -> anyhow::Result<u64> {
 }
 
 /// A multi-threaded runtime whose threads are all named `name`.
-fn runtime(name: &str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(name: &str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     // Blocking-pool threads (the sender's encoder runs under
     // `block_in_place`) normally exit after 10 s idle, taking their CPU
@@ -570,13 +570,13 @@ fn runtime(name: &str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime
 
 /// A UDP port that was free a moment ago (the receiver's config needs a
 /// concrete port before it binds).
-fn free_udp_port() -> anyhow::Result<u16> {
+pub(crate) fn free_udp_port() -> anyhow::Result<u16> {
     let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free UDP port")?;
     Ok(s.local_addr()?.port())
 }
 
 /// A path as a TOML literal string.
-fn toml_path(p: &Path) -> anyhow::Result<String> {
+pub(crate) fn toml_path(p: &Path) -> anyhow::Result<String> {
     let s = p
         .to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))?;
@@ -664,7 +664,7 @@ scan_interval = "50ms"
 
 /// The kernel's machine-wide count of UDP datagrams dropped for a full
 /// receive buffer (`Udp: … RcvbufErrors` in `/proc/net/snmp`).
-fn udp_rcvbuf_errors() -> Option<u64> {
+pub(crate) fn udp_rcvbuf_errors() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
     let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next()?, udp.next()?);
@@ -675,7 +675,7 @@ fn udp_rcvbuf_errors() -> Option<u64> {
 }
 
 /// Poll `done` every 10 ms for at most `limit`.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !done() {
         if Instant::now() > deadline {

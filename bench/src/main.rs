@@ -4,6 +4,8 @@
 //! cargo run --release -p weir-bench -- e2e --points 2000000
 //! cargo run --release -p weir-bench -- e2e --points 1000000 --batch-points 50
 //! cargo run --release -p weir-bench -- outbox
+//! cargo run --release -p weir-bench -- targets            # quick sweeps
+//! cargo run --release -p weir-bench -- targets --full     # fuller sweeps
 //! ```
 //!
 //! Stage micro-benchmarks are not here: they are `cargo bench -p weir-bench`.
@@ -12,12 +14,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir_bench::e2e::{self, Options, Outcome};
-use weir_bench::outbox;
+use weir_bench::{outbox, targets};
 
 #[derive(Parser)]
 #[command(
     name = "weir-bench",
-    about = "Weir benchmarks: end-to-end throughput over loopback, outbox commit throughput"
+    about = "Weir benchmarks: end-to-end throughput over loopback, outbox commit throughput, link targets"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,6 +95,38 @@ enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Measure the link targets (goodput clean and at 5 % loss, CPU per
+    /// MB, RSS at full rate and under a junk flood, pacing accuracy) with
+    /// the stage micro-limits, print the table, then sweep loss, block
+    /// size, repair ratio and compression; CSV and PNG go into
+    /// `<results>/<timestamp>/`.
+    Targets {
+        /// Runs per target scenario (medians reported); at least 3.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Payload per clean run, MB (lossy runs carry half).
+        #[arg(long, default_value_t = 256)]
+        payload_mb: u64,
+        /// Quick sweeps: one run per point, few points (the default).
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// Fuller sweeps: three runs per point, more points.
+        #[arg(long)]
+        full: bool,
+        /// Targets only, no sweeps.
+        #[arg(long)]
+        no_sweeps: bool,
+        /// Results folder.
+        #[arg(long, default_value = "bench/results")]
+        results: std::path::PathBuf,
+        /// Seed of the data and the loss pattern.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Internal: run one scenario in this process and print its peak
+        /// RSS (the RSS figures come from such child processes).
+        #[arg(long, hide = true)]
+        probe: Option<targets::Probe>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,6 +190,27 @@ fn main() -> anyhow::Result<()> {
                 dir,
             })?;
             print!("{}", report.table());
+            Ok(())
+        }
+        Command::Targets {
+            runs,
+            payload_mb,
+            quick: _,
+            full,
+            no_sweeps,
+            results,
+            seed,
+            probe,
+        } => {
+            targets::run(&targets::Options {
+                runs,
+                payload_bytes: payload_mb * 1_000_000,
+                full,
+                no_sweeps,
+                results,
+                seed,
+                probe,
+            })?;
             Ok(())
         }
     }

@@ -10,6 +10,17 @@
 //! `K`, so the encoder caches plans per source-symbol count: blocks of one
 //! size share one plan.
 //!
+//! Neither side allocates per symbol while a block is clean. The code is
+//! systematic: the source symbols *are* the block, cut into `symbol_size`
+//! pieces. The encoder sends them straight from the padded block, and only
+//! the repair symbols come out of raptorq. The decoder stores symbols in
+//! one buffer reserved for `K` of them when the block is first seen. When
+//! all `K` source symbols arrive, that buffer is the block (reordered if
+//! they came out of order), and raptorq is never involved. Only once `K`
+//! distinct symbols are in hand with some source symbol missing are they
+//! handed to a raptorq decoder, which takes every later symbol of the block.
+//! `shared/tests/alloc.rs` holds both sides to this.
+//!
 //! The decoder also notes which encoding symbol ids (ESIs) arrived, one bit
 //! each. The sender emits a block's symbols in ESI order, so an ESI missing
 //! below the highest one received was lost on the wire before the block
@@ -144,11 +155,13 @@ impl BlockEncoder {
             &self.padded,
             plan,
         );
-        for p in enc
-            .source_packets()
-            .iter()
-            .chain(enc.repair_packets(0, repair).iter())
-        {
+        // Systematic code: source symbol `i` is the `i`-th piece of the
+        // padded block, byte for byte what `enc.source_packets()` would
+        // copy out of it.
+        for (esi, symbol) in (0u32..).zip(self.padded.chunks_exact(usize::from(self.symbol_size))) {
+            emit(payload_id_u32(&PayloadId::new(0, esi)), symbol);
+        }
+        for p in &enc.repair_packets(0, repair) {
             emit(payload_id_u32(p.payload_id()), p.data());
         }
         Ok(k)
@@ -218,17 +231,22 @@ impl EsiSet {
         }
     }
 
-    /// Note one ESI: a bit test and set.
-    fn insert(&mut self, esi: u32) {
+    /// Note one ESI: a bit test and set. False for a duplicate within the
+    /// tracked span (above it duplicates cannot be told apart: true).
+    fn insert(&mut self, esi: u32) -> bool {
         self.highest = Some(self.highest.map_or(esi, |h| h.max(esi)));
         let bit = 1u64 << (esi % 64);
         match self.words.get_mut((esi / 64) as usize) {
             Some(w) if *w & bit == 0 => {
                 *w |= bit;
                 self.distinct += 1;
+                true
             }
-            Some(_) => {}
-            None => self.beyond = self.beyond.saturating_add(1),
+            Some(_) => false,
+            None => {
+                self.beyond = self.beyond.saturating_add(1);
+                true
+            }
         }
     }
 
@@ -279,13 +297,26 @@ impl EsiSet {
 
 /// Rebuilds one block from whatever symbols arrive, in any order.
 pub struct BlockDecoder {
-    inner: SourceBlockDecoder,
     k: u32,
     len: u32,
     symbol_size: u16,
     received: u32,
     source_received: u32,
     esis: EsiSet,
+    /// Distinct symbols in arrival order, `symbol_size` bytes each; room
+    /// for `K` is reserved up front, and it never holds more (see
+    /// [`BlockDecoder::push`]).
+    stored: Vec<u8>,
+    /// ESI of each symbol in `stored`.
+    stored_esis: Vec<u32>,
+    /// Distinct source symbols in `stored`.
+    stored_source: u32,
+    /// `stored` holds ESIs `0, 1, 2, …` in that order so far: once all `K`
+    /// are in, it is the block as it stands.
+    in_order: bool,
+    /// Set once `K` distinct symbols, some of them repair, were in hand:
+    /// from then on raptorq holds the block's symbols.
+    inner: Option<SourceBlockDecoder>,
 }
 
 impl std::fmt::Debug for BlockDecoder {
@@ -302,15 +333,19 @@ impl BlockDecoder {
     /// the geometry is checked against `max_len` first.
     pub fn new(len: u32, symbol_size: u16, max_len: u32) -> Result<Self, FecError> {
         let k = check_geometry(len, symbol_size, max_len)?;
-        let inner = SourceBlockDecoder::new(0, &oti(len, symbol_size), u64::from(len));
         Ok(Self {
-            inner,
             k,
             len,
             symbol_size,
             received: 0,
             source_received: 0,
             esis: EsiSet::new(k),
+            // Reserved, not written: pages are touched as symbols arrive.
+            stored: Vec::with_capacity(k as usize * usize::from(symbol_size)),
+            stored_esis: Vec::with_capacity(k as usize),
+            stored_source: 0,
+            in_order: true,
+            inner: None,
         })
     }
 
@@ -356,19 +391,71 @@ impl BlockDecoder {
                 u16::try_from(symbol.len()).unwrap_or(u16::MAX),
             ));
         }
+        let esi = pid.encoding_symbol_id();
         self.received += 1;
-        if pid.encoding_symbol_id() < self.k {
+        if esi < self.k {
             self.source_received += 1;
         }
-        self.esis.insert(pid.encoding_symbol_id());
-        let block = self
-            .inner
-            .decode(std::iter::once(EncodingPacket::new(pid, symbol.to_vec())));
-        // raptorq returns whole symbols; the tail is padding.
-        Ok(block.map(|mut b| {
-            b.truncate(self.len as usize);
-            b
-        }))
+        let fresh = self.esis.insert(esi);
+        let len = self.len as usize;
+        if let Some(inner) = &mut self.inner {
+            // raptorq returns whole symbols; the tail is padding.
+            let block = inner.decode(std::iter::once(EncodingPacket::new(pid, symbol.to_vec())));
+            return Ok(block.map(|mut b| {
+                b.truncate(len);
+                b
+            }));
+        }
+        if !fresh {
+            return Ok(None);
+        }
+        self.in_order &= esi as usize == self.stored_esis.len();
+        self.stored.extend_from_slice(symbol);
+        self.stored_esis.push(esi);
+        if esi < self.k {
+            self.stored_source += 1;
+        }
+        if self.stored_source == self.k {
+            return Ok(Some(self.source_block()));
+        }
+        // `K` distinct symbols but a source symbol missing: hand everything
+        // to raptorq, which may rebuild the block now or after a symbol or
+        // two more. `stored` therefore never grows past `K` symbols.
+        if self.stored_esis.len() >= self.k as usize {
+            let mut inner =
+                SourceBlockDecoder::new(0, &oti(self.len, self.symbol_size), u64::from(self.len));
+            let stored = std::mem::take(&mut self.stored);
+            let esis = std::mem::take(&mut self.stored_esis);
+            let packets = stored
+                .chunks_exact(usize::from(self.symbol_size))
+                .zip(esis)
+                .map(|(s, esi)| EncodingPacket::new(PayloadId::new(0, esi), s.to_vec()));
+            let block = inner.decode(packets);
+            self.inner = Some(inner);
+            return Ok(block.map(|mut b| {
+                b.truncate(len);
+                b
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The block from its `K` stored source symbols (none of them repair:
+    /// `stored` reached `K` source symbols before it reached `K` symbols).
+    fn source_block(&mut self) -> Vec<u8> {
+        let ss = usize::from(self.symbol_size);
+        let mut block = if self.in_order {
+            std::mem::take(&mut self.stored)
+        } else {
+            let mut block = vec![0; self.k as usize * ss];
+            for (s, &esi) in self.stored.chunks_exact(ss).zip(&self.stored_esis) {
+                let at = esi as usize * ss;
+                block[at..at + ss].copy_from_slice(s);
+            }
+            block
+        };
+        block.truncate(self.len as usize);
+        block
     }
 }
 
@@ -531,6 +618,27 @@ mod tests {
         assert_eq!(missing, span - 1 + 8);
         assert_eq!(runs, 2);
         assert_eq!(longest, span - 1);
+    }
+
+    /// The encoder's source symbols are raptorq's, byte for byte, and the
+    /// decoder rebuilds a block from its source symbols in any order.
+    #[test]
+    fn source_symbols_are_raptorqs_and_any_order_rebuilds() {
+        let block: Vec<u8> = (0..5000u32).map(|i| (i * 31) as u8).collect();
+        let symbols = encode_all(&block, 3);
+        let mut padded = block.clone();
+        padded.resize(20 * 256, 0);
+        let reference = SourceBlockEncoder::new(0, &oti(5000, 256), &padded);
+        for (p, (pid, s)) in reference.source_packets().iter().zip(&symbols) {
+            assert_eq!((payload_id_u32(p.payload_id()), p.data()), (*pid, &s[..]));
+        }
+        let mut dec = BlockDecoder::new(5000, 256, 1 << 20).expect("decoder");
+        let mut out = None;
+        for (pid, s) in symbols.iter().take(20).rev() {
+            assert!(out.is_none());
+            out = dec.push(*pid, s).expect("push");
+        }
+        assert_eq!(out.as_deref(), Some(&block[..]));
     }
 
     #[test]

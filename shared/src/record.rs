@@ -404,7 +404,53 @@ pub struct FileChunk {
     /// Number of chunks in the file.
     pub chunks: u32,
     /// The bytes.
+    #[serde(with = "byte_buf")]
     pub data: Vec<u8>,
+}
+
+/// A `Vec<u8>` field as one byte string rather than a sequence of `u8`.
+///
+/// postcard writes both the same way (a varint length, then the bytes), so
+/// the wire format does not change; but serde's generic `Vec<u8>` path
+/// goes element by element, which made decoding a file chunk the
+/// receiver's largest single cost on a file transfer. Self-describing
+/// formats (JSON) still read a sequence of numbers.
+mod byte_buf {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                // The hint is untrusted: cap what it may reserve.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
 }
 
 /// A record in a batch.
@@ -644,6 +690,61 @@ pub fn decode_frame(frame: &[u8], limits: DecodeLimits) -> Result<Batch, RecordE
 
 #[cfg(test)]
 mod tests {
+    /// The byte-string encoding of `FileChunk::data` is byte for byte the
+    /// sequence encoding it replaced, and JSON still round-trips.
+    #[test]
+    fn file_chunk_bytes_keep_their_wire_form() {
+        #[derive(serde::Serialize)]
+        struct Plain {
+            seq: u64,
+            file_id: u64,
+            name: String,
+            size: u64,
+            mtime_ns: i64,
+            sha256: [u8; 32],
+            offset: u64,
+            index: u32,
+            chunks: u32,
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let chunk = super::FileChunk {
+            seq: 9,
+            file_id: 3,
+            name: "a.bin".into(),
+            size: 1000,
+            mtime_ns: -5,
+            sha256: [7; 32],
+            offset: 0,
+            index: 0,
+            chunks: 1,
+            data: data.clone(),
+        };
+        let plain = Plain {
+            seq: 9,
+            file_id: 3,
+            name: "a.bin".into(),
+            size: 1000,
+            mtime_ns: -5,
+            sha256: [7; 32],
+            offset: 0,
+            index: 0,
+            chunks: 1,
+            data,
+        };
+        let wire = postcard::to_allocvec(&chunk).expect("encodes");
+        assert_eq!(wire, postcard::to_allocvec(&plain).expect("encodes"));
+        assert_eq!(
+            postcard::from_bytes::<super::FileChunk>(&wire).expect("decodes"),
+            chunk
+        );
+        let json = serde_json::to_string(&chunk).expect("json");
+        assert_eq!(
+            serde_json::from_str::<super::FileChunk>(&json).expect("json back"),
+            chunk
+        );
+    }
+
     use super::*;
 
     fn point(seq: u64) -> Point {

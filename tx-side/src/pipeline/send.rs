@@ -21,6 +21,10 @@ use weir_shared::config::ValidTx;
 use super::{Burst, StageError};
 use crate::telemetry::{Telemetry, add};
 
+/// Most UDP payload bytes one send call carries, GSO segments included:
+/// 65 535 less the IPv4 and UDP headers.
+const MAX_SEND_BYTES: usize = 65_507;
+
 /// Bind the sending socket with a large send buffer.
 pub async fn open_socket(cfg: &ValidTx) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::bind(cfg.raw.link.bind).await?;
@@ -44,7 +48,11 @@ pub async fn run(
     let max_segments = state.max_gso_segments().max(1);
     while let Some(burst) = from_pace.recv().await {
         let seg = burst.segment.max(1);
-        for chunk in burst.buf.chunks(seg * max_segments) {
+        // A GSO send is one UDP datagram to the kernel until it is cut:
+        // all its segments together must fit 64 KiB, or the call fails
+        // (EMSGSIZE) and the whole burst is lost.
+        let per_call = max_segments.min(MAX_SEND_BYTES / seg).max(1);
+        for chunk in burst.buf.chunks(seg * per_call) {
             send_chunk(&socket, &state, destination, chunk, seg, &telemetry).await?;
         }
         add(&telemetry.datagrams, (burst.buf.len() / seg) as u64);
