@@ -298,9 +298,12 @@ pub struct TxLink {
     pub mtu_bytes: u16,
     /// Pacing rate on the wire, Mbit/s (including headers).
     pub rate_mbps: f64,
-    /// Most datagrams sent back to back.
-    #[serde(default = "default_burst")]
-    pub burst_datagrams: u16,
+    /// Most datagrams sent back to back. Unset: enough for
+    /// [`AUTO_BURST_SPAN`] of the rate, 16 to 256 (the pacer's timer
+    /// ticks every millisecond, so a burst must hold a millisecond of the
+    /// rate for the rate to be reachable at all).
+    #[serde(default)]
+    pub burst_datagrams: Option<u16>,
     /// Heartbeat interval.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -505,8 +508,27 @@ fn default_bind() -> SocketAddr {
 fn default_mtu() -> u16 {
     1500
 }
-fn default_burst() -> u16 {
-    16
+/// How much of the rate an unset `link.burst_datagrams` holds: three
+/// timer ticks, so that a late wake-up loses no tokens.
+pub const AUTO_BURST_SPAN: Duration = Duration::from_millis(3);
+
+/// The fewest datagrams an unset `link.burst_datagrams` allows.
+const AUTO_BURST_MIN: u64 = 16;
+/// The most datagrams an unset `link.burst_datagrams` allows: 3 ms of
+/// 1 Gbit/s. Longer bursts overrun receive buffers faster than they help
+/// the rate (one burst per millisecond still allows 3 Gbit/s).
+const AUTO_BURST_MAX: u64 = 256;
+
+/// `link.burst_datagrams` when unset: [`AUTO_BURST_SPAN`] of the rate, in
+/// datagrams, between 16 and 256.
+fn auto_burst(rate_bytes_per_sec: u64, datagram_bytes: usize) -> u16 {
+    let span = u128::from(rate_bytes_per_sec) * AUTO_BURST_SPAN.as_micros()
+        / 1_000_000
+        / (datagram_bytes.max(1) as u128);
+    let n = u64::try_from(span)
+        .unwrap_or(u64::MAX)
+        .clamp(AUTO_BURST_MIN, AUTO_BURST_MAX);
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 fn default_heartbeat() -> Duration {
     Duration::from_secs(1)
@@ -557,6 +579,9 @@ pub struct ValidTx {
     pub max_block_bytes: u32,
     /// Pacing rate, bytes per second of UDP payload.
     pub rate_bytes_per_sec: u64,
+    /// Most datagrams back to back (`link.burst_datagrams`, or its
+    /// default for the rate).
+    pub burst_datagrams: usize,
     /// Pacing burst, bytes.
     pub burst_bytes: u64,
     /// Per-lane settings, indexed by [`Lane::index`].
@@ -667,7 +692,7 @@ fn valid_tx_link(link: &TxLink) -> Result<u16, ConfigError> {
     if !(link.rate_mbps.is_finite() && link.rate_mbps >= 0.01 && link.rate_mbps <= 100_000.0) {
         return Err(bad("link.rate_mbps", "must be between 0.01 and 100000"));
     }
-    if link.burst_datagrams == 0 || link.burst_datagrams > 1024 {
+    if link.burst_datagrams.is_some_and(|b| b == 0 || b > 1024) {
         return Err(bad("link.burst_datagrams", "must be between 1 and 1024"));
     }
     if link.heartbeat_interval < Duration::from_millis(10)
@@ -943,13 +968,18 @@ impl TxConfig {
         // the byte rate is positive and far below u64::MAX.
         #[allow(clippy::cast_sign_loss)]
         let rate_bytes_per_sec = (self.link.rate_mbps * 1e6 / 8.0) as u64;
-        let burst_bytes = u64::from(self.link.burst_datagrams) * datagram_bytes as u64;
+        let burst_datagrams = self
+            .link
+            .burst_datagrams
+            .unwrap_or_else(|| auto_burst(rate_bytes_per_sec, datagram_bytes));
+        let burst_bytes = u64::from(burst_datagrams) * datagram_bytes as u64;
         Ok(ValidTx {
             raw: self,
             symbol_size,
             datagram_bytes,
             max_block_bytes,
             rate_bytes_per_sec,
+            burst_datagrams: usize::from(burst_datagrams),
             burst_bytes,
             lanes,
             metrics,
@@ -1595,7 +1625,7 @@ mod tests {
                 bind: default_bind(),
                 mtu_bytes: 1500,
                 rate_mbps: 100.0,
-                burst_datagrams: 16,
+                burst_datagrams: None,
                 heartbeat_interval: Duration::from_secs(1),
             },
             keys: TxKeys {
@@ -1611,6 +1641,24 @@ mod tests {
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
         }
+    }
+
+    #[test]
+    fn an_unset_burst_holds_three_milliseconds_of_the_rate() {
+        let burst = |rate: f64, set: Option<u16>| {
+            let mut c = tx();
+            c.link.rate_mbps = rate;
+            c.link.burst_datagrams = set;
+            c.validate().map(|v| v.burst_datagrams).map_err(|e| e.key)
+        };
+        // 1470-byte datagrams at MTU 1500: 1 Gbit/s is 85 per millisecond.
+        assert_eq!(burst(1000.0, None), Ok(255));
+        assert_eq!(burst(100.0, None), Ok(25));
+        assert_eq!(burst(10.0, None), Ok(16), "never below 16");
+        assert_eq!(burst(100_000.0, None), Ok(256), "never above 256");
+        assert_eq!(burst(1000.0, Some(16)), Ok(16), "a set burst is kept");
+        assert_eq!(burst(1000.0, Some(0)), Err("link.burst_datagrams"));
+        assert_eq!(burst(1000.0, Some(1025)), Err("link.burst_datagrams"));
     }
 
     #[test]

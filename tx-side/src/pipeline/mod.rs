@@ -277,6 +277,21 @@ pub async fn run_pushed(
     Ok((handle, bulk))
 }
 
+/// The pacer wakes at most once a millisecond: a burst smaller than a
+/// millisecond of the rate caps the rate below the configured one. Said
+/// once, at start.
+fn warn_if_burst_caps_rate(cfg: &ValidTx) {
+    let reachable = cfg.burst_bytes.saturating_mul(1000);
+    if cfg.rate_bytes_per_sec > reachable {
+        tracing::warn!(
+            burst_datagrams = cfg.burst_datagrams,
+            rate_mbps = cfg.raw.link.rate_mbps,
+            reachable_mbps = reachable.saturating_mul(8) / 1_000_000,
+            "link.burst_datagrams is too small for link.rate_mbps: at most one burst leaves per millisecond. Raise it, or leave it unset to size it from the rate."
+        );
+    }
+}
+
 async fn start(
     cfg: ValidTx,
     keyring: Keyring,
@@ -339,10 +354,11 @@ async fn start(
         &mut tasks,
     );
     drop(lane_txs);
+    warn_if_burst_caps_rate(&cfg);
     let pacer = weir_shared::pace::Pacer::new(now(), cfg.rate_bytes_per_sec, cfg.burst_bytes);
     tasks.spawn(pace::run(
         pacer,
-        usize::from(cfg.raw.link.burst_datagrams),
+        cfg.burst_datagrams,
         cfg.lanes,
         lane_rxs,
         burst_tx,
