@@ -583,29 +583,52 @@ impl Outbox {
         after: Option<u64>,
         n: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
-        let db = self.db();
-        let db = db.as_ref().ok_or(OutboxError::Closed)?;
-        let txn = db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(table.def()).map_err(db_err)?;
-        let from = after.map_or(0, |k| k.saturating_add(1));
-        let mut out = Vec::with_capacity(n);
-        for r in t.range(from..).map_err(db_err)?.take(n) {
-            let (k, v) = r.map_err(db_err)?;
-            out.push((k.value(), v.value().to_vec()));
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(table.def()).map_err(db_err)?;
+            let from = after.map_or(0, |k| k.saturating_add(1));
+            let mut out = Vec::with_capacity(n);
+            for r in t.range(from..).map_err(db_err)?.take(n) {
+                let (k, v) = r.map_err(db_err)?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Run a read; when the database refuses it because an earlier write
+    /// failed (a full disk), open it again and retry once.
+    fn reading<T>(
+        &self,
+        f: impl Fn(&Database) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let first = {
+            let db = self.db();
+            db.as_ref().map_or(Err(OutboxError::Closed), &f)
+        };
+        match first {
+            Err(OutboxError::Closed | OutboxError::Db(redb::Error::PreviousIo)) => {
+                self.reopen()?;
+                let db = self.db();
+                db.as_ref().map_or(Err(OutboxError::Closed), &f)
+            }
+            r => r,
         }
-        Ok(out)
     }
 
     /// Entries held in `table`.
     pub fn len(&self, table: Table) -> Result<u64, OutboxError> {
         use redb::ReadableTableMetadata;
-        let db = self.db();
-        let db = db.as_ref().ok_or(OutboxError::Closed)?;
-        let txn = db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(table.def()).map_err(db_err)?;
-        t.len().map_err(db_err)
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(table.def()).map_err(db_err)?;
+            t.len().map_err(db_err)
+        })
     }
 }
+
+/// How long a reader waits before reading a failing outbox again.
+const READ_RETRY: Duration = Duration::from_millis(200);
 
 /// Commit progress the readers wait on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -928,11 +951,21 @@ pub async fn read(
         }
         let db = outbox.clone();
         let n = permits.len();
-        let rows = tokio::task::spawn_blocking(move || db.read(table, cursor, n))
+        let rows = match tokio::task::spawn_blocking(move || db.read(table, cursor, n))
             .await
             .map_err(OutboxError::from)
             .and_then(|r| r)
-            .map_err(|e| StageError::Outbox(e.to_string()))?;
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A failing disk: what is stored stays stored; read again
+                // once the database can be opened again.
+                tracing::error!(table = table.name(), error = %e, "Outbox not readable; retrying.");
+                drop(permits);
+                tokio::time::sleep(READ_RETRY).await;
+                continue;
+            }
+        };
         let got = rows.len();
         for ((key, v), permit) in rows.into_iter().zip(permits.drain(..got)) {
             cursor = Some(key);

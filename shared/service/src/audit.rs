@@ -179,9 +179,53 @@ pub fn verify_file(path: &Path) -> anyhow::Result<Result<ChainHead, VerifyError>
     }
 }
 
+/// Cut a torn last line (no newline: a crash or a full disk in the middle
+/// of an append) off the file; returns the bytes removed.
+fn cut_torn_tail(path: &Path) -> anyhow::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("audit.path {}", path.display()))?;
+    let len = f.metadata()?.len();
+    // The last newline, searched backwards a block at a time.
+    let mut end = len;
+    let mut keep = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = usize::try_from(end - start).unwrap_or(buf.len());
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    f.set_len(keep)?;
+    f.sync_all()?;
+    Ok(len - keep)
+}
+
 /// Open the log at `path`, continuing its chain, and start the writer.
+///
+/// A torn last line (the only fault a crash or a full disk can leave) is
+/// cut off, and the chain's next record (`audit_torn_tail`) says so, with
+/// the line and the bytes removed; any other fault stops the start.
 pub fn start(path: &Path) -> anyhow::Result<AuditWriter> {
-    let head = verify_file(path)?.map_err(|e| {
+    let mut torn = None;
+    let verified = match verify_file(path)? {
+        Err(VerifyError::Truncated { line }) => {
+            let bytes = cut_torn_tail(path)?;
+            tracing::warn!(path = %path.display(), line, bytes, "Audit log ended in a torn line (a crash or a full disk); cut off and recorded.");
+            torn = Some((line, bytes));
+            verify_file(path)?
+        }
+        other => other,
+    };
+    let head = verified.map_err(|e| {
         anyhow::anyhow!(
             "audit.path {}: {e}. The audit chain is broken, so it is not continued: \
              check it with `audit verify --path {}`, move the file aside as evidence, and start again (a new chain)",
@@ -204,14 +248,20 @@ pub fn start(path: &Path) -> anyhow::Result<AuditWriter> {
         .name("audit".into())
         .spawn(move || write_loop(&p, file, chain, rx, (&d, &h)))
         .context("starting the audit writer")?;
-    Ok(AuditWriter {
+    let writer = AuditWriter {
         audit: Audit {
             tx,
             dropped,
             head: shared,
         },
         thread,
-    })
+    };
+    if let Some((line, bytes)) = torn {
+        writer
+            .handle()
+            .record("audit_torn_tail", json!({ "line": line, "bytes": bytes }));
+    }
+    Ok(writer)
 }
 
 fn ts_now() -> String {
@@ -326,6 +376,32 @@ mod tests {
         std::fs::write(&path, kept.join("\n") + "\n").expect("write");
         let e = start(&path).err().expect("refused").to_string();
         assert!(e.contains("audit.path") && e.contains("line 2:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_off_and_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let w = start(&path).expect("start");
+        w.handle().record("startup", json!({"n": 1}));
+        w.close("shutdown", json!({})).await;
+        // A full disk in the middle of the next append.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(br#"{"seq":2,"ts":"2026-"#);
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(
+            verify_file(&path).expect("read"),
+            Err(VerifyError::Truncated { line: 3 })
+        ));
+        let w = start(&path).expect("a torn tail does not stop the start");
+        let head = w.close("shutdown", json!({})).await;
+        assert_eq!(verify_file(&path).expect("read"), Ok(head));
+        let text = std::fs::read_to_string(&path).expect("read");
+        let torn = text.lines().nth(2).expect("record 3");
+        assert!(
+            torn.contains("audit_torn_tail") && torn.contains(r#""bytes":20"#),
+            "{torn}"
+        );
     }
 
     #[tokio::test]
