@@ -2,7 +2,6 @@
 //! `weir_service::notify`): link state, what was received and
 //! acknowledged, and losses when there are any.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,16 +51,15 @@ fn status_line(link: &str, s: &RxSnapshot) -> String {
         s.acked,
         s.outbox_bytes / 1024
     );
-    for (n, what) in [
-        (s.records_lost, "records lost"),
-        (s.gap_entries_uncounted, "gaps of unknown size"),
-        (s.blocks_shed, "blocks shed"),
-        (s.outbox_refused, "blocks refused by the outbox"),
-    ] {
-        if n > 0 {
-            let _ = write!(line, ", {n} {what}");
-        }
-    }
+    weir_service::notify::append_nonzero(
+        &mut line,
+        &[
+            (s.records_lost, "records lost"),
+            (s.gap_entries_uncounted, "gaps of unknown size"),
+            (s.blocks_shed, "blocks shed"),
+            (s.outbox_refused, "blocks refused by the outbox"),
+        ],
+    );
     line
 }
 

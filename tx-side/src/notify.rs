@@ -1,7 +1,6 @@
 //! The sender's line for `systemctl status` (sent by
 //! `weir_service::notify`): what was sent, and trouble when there is some.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use weir_tx::telemetry::Telemetry;
@@ -14,15 +13,14 @@ pub(crate) fn status_line(t: &Telemetry) -> String {
         "sent {} records in {} blocks ({} datagrams), {} files done",
         c.records, c.blocks, c.datagrams, c.files_done
     );
-    for (n, what) in [
-        (c.files_quarantined, "files quarantined"),
-        (send_errors, "send errors"),
-        (c.alerts_dropped, "alerts dropped"),
-    ] {
-        if n > 0 {
-            let _ = write!(line, ", {n} {what}");
-        }
-    }
+    weir_service::notify::append_nonzero(
+        &mut line,
+        &[
+            (c.files_quarantined, "files quarantined"),
+            (send_errors, "send errors"),
+            (c.alerts_dropped, "alerts dropped"),
+        ],
+    );
     line
 }
 

@@ -330,8 +330,9 @@ pub fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
 /// The outbox file.
 ///
 /// After a failed write the database refuses every later one until it is
-/// opened again (a full disk, say): the writer then calls [`Outbox::reopen`]
-/// before its next commit, which succeeds once the disk has room again.
+/// opened again (a full disk, say): the next operation to meet that refusal
+/// opens it again ([`Outbox::reopen`]), which succeeds once the disk has
+/// room again.
 pub struct Outbox {
     path: std::path::PathBuf,
     /// `None` only while being opened again, or if that failed.
@@ -506,8 +507,10 @@ impl Outbox {
     /// the block bytes the deletions freed (an entry already gone frees
     /// nothing, so acknowledging twice is harmless).
     fn commit(&self, g: &Group) -> Result<u64, OutboxError> {
-        let db = self.db();
-        let db = db.as_ref().ok_or(OutboxError::Closed)?;
+        self.on_db(|db| Self::commit_on(db, g))
+    }
+
+    fn commit_on(db: &Database, g: &Group) -> Result<u64, OutboxError> {
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         if let Some(state) = &g.dq_state {
@@ -583,7 +586,7 @@ impl Outbox {
         after: Option<u64>,
         n: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
-        self.reading(|db| {
+        self.on_db(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let t = txn.open_table(table.def()).map_err(db_err)?;
             let from = after.map_or(0, |k| k.saturating_add(1));
@@ -596,12 +599,10 @@ impl Outbox {
         })
     }
 
-    /// Run a read; when the database refuses it because an earlier write
-    /// failed (a full disk), open it again and retry once.
-    fn reading<T>(
-        &self,
-        f: impl Fn(&Database) -> Result<T, OutboxError>,
-    ) -> Result<T, OutboxError> {
+    /// Run `f` on the database; when it refuses because an earlier write
+    /// failed (a full disk), open it again and retry once. Readers and the
+    /// writer alike: whoever meets the refusal first reopens.
+    fn on_db<T>(&self, f: impl Fn(&Database) -> Result<T, OutboxError>) -> Result<T, OutboxError> {
         let first = {
             let db = self.db();
             db.as_ref().map_or(Err(OutboxError::Closed), &f)
@@ -619,7 +620,7 @@ impl Outbox {
     /// Entries held in `table`.
     pub fn len(&self, table: Table) -> Result<u64, OutboxError> {
         use redb::ReadableTableMetadata;
-        self.reading(|db| {
+        self.on_db(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let t = txn.open_table(table.def()).map_err(db_err)?;
             t.len().map_err(db_err)
@@ -686,8 +687,8 @@ struct Writer {
     retained: VecDeque<(Instant, EntryRef)>,
     /// See [`WriterIo::refused`].
     refused: Option<UnboundedSender<Vec<u8>>>,
-    /// The last commit failed: open the database again before the next.
-    failed: bool,
+    /// The last commit failed (for saying when it works again).
+    failing: bool,
 }
 
 /// One group commit, planned.
@@ -790,19 +791,18 @@ impl Writer {
         let stored = g.puts.len() as u64;
         let added = g.added;
         let db = self.outbox.clone();
-        let reopen = self.failed;
         let (r, Group { puts, dels, .. }) = tokio::task::spawn_blocking(move || {
-            let r = if reopen { db.reopen() } else { Ok(()) }.and_then(|()| db.commit(&g));
+            let r = db.commit(&g);
             (r, g)
         })
         .await
         .map_err(|e| StageError::Outbox(e.to_string()))?;
         match r {
             Ok(freed) => {
-                if self.failed {
+                if self.failing {
                     tracing::warn!("Outbox writable again.");
                 }
-                self.failed = false;
+                self.failing = false;
                 self.bytes = (self.bytes + added).saturating_sub(freed);
                 add(&self.stats.outbox_committed, stored);
                 if stored > 0 {
@@ -811,7 +811,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Outbox commit failed: blocks counted as lost.");
-                self.failed = true;
+                self.failing = true;
                 for (at, v) in &puts {
                     // Blocks become gap reports; events (gap, audit) go to
                     // the publisher as they are.
@@ -864,7 +864,7 @@ pub async fn write(
         bytes,
         retained: VecDeque::new(),
         refused: io.refused.take(),
-        failed: false,
+        failing: false,
     };
     let mut items_open = true;
     let mut acks_open = true;

@@ -46,6 +46,17 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Append `, {n} {what}` to a status line for each count that is not
+/// zero: trouble is named only when there is some.
+pub fn append_nonzero(line: &mut String, counts: &[(u64, &str)]) {
+    use std::fmt::Write as _;
+    for (n, what) in counts {
+        if *n > 0 {
+            let _ = write!(line, ", {n} {what}");
+        }
+    }
+}
+
 /// The pipeline runs: `READY=1` with a first status line.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
