@@ -86,6 +86,10 @@ pub enum Probe {
     Receiver,
     /// A junk flood against a receiver alone.
     Flood,
+    /// One clean run, its figures printed (to profile one scenario alone).
+    Clean,
+    /// One lossy run, its figures printed.
+    Lossy,
 }
 
 /// Peak resident set of this process so far (`VmHWM`), MiB.
@@ -211,6 +215,14 @@ fn probe(p: Probe, opts: &Options) -> anyhow::Result<()> {
             junk_flood(5.0, opts.seed)?;
             println!("peak_rss_mib {:.1}", peak_rss_mib());
         }
+        Probe::Clean | Probe::Lossy => {
+            let run = if p == Probe::Clean {
+                LinkRun::clean(opts.payload_bytes, opts.seed)
+            } else {
+                LinkRun::lossy(opts.payload_bytes, opts.seed)
+            };
+            println!("{:#?}", link_run(&run)?);
+        }
     }
     Ok(())
 }
@@ -258,6 +270,15 @@ impl LinkRun {
             // receiver's socket buffer from overflowing at 20 Gbit/s.
             burst_datagrams: Some(16),
             seed,
+        }
+    }
+
+    /// The lossy target: 5 % random loss, 25 % repair, half the payload.
+    fn lossy(payload_bytes: u64, seed: u64) -> Self {
+        Self {
+            loss_pct: 5.0,
+            repair_ratio: 0.25,
+            ..Self::clean(payload_bytes / 2, seed)
         }
     }
 }
@@ -894,12 +915,7 @@ pub fn run(opts: &Options) -> anyhow::Result<PathBuf> {
     let stages = stages(opts.runs)?;
     let clean_run = LinkRun::clean(opts.payload_bytes, opts.seed);
     let clean = repeat("clean", &clean_run, opts.runs, &mut record)?;
-    let lossy_run = LinkRun {
-        loss_pct: 5.0,
-        repair_ratio: 0.25,
-        payload_bytes: opts.payload_bytes / 2,
-        ..clean_run.clone()
-    };
+    let lossy_run = LinkRun::lossy(opts.payload_bytes, opts.seed);
     let lossy = repeat("loss5", &lossy_run, opts.runs, &mut record)?;
     let mut pacing = Vec::new();
     // The sender's timer ticks every millisecond, so a burst must hold at

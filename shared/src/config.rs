@@ -1293,6 +1293,9 @@ pub struct RxLimits {
     pub max_batch_bytes: u32,
     /// Most records per batch.
     pub max_records: u32,
+    /// Decoded blocks waiting for the outbox to commit them, bytes; a
+    /// block decoded beyond it is shed and reported as a gap.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for RxLimits {
@@ -1306,6 +1309,7 @@ impl Default for RxLimits {
             max_sessions: 16,
             max_batch_bytes: 64 * 1024 * 1024,
             max_records: 1_000_000,
+            max_queued_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -1567,6 +1571,12 @@ impl RxConfig {
         }
         if l.max_records == 0 {
             return Err(bad("limits.max_records", "must be positive"));
+        }
+        if !(u64::from(l.max_block_bytes)..=1 << 32).contains(&l.max_queued_bytes) {
+            return Err(bad(
+                "limits.max_queued_bytes",
+                "must hold one block (limits.max_block_bytes) and be at most 4 GiB",
+            ));
         }
         self.mqtt.check()?;
         self.mqtt.check_security()?;
@@ -1971,6 +1981,12 @@ mod tests {
         assert_eq!(
             s.validate().map(|_| ()).map_err(|e| e.key),
             Err("sparkplug.edge_node_id")
+        );
+        let mut q = c.clone();
+        q.limits.max_queued_bytes = u64::from(q.limits.max_block_bytes) - 1;
+        assert_eq!(
+            q.validate().map(|_| ()).map_err(|e| e.key),
+            Err("limits.max_queued_bytes")
         );
         let mut o = c.clone();
         o.outbox.max_bytes = 10;

@@ -30,6 +30,7 @@ use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
 use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
 use weir_shared::wire::{Header, Kind, SessionId};
 
+use super::budget::Budget;
 use super::files::{FileWork, notify_lost};
 use super::ledger::{Admission, Book, GapLog, gap_json};
 use super::open::{Gate, OpenError};
@@ -62,14 +63,17 @@ pub struct Core {
     floors_sent: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
     /// What arrived and what the senders say, for the audit log.
     evidence: super::evidence::Evidence,
+    /// Decoded blocks not yet committed by the outbox (`limits.max_queued_bytes`).
+    queued: Budget,
 }
 
 impl Core {
     /// A core with these limits and this AEAD gate, its ledger file and
-    /// session book; resumes the newest session of every sender where the
-    /// outbox says it stopped.
+    /// session book, handing over at most `queued` bytes of blocks the
+    /// outbox has not committed yet; resumes the newest session of every
+    /// sender where the outbox says it stopped.
     pub fn new(
-        limits: ReassemblyLimits,
+        (limits, queued): (ReassemblyLimits, Budget),
         gate: Gate,
         ledger: &weir_shared::config::LedgerConfig,
         outbox: &Outbox,
@@ -113,6 +117,7 @@ impl Core {
             first_seen: HashMap::new(),
             floors_sent: HashMap::new(),
             evidence: super::evidence::Evidence::default(),
+            queued,
         })
     }
 
@@ -204,7 +209,13 @@ pub async fn run(
                 continue;
             }
         };
-        let Verified { mut buf, items } = batch;
+        // The batch's share of the receive budget goes back once its
+        // datagrams are handled.
+        let Verified {
+            mut buf,
+            items,
+            held: _held,
+        } = batch;
         for (header, start, len) in items {
             let payload = &mut buf[start..start + len];
             if core.book.is_refused(header.session) {
@@ -295,34 +306,42 @@ fn deliver(
     add(&stats.blocks_ok, 1);
     add(&stats.fec_repaired, u64::from(block.repaired));
     block.sealed.truncate(frame_len);
+    // Never wait on the outbox writer: a slow disk must not hold up the
+    // next alert symbol. A spent budget or a full queue sheds the block,
+    // counted and written down in the gap ledger.
+    let Some(held) = core.queued.try_take(frame_len) else {
+        shed(core, stats, t, key);
+        return Ok(());
+    };
     let opened = OpenedBlock {
         session: key.session,
         lane: key.lane,
         seq: key.seq,
         frame: block.sealed,
         verdicts: None,
+        held: Some(held),
     };
-    // Never wait on the outbox writer: a slow disk must not hold up the
-    // next alert symbol. A full queue sheds the block, counted and written
-    // down in the gap ledger.
     match out.to_outbox.try_send(Item::Block(opened)) {
-        Err(TrySendError::Full(Item::Block(b))) => {
-            add(&stats.blocks_shed, 1);
-            tracing::error!(
-                seq = b.seq,
-                lane = b.lane.as_str(),
-                "Receiver overloaded: block shed and written down as a gap."
-            );
-            core.ledger
-                .lost(t, b.session, b.lane, b.seq, b.seq, GapCause::Shed);
-        }
         Ok(()) => core
             .evidence
             .block(key.session, key.lane, key.seq, summary, frame_len),
-        Err(TrySendError::Full(_)) => {}
+        Err(TrySendError::Full(_)) => shed(core, stats, t, key),
         Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
     }
     Ok(())
+}
+
+/// A rebuilt block the outbox has no room for: counted and written down
+/// in the gap ledger.
+fn shed(core: &mut Core, stats: &RxStats, t: Instant, key: BlockKey) {
+    add(&stats.blocks_shed, 1);
+    tracing::error!(
+        seq = key.seq,
+        lane = key.lane.as_str(),
+        "Receiver overloaded: block shed and written down as a gap."
+    );
+    core.ledger
+        .lost(t, key.session, key.lane, key.seq, key.seq, GapCause::Shed);
 }
 
 fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) -> bool {
@@ -550,8 +569,13 @@ mod tests {
             window_blocks: 1024,
             max_sessions: 4,
         };
-        let core =
-            Core::new(limits, Gate::new(Keyring::default()), &ledger, &outbox).expect("core");
+        let core = Core::new(
+            (limits, Budget::new(1 << 20)),
+            Gate::new(Keyring::default()),
+            &ledger,
+            &outbox,
+        )
+        .expect("core");
         let fresh = |seq| {
             core.reassembler.is_fresh(BlockKey {
                 session,

@@ -222,6 +222,7 @@ mod tests {
             seq: 0,
             frame,
             verdicts: None,
+            held: None,
         };
         let limits = DecodeLimits {
             max_body_bytes: 1 << 20,
@@ -280,6 +281,7 @@ mod tests {
             seq: 0,
             frame,
             verdicts: None,
+            held: None,
         };
         let limits = DecodeLimits {
             max_body_bytes: 1 << 20,

@@ -20,6 +20,7 @@
 //! reported as a gap. Everything after the outbox waits: the backlog is on
 //! disk, bounded by `outbox.max_bytes`.
 
+pub mod budget;
 pub mod decode;
 pub mod dq;
 mod evidence;
@@ -53,6 +54,10 @@ use weir_shared::wire::{Header, SessionId};
 
 use crate::stats::RxStats;
 
+/// Received datagrams waiting for decode, bytes: eight full receive calls.
+/// Beyond it they wait in the kernel's socket buffer (`link.recv_buffer_bytes`).
+const RECEIVE_BUDGET: usize = 16 << 20;
+
 /// Why a stage stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -73,6 +78,8 @@ pub struct RecvBatch {
     buf: Vec<u8>,
     /// (offset, length) of each datagram.
     segs: Vec<(usize, usize)>,
+    /// Its share of the receive budget.
+    held: budget::Held,
 }
 
 /// Datagrams that passed the CRC and header checks.
@@ -81,6 +88,8 @@ pub struct Verified {
     buf: Vec<u8>,
     /// Header and payload (offset, length) in `buf`.
     items: Vec<(Header, usize, usize)>,
+    /// Its share of the receive budget, returned once decoded.
+    held: budget::Held,
 }
 
 /// An authenticated, decrypted block.
@@ -93,6 +102,9 @@ pub struct OpenedBlock {
     /// Data-quality verdicts of its points (`weir_shared::dq::encode_verdicts`),
     /// computed once before the block is stored.
     verdicts: Option<Vec<u8>>,
+    /// Its share of the decoded-block budget until committed (`None`: read
+    /// back from the outbox).
+    held: Option<budget::Held>,
 }
 
 /// The messages made from one outbox entry; the entry is done when the
@@ -370,19 +382,19 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let status_events = item_tx.clone();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(recv::run(socket, stats.clone(), cancel.clone(), recv_tx));
+    tasks.spawn(recv::run(
+        socket,
+        stats.clone(),
+        cancel.clone(),
+        budget::Budget::new(RECEIVE_BUDGET),
+        recv_tx,
+    ));
     tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     let (dq_tx, dq_reload, refused) =
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     tasks.spawn(decode::run(
-        decode::Core::new(
-            cfg.reassembly,
-            open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
-            &cfg.raw.ledger,
-            &store,
-        )?
-        .with_files(files_tx.clone()),
+        decode_core(&cfg, keyring, &store)?.with_files(files_tx.clone()),
         stats.clone(),
         link.clone(),
         topics.clone(),
@@ -445,6 +457,23 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         tasks,
         dq_reload: DqReload(Arc::new(dq_reload)),
     })
+}
+
+/// The decode stage's core: reassembly limits, the AEAD gate with the
+/// loaded and retired keys, the queue budget, the ledger, the outbox's
+/// lane state.
+fn decode_core(
+    cfg: &ValidRx,
+    keyring: Keyring,
+    store: &outbox::Outbox,
+) -> anyhow::Result<decode::Core> {
+    let queued = usize::try_from(cfg.raw.limits.max_queued_bytes).unwrap_or(usize::MAX);
+    decode::Core::new(
+        (cfg.reassembly, budget::Budget::new(queued)),
+        open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
+        &cfg.raw.ledger,
+        store,
+    )
 }
 
 /// The counters, with the audit log (`audit.path`) opened, its chain

@@ -324,6 +324,7 @@ pub fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
         seq: u64::from_le_bytes(seq),
         frame: frame.to_vec(),
         verdicts,
+        held: None,
     }))
 }
 
@@ -339,9 +340,19 @@ pub struct Outbox {
     db: std::sync::RwLock<Option<Database>>,
 }
 
+/// The database's own page cache. Blocks are read back once, soon after
+/// they are written, while the kernel's page cache still holds them: a
+/// second copy in this process buys nothing (redb's default is 1 GiB, most
+/// of the receiver's memory at full rate). Half of it is the write buffer,
+/// which holds one commit group ([`GROUP_BYTES`]).
+const DB_CACHE_BYTES: usize = 2 * GROUP_BYTES;
+
 /// Open (or create) the database file and its tables.
 fn open_db(path: &Path) -> Result<Database, OutboxError> {
-    let db = Database::create(path).map_err(db_err)?;
+    let db = redb::Builder::new()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(path)
+        .map_err(db_err)?;
     let txn = db.begin_write().map_err(db_err)?;
     for t in Table::ALL {
         txn.open_table(t.def()).map_err(db_err)?;
@@ -703,6 +714,8 @@ struct Group {
     delivered: Vec<[u8; 25]>,
     /// Lane floors, in the order handed over.
     floors: Vec<LaneFloors>,
+    /// The blocks' shares of the decode budget, given back once committed.
+    held: Vec<super::budget::Held>,
 }
 
 impl Group {
@@ -752,8 +765,9 @@ impl Writer {
                     g.floors.push(f);
                     continue;
                 }
-                Item::Block(b) => {
+                Item::Block(mut b) => {
                     g.delivered.push(delivered_key(b.session, b.lane, b.seq));
+                    g.held.extend(b.held.take());
                     Body::Block(b)
                 }
                 Item::Event(m) => Body::Event(m),
@@ -1009,6 +1023,7 @@ mod tests {
             seq,
             frame: frame.to_vec(),
             verdicts: (lane == Lane::Bulk).then(|| b"dq".to_vec()),
+            held: None,
         })
     }
 

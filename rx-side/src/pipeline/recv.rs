@@ -7,6 +7,8 @@
 //! One receive call returns up to 32 buffers, each possibly holding several
 //! datagrams the kernel coalesced (GRO); they are copied back to back into
 //! one batch buffer, so the cost per datagram is a copy, not an allocation.
+//! A batch takes its bytes from the receive [`Budget`] first: when decode
+//! falls behind, the datagrams wait in the kernel's socket buffer, not here.
 
 use std::io::IoSliceMut;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::ValidRx;
 
+use super::budget::Budget;
 use super::{RecvBatch, StageError};
 use crate::stats::{RxStats, add};
 
@@ -55,6 +58,7 @@ pub async fn run(
     socket: UdpSocket,
     stats: Arc<RxStats>,
     cancel: CancellationToken,
+    budget: Budget,
     to_verify: Sender<RecvBatch>,
 ) -> Result<(), StageError> {
     let state = UdpSocketState::new((&socket).into())?;
@@ -78,9 +82,14 @@ pub async fn run(
             }
         };
         let total: usize = meta[..n].iter().map(|m| m.len).sum();
+        let held = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            h = budget.take(total) => h,
+        };
         let mut batch = RecvBatch {
             buf: Vec::with_capacity(total),
             segs: Vec::with_capacity(n * 4),
+            held,
         };
         for (m, b) in meta[..n].iter().zip(bufs.iter()) {
             let data = &b[..m.len.min(b.len())];

@@ -43,6 +43,7 @@ pub async fn run(
                 .send(Verified {
                     buf: batch.buf,
                     items,
+                    held: batch.held,
                 })
                 .await
                 .is_err()

@@ -704,6 +704,34 @@ struct Hashed {
     size: u64,
     mtime_ns: i64,
     sha256: [u8; 32],
+    /// The file as it was before the hashing pass read it.
+    stamp: Stamp,
+}
+
+/// What changes whenever a file's content does: inode, size, modification
+/// and change times. The change time cannot be set from user space, and
+/// since Linux 6.13 a change right after a `stat` gets a fresh one even
+/// within the same clock tick; a change it still misses shows at the
+/// receiver, whose SHA-256 check of the whole file then fails (reported,
+/// never delivered as good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 impl Chunker {
@@ -751,7 +779,9 @@ impl Chunker {
                 hashed.size, self.chunk_bytes
             )));
         };
-        // Pass 2: the chunks, hashed again on the way.
+        // Pass 2: the chunks. Before the last leaves, the file must be as
+        // the hashing pass found it (a second hash would cost as much
+        // again as the first).
         let mut reader = match tokio::fs::File::open(&file.path).await {
             Ok(f) => f,
             Err(e) => return Ok(Taken::Refused(format!("unreadable: {e}"))),
@@ -763,7 +793,6 @@ impl Chunker {
             serde_json::json!({"file": file.name, "kind": "files", "file_id": file_id,
                 "bytes": hashed.size, "sha256": weir_shared::audit::hex(&hashed.sha256), "chunks": chunks}),
         );
-        let mut again = Sha256::new(&SHA256);
         for index in 0..chunks {
             if cancel.is_cancelled() {
                 return Ok(Taken::Interrupted);
@@ -783,11 +812,13 @@ impl Chunker {
                     "read failed at offset {offset} (sent {index} of {chunks} chunks): {e}"
                 )));
             }
-            again.update(&data);
-            if index + 1 == chunks && again.clone().finish().as_ref() != hashed.sha256 {
-                return Ok(Taken::Refused(format!(
-                    "file changed while being sent (last of {chunks} chunks withheld)"
-                )));
+            if index + 1 == chunks {
+                let now = reader.metadata().await.map(|m| Stamp::of(&m));
+                if now.ok() != Some(hashed.stamp) {
+                    return Ok(Taken::Refused(format!(
+                        "file changed while being sent (last of {chunks} chunks withheld)"
+                    )));
+                }
             }
             let chunk = FileChunk {
                 seq: 0,
@@ -826,6 +857,7 @@ fn hash_file(
         ));
     }
     let mtime_ns = meta.modified().map_or(0, unix_ns);
+    let stamp = Stamp::of(&meta);
     let mut ctx = Sha256::new(&SHA256);
     let mut buf = vec![0; HASH_READ_BYTES];
     let mut size = 0u64;
@@ -849,10 +881,17 @@ fn hash_file(
     }
     let mut sha256 = [0; 32];
     sha256.copy_from_slice(ctx.finish().as_ref());
+    if size != stamp.len {
+        return Err(format!(
+            "file is {size} bytes but was {} bytes when opened: changed while being read",
+            stamp.len
+        ));
+    }
     Ok(Some(Hashed {
         size,
         mtime_ns,
         sha256,
+        stamp,
     }))
 }
 
@@ -1039,5 +1078,48 @@ mod tests {
         assert!(marks.renamed_in.is_empty());
         assert!(marks.error_logged);
         assert!(!marks.overflow_logged);
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_hashing_is_refused_before_its_last_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, vec![7u8; 4096]).expect("write");
+        let chunker = Chunker::new(1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let telemetry = Telemetry::default();
+        let cancel = CancellationToken::new();
+        let file = Taking {
+            name: "data.bin".into(),
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            disposal: Disposal::Keep,
+        };
+        let take = chunker.take(&file, &telemetry, &cancel, &tx);
+        let change = async {
+            // The first chunk is out, so the file was hashed; with room for
+            // one chunk in the queue the last one has not been read yet.
+            let first = rx.recv().await;
+            assert!(matches!(first, Some(SourceItem::Chunk(..))));
+            // Rewritten in place: same size, no truncation on the way.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open for writing");
+            std::io::Write::write_all(&mut f, &[8u8; 4096]).expect("rewrite");
+            let mut more = 0;
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            {
+                more += 1;
+            }
+            more
+        };
+        let (taken, more) = tokio::join!(take, change);
+        match taken.expect("take") {
+            Taken::Refused(why) => assert!(why.contains("changed while being sent"), "{why}"),
+            _ => panic!("a changed file was handed whole"),
+        }
+        assert!(more < 3, "the last chunk was withheld ({more} more chunks)");
     }
 }
