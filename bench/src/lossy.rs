@@ -61,7 +61,7 @@ impl LossyLink {
         )?;
         // As large as the kernel allows: a small buffer here would add
         // loss of its own on top of the requested share.
-        let _ = s.set_recv_buffer_size(8 * 1024 * 1024);
+        let _ = weir_rx::pipeline::recv::grow_recv_buffer(&s, 32 * 1024 * 1024);
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
         let socket: UdpSocket = s.into();

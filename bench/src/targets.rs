@@ -266,9 +266,9 @@ impl LinkRun {
             zstd_level: 1,
             compressible: false,
             interleave_blocks: 4,
-            // Unpaced runs measure the pipeline: small bursts keep the
-            // receiver's socket buffer from overflowing at 20 Gbit/s.
-            burst_datagrams: Some(16),
+            // Unset: 3 ms of the rate, at most 256 datagrams; the
+            // receiver's 32 MiB socket buffer takes such bursts.
+            burst_datagrams: None,
             seed,
         }
     }
@@ -298,7 +298,8 @@ pub struct LinkResult {
     pub rx_ms_per_mb: f64,
     /// Peak resident set of the process (sender and receiver), MiB.
     pub peak_rss_mib: f64,
-    /// Blocks the receiver declared lost.
+    /// Blocks that did not reach the output: lost on the link, shed by an
+    /// overloaded receiver, or refused by its outbox.
     pub blocks_lost: u64,
     /// Source symbols rebuilt by FEC.
     pub fec_repaired: u64,
@@ -394,7 +395,9 @@ pub fn link_run(run: &LinkRun) -> anyhow::Result<LinkResult> {
         tx_ms_per_mb: cpu.thread_group(TX_THREADS).as_secs_f64() * 1e3 / mb,
         rx_ms_per_mb: cpu.thread_group(RX_THREADS).as_secs_f64() * 1e3 / mb,
         peak_rss_mib: peak_rss as f64 / f64::from(1u32 << 20),
-        blocks_lost: r.blocks_lost,
+        // Declared lost on the link, shed for want of room, or refused by
+        // the outbox: every block that did not reach the output.
+        blocks_lost: r.blocks_lost + r.blocks_shed + r.outbox_refused,
         fec_repaired: r.fec_repaired,
         kernel_drops: crate::e2e::udp_rcvbuf_errors()
             .zip(drops_start)
@@ -469,6 +472,9 @@ fn rx_config(
         r#"
 [link]
 listen = "127.0.0.1:{port}"
+# As docs/PERFORMANCE.md recommends for gigabit links (granted beyond
+# net.core.rmem_max when run as root).
+recv_buffer_bytes = 33554432
 
 [keys]
 files = [{key}]

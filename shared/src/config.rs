@@ -1309,7 +1309,7 @@ impl Default for RxLimits {
             max_sessions: 16,
             max_batch_bytes: 64 * 1024 * 1024,
             max_records: 1_000_000,
-            max_queued_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -1982,10 +1982,10 @@ mod tests {
             s.validate().map(|_| ()).map_err(|e| e.key),
             Err("sparkplug.edge_node_id")
         );
-        let mut q = c.clone();
-        q.limits.max_queued_bytes = u64::from(q.limits.max_block_bytes) - 1;
+        let mut queue = c.clone();
+        queue.limits.max_queued_bytes = u64::from(queue.limits.max_block_bytes) - 1;
         assert_eq!(
-            q.validate().map(|_| ()).map_err(|e| e.key),
+            queue.validate().map(|_| ()).map_err(|e| e.key),
             Err("limits.max_queued_bytes")
         );
         let mut o = c.clone();

@@ -555,11 +555,45 @@ pub enum RecordError {
 /// postcard encodes `Batch { records: Vec<Record> }` as a varint count
 /// followed by the records back to back; the builder keeps the records'
 /// bytes and writes the count when it finishes.
+///
+/// Compression is kept only where it pays: a body that zstd would shrink
+/// by less than 1/32 goes plain, sparing the receiver the decompression;
+/// after such a body the next is first tried on a sample of
+/// [`PROBE_BYTES`], so a stream of incompressible data (encrypted or
+/// already compressed files) costs a sample's compression per frame, not
+/// a whole frame's.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     body: Vec<u8>,
     count: u64,
     framed: Vec<u8>,
+    /// The compressor, kept across frames (a fresh context per frame costs
+    /// more than compressing a small one), with its level.
+    zstd: Option<Zstd>,
+    /// The last body did not compress.
+    incompressible: bool,
+}
+
+/// Bytes of a body compressed first when the previous one did not compress.
+pub const PROBE_BYTES: usize = 32 * 1024;
+
+/// A zstd compressor and its level.
+struct Zstd {
+    level: i32,
+    cx: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for Zstd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zstd")
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+/// True when `packed` bytes are worth the decompression of `plain` bytes.
+fn worth(packed: usize, plain: usize) -> bool {
+    packed + packed / 32 < plain
 }
 
 impl BatchBuilder {
@@ -610,12 +644,12 @@ impl BatchBuilder {
         let body_len = u32::try_from(self.framed.len()).map_err(|_| RecordError::Encode)?;
         out.clear();
         out.push(FRAME_VERSION);
-        if let Some(level) = zstd_level {
-            out.push(Codec::Zstd as u8);
-            out.extend_from_slice(&body_len.to_be_bytes());
-            zstd::stream::copy_encode(self.framed.as_slice(), &mut *out, level)
-                .map_err(|_| RecordError::Encode)?;
-        } else {
+        let packed = match zstd_level {
+            Some(level) => self.compress(level, out)?,
+            None => false,
+        };
+        if !packed {
+            out.truncate(1);
             out.push(Codec::Plain as u8);
             out.extend_from_slice(&body_len.to_be_bytes());
             out.extend_from_slice(&self.framed);
@@ -623,6 +657,46 @@ impl BatchBuilder {
         self.body.clear();
         self.count = 0;
         Ok(())
+    }
+
+    /// Compress `framed` behind `out`'s version byte, codec and length;
+    /// false (and `out` left to be overwritten) when it does not pay.
+    fn compress(&mut self, level: i32, out: &mut Vec<u8>) -> Result<bool, RecordError> {
+        let zstd = match &mut self.zstd {
+            Some(z) if z.level == level => z,
+            slot => slot.insert(Zstd {
+                level,
+                cx: zstd::bulk::Compressor::new(level).map_err(|_| RecordError::Encode)?,
+            }),
+        };
+        let plain = &self.framed;
+        if self.incompressible && plain.len() > 2 * PROBE_BYTES {
+            let sample = &plain[..PROBE_BYTES];
+            let mut probe = vec![0; zstd::zstd_safe::compress_bound(sample.len())];
+            let n = zstd
+                .cx
+                .compress_to_buffer(sample, &mut probe[..])
+                .map_err(|_| RecordError::Encode)?;
+            if !worth(n, sample.len()) {
+                return Ok(false);
+            }
+        }
+        let head = out.len();
+        out.push(Codec::Zstd as u8);
+        let body_len = u32::try_from(plain.len()).map_err(|_| RecordError::Encode)?;
+        out.extend_from_slice(&body_len.to_be_bytes());
+        let at = out.len();
+        out.resize(at + zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let n = zstd
+            .cx
+            .compress_to_buffer(plain.as_slice(), &mut out[at..])
+            .map_err(|_| RecordError::Encode)?;
+        out.truncate(at + n);
+        self.incompressible = !worth(n, plain.len());
+        if self.incompressible {
+            out.truncate(head);
+        }
+        Ok(!self.incompressible)
     }
 }
 
@@ -637,6 +711,32 @@ pub fn encode_frame(
         b.push(r)?;
     }
     b.finish(zstd_level, out)
+}
+
+thread_local! {
+    /// A decompression context per thread, kept: making one per frame
+    /// costs more than decompressing a small frame.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompress a zstd body into at most `declared` bytes. The output's
+/// capacity bounds what zstd writes, so a decompression bomb ends here
+/// with an error.
+fn decompress(body: &[u8], declared: usize) -> Result<Vec<u8>, RecordError> {
+    DCTX.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let d = match &mut *slot {
+            Some(d) => d,
+            none => {
+                none.insert(zstd::bulk::Decompressor::new().map_err(|_| RecordError::Decompress)?)
+            }
+        };
+        let mut plain = Vec::with_capacity(declared);
+        d.decompress_to_buffer(body, &mut plain)
+            .map_err(|_| RecordError::Decompress)?;
+        Ok(plain)
+    })
 }
 
 /// Decode a frame, within `limits`.
@@ -665,10 +765,7 @@ pub fn decode_frame(frame: &[u8], limits: DecodeLimits) -> Result<Batch, RecordE
             postcard::from_bytes(body).map_err(|_| RecordError::Decode)?
         }
         c if c == Codec::Zstd as u8 => {
-            // `decompress` never writes past the capacity it is given, so a
-            // decompression bomb ends here with an error.
-            let plain = zstd::bulk::decompress(body, declared as usize)
-                .map_err(|_| RecordError::Decompress)?;
+            let plain = decompress(body, declared as usize)?;
             if plain.len() != declared as usize {
                 return Err(RecordError::LengthMismatch {
                     declared,
@@ -842,5 +939,61 @@ mod tests {
         fn decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = decode_frame(&b, LIMITS);
         }
+    }
+
+    fn chunk_of(data: Vec<u8>) -> Record {
+        Record::FileChunk(FileChunk {
+            seq: 1,
+            file_id: 1,
+            name: "x.bin".into(),
+            size: data.len() as u64,
+            mtime_ns: 0,
+            sha256: [0; 32],
+            offset: 0,
+            index: 0,
+            chunks: 1,
+            data,
+        })
+    }
+
+    #[test]
+    fn compression_is_kept_only_where_it_pays() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut noise = vec![0u8; 256 * 1024];
+        rng.fill(&mut noise[..]);
+        let text: Vec<u8> = b"2026-03-10 08:00:00,TT101.PV,71.9,Good\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(256 * 1024)
+            .collect();
+        let limits = DecodeLimits {
+            max_body_bytes: 1 << 20,
+            max_records: 10,
+        };
+        let mut b = BatchBuilder::default();
+        let mut out = Vec::new();
+        let mut frame = |b: &mut BatchBuilder, data: &[u8]| {
+            b.push(&chunk_of(data.to_vec())).expect("push");
+            b.finish(Some(1), &mut out).expect("finish");
+            let back = decode_frame(&out, limits).expect("decodes");
+            assert_eq!(back.records, vec![chunk_of(data.to_vec())]);
+            (out[1], out.len())
+        };
+        let (codec, len) = frame(&mut b, &text);
+        assert_eq!(codec, Codec::Zstd as u8);
+        assert!(len < text.len() / 10, "text shrinks: {len}");
+        // Noise goes plain, first after a whole try, then after a sample.
+        for _ in 0..2 {
+            let (codec, len) = frame(&mut b, &noise);
+            assert_eq!(codec, Codec::Plain as u8);
+            assert!(len > noise.len());
+        }
+        assert!(b.incompressible);
+        // Text after noise: the sample shows it pays again.
+        let (codec, _) = frame(&mut b, &text);
+        assert_eq!(codec, Codec::Zstd as u8);
+        assert!(!b.incompressible);
     }
 }

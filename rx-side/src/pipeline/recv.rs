@@ -27,6 +27,25 @@ use crate::stats::{RxStats, add};
 /// Largest GRO-coalesced buffer the kernel hands back.
 const GRO_BUF: usize = 64 * 1024;
 
+/// Ask for a receive buffer of `want` bytes: within `net.core.rmem_max`
+/// as anyone, beyond it with `SO_RCVBUFFORCE` where allowed (root, or
+/// `CAP_NET_ADMIN`). Returns what the kernel granted (Linux reports twice
+/// the usable size).
+pub fn grow_recv_buffer(s: &socket2::Socket, want: usize) -> usize {
+    let _ = s.set_recv_buffer_size(want);
+    let got = s.recv_buffer_size().unwrap_or(0);
+    if got >= want {
+        return got;
+    }
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, want).is_ok() {
+        tracing::debug!(
+            want,
+            "Receive buffer set beyond net.core.rmem_max (SO_RCVBUFFORCE)."
+        );
+    }
+    s.recv_buffer_size().unwrap_or(got)
+}
+
 /// Bind the receive socket and ask for a large receive buffer; warn, naming
 /// the sysctl, when the kernel caps it.
 pub fn open_socket(cfg: &ValidRx) -> anyhow::Result<UdpSocket> {
@@ -38,9 +57,7 @@ pub fn open_socket(cfg: &ValidRx) -> anyhow::Result<UdpSocket> {
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     let want = cfg.raw.link.recv_buffer_bytes;
-    let _ = s.set_recv_buffer_size(want);
-    let got = s.recv_buffer_size().unwrap_or(0);
-    // Linux reports twice the requested size (bookkeeping overhead).
+    let got = grow_recv_buffer(&s, want);
     if got < want {
         tracing::warn!(
             requested = want,

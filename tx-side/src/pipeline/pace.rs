@@ -432,8 +432,10 @@ pub async fn run(
         let fits = usize::try_from(budget / unit)
             .unwrap_or(usize::MAX)
             .clamp(1, burst_datagrams);
+        // Sized once: grown datagram by datagram, the buffer would be
+        // copied over and over on its way to a full burst.
         let mut burst = Burst {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(fits.saturating_mul(usize::try_from(unit).unwrap_or(0))),
             segment: 0,
             done: Vec::new(),
         };
