@@ -319,6 +319,7 @@ fn copy_receiver(stats: &RxStats, entries: Option<[(Table, Option<u64>); 3]>) {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let unacked = get(&stats.publish_failed);
     counter!("weir_rx_mqtt_unacked_total").absolute(unacked);
+    counter!("weir_rx_link_cpu_seconds_total").absolute(get(&stats.link_cpu_ns) / 1_000_000_000);
     for (flag, c) in DQ_FLAGS.iter().zip(&stats.dq_flags.worst) {
         counter!("weir_rx_dq_points_total", "flag" => flag_name(*flag)).absolute(get(c));
     }
@@ -445,6 +446,11 @@ fn describe() {
         "weir_rx_mqtt_unacked_total",
         Unit::Count,
         "MQTT messages the client reported not acknowledged (connection or session lost); published again from the outbox."
+    );
+    describe_counter!(
+        "weir_rx_link_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time of the link stages (receive, CRC and header checks, reassembly, FEC, AEAD): turning datagrams into decoded blocks, apart from storing and delivering them."
     );
     describe_counter!(
         "weir_rx_drops_total",

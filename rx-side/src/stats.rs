@@ -2,6 +2,7 @@
 //! delivered is counted under a reason.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use weir_shared::dq::{Check, Flag, Verdict};
@@ -17,6 +18,11 @@ macro_rules! counters {
             /// again from the outbox. Exported as a metric only, so the
             /// status topic's `counters` keep their documented shape.
             pub publish_failed: AtomicU64,
+            /// CPU time of the link stages (recv, verify, decode with
+            /// open), ns: what turning datagrams into authenticated,
+            /// decoded blocks costs, apart from storing and delivering
+            /// them (metrics only).
+            pub link_cpu_ns: AtomicU64,
             /// Points counted by data-quality flag (metrics only).
             pub dq_flags: DqFlagCounts,
             /// The audit log (empty when none is installed).
@@ -220,6 +226,23 @@ impl DqTally {
     }
 }
 
+/// CPU time this thread has used so far.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Add the CPU time this thread used since `start` (a [`thread_cpu`]
+/// reading) to `counter`, in ns. Call it before the next `.await`: a task
+/// may resume on another thread.
+pub fn charge_cpu(counter: &AtomicU64, start: Duration) {
+    let used = thread_cpu().saturating_sub(start);
+    add(counter, u64::try_from(used.as_nanos()).unwrap_or(u64::MAX));
+}
+
 #[cfg(test)]
 mod tests {
     use weir_shared::dq::{DqConfig, Engine};
@@ -256,4 +279,23 @@ mod tests {
         );
         assert_eq!(flag_name(Flag::NotEvaluated), "not_evaluated");
     }
+
+    #[test]
+    fn cpu_spent_on_this_thread_is_charged() {
+        let counter = AtomicU64::new(0);
+        let start = thread_cpu();
+        let mut x = 0u64;
+        while thread_cpu().saturating_sub(start) < Duration::from_millis(5) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        charge_cpu(&counter, start);
+        let ns = counter.load(Ordering::Relaxed);
+        assert!(ns >= 5_000_000, "charged {ns} ns");
+        // Sleeping costs no CPU.
+        let start = thread_cpu();
+        std::thread::sleep(Duration::from_millis(50));
+        charge_cpu(&counter, start);
+        assert!(counter.load(Ordering::Relaxed) - ns < 20_000_000);
+    }
 }
+

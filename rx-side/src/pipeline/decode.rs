@@ -37,7 +37,7 @@ use super::open::{Gate, OpenError};
 use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
 use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_event};
-use crate::stats::{RxStats, add};
+use crate::stats::{RxStats, add, charge_cpu, thread_cpu};
 
 /// How often pending blocks are expired and lost blocks reported.
 const TICK: Duration = Duration::from_millis(200);
@@ -209,6 +209,7 @@ pub async fn run(
                 continue;
             }
         };
+        let cpu = thread_cpu();
         // The batch's share of the receive budget goes back once its
         // datagrams are handled.
         let Verified {
@@ -238,6 +239,7 @@ pub async fn run(
                 }
             }
         }
+        charge_cpu(&stats.link_cpu_ns, cpu);
     }
     // Input closed: report whatever is already known lost, and what is
     // still waiting to be counted; the final floors wait for room.

@@ -22,7 +22,7 @@ use weir_shared::config::ValidRx;
 
 use super::budget::Budget;
 use super::{RecvBatch, StageError};
-use crate::stats::{RxStats, add};
+use crate::stats::{RxStats, add, charge_cpu, thread_cpu};
 
 /// Largest GRO-coalesced buffer the kernel hands back.
 const GRO_BUF: usize = 64 * 1024;
@@ -86,6 +86,7 @@ pub async fn run(
             () = cancel.cancelled() => return Ok(()),
             r = socket.readable() => r?,
         }
+        let cpu = thread_cpu();
         let mut bufs: Vec<IoSliceMut<'_>> =
             storage.chunks_mut(GRO_BUF).map(IoSliceMut::new).collect();
         let n = match socket.try_io(Interest::READABLE, || {
@@ -99,6 +100,7 @@ pub async fn run(
             }
         };
         let total: usize = meta[..n].iter().map(|m| m.len).sum();
+        charge_cpu(&stats.link_cpu_ns, cpu);
         let held = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             h = budget.take(total) => h,
@@ -108,6 +110,7 @@ pub async fn run(
             segs: Vec::with_capacity(n * 4),
             held,
         };
+        let cpu = thread_cpu();
         for (m, b) in meta[..n].iter().zip(bufs.iter()) {
             let data = &b[..m.len.min(b.len())];
             let stride = if m.stride == 0 {
@@ -127,6 +130,7 @@ pub async fn run(
         }
         add(&stats.datagrams, batch.segs.len() as u64);
         add(&stats.bytes, total as u64);
+        charge_cpu(&stats.link_cpu_ns, cpu);
         if to_verify.send(batch).await.is_err() {
             return Err(StageError::Closed("recv"));
         }

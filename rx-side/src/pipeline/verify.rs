@@ -11,7 +11,7 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::wire::{WireError, parse};
 
 use super::{RecvBatch, StageError, Verified};
-use crate::stats::{RxStats, add};
+use crate::stats::{RxStats, add, charge_cpu, thread_cpu};
 
 /// Run until the recv channel closes.
 pub async fn run(
@@ -20,6 +20,7 @@ pub async fn run(
     to_decode: Sender<Verified>,
 ) -> Result<(), StageError> {
     while let Some(batch) = from_recv.recv().await {
+        let cpu = thread_cpu();
         let mut items = Vec::with_capacity(batch.segs.len());
         let (mut crc, mut malformed) = (0u64, 0u64);
         for &(off, len) in &batch.segs {
@@ -38,6 +39,7 @@ pub async fn run(
         if crc + malformed > 0 {
             tracing::debug!(crc, malformed, "Datagrams dropped by verify.");
         }
+        charge_cpu(&stats.link_cpu_ns, cpu);
         if !items.is_empty()
             && to_decode
                 .send(Verified {
