@@ -298,4 +298,3 @@ mod tests {
         assert!(counter.load(Ordering::Relaxed) - ns < 20_000_000);
     }
 }
-
