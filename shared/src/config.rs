@@ -1293,8 +1293,9 @@ pub struct RxLimits {
     pub max_batch_bytes: u32,
     /// Most records per batch.
     pub max_records: u32,
-    /// Decoded blocks waiting for the outbox to commit them, bytes; a
-    /// block decoded beyond it is shed and reported as a gap.
+    /// Decoded blocks waiting for the outbox to commit them, bytes; a bulk
+    /// block decoded beyond it is shed and reported as a gap (alert blocks
+    /// never are).
     pub max_queued_bytes: u64,
 }
 

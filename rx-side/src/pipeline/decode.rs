@@ -311,7 +311,7 @@ fn deliver(
     // Never wait on the outbox writer: a slow disk must not hold up the
     // next alert symbol. A spent budget or a full queue sheds the block,
     // counted and written down in the gap ledger.
-    let Some(held) = core.queued.try_take(frame_len) else {
+    let Ok(held) = take_room(&core.queued, key.lane, frame_len) else {
         shed(core, stats, t, key);
         return Ok(());
     };
@@ -321,7 +321,7 @@ fn deliver(
         seq: key.seq,
         frame: block.sealed,
         verdicts: None,
-        held: Some(held),
+        held,
     };
     match out.to_outbox.try_send(Item::Block(opened)) {
         Ok(()) => core
@@ -331,6 +331,18 @@ fn deliver(
         Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
     }
     Ok(())
+}
+
+/// Room for a decoded block of `len` bytes in the queue budget. Bulk
+/// blocks are shed (`Err`) when it is spent; alert blocks are small and
+/// go on without a share (`Ok(None)`), bounded by the queue's length, so
+/// a backlog of bulk blocks on a slow disk never costs an alarm.
+fn take_room(queued: &Budget, lane: Lane, len: usize) -> Result<Option<super::budget::Held>, ()> {
+    match queued.try_take(len) {
+        Some(held) => Ok(Some(held)),
+        None if lane == Lane::Alert => Ok(None),
+        None => Err(()),
+    }
 }
 
 /// A rebuilt block the outbox has no room for: counted and written down
@@ -598,5 +610,19 @@ mod tests {
             1,
             "the older session's state is gone"
         );
+    }
+
+    #[test]
+    fn a_spent_budget_sheds_bulk_blocks_but_never_alerts() {
+        let queued = Budget::new(64 * 1024);
+        let first = take_room(&queued, Lane::Bulk, 64 * 1024).expect("room");
+        assert!(first.is_some());
+        assert!(take_room(&queued, Lane::Bulk, 1024).is_err(), "bulk shed");
+        assert!(
+            matches!(take_room(&queued, Lane::Alert, 1024), Ok(None)),
+            "an alert goes on without a share"
+        );
+        drop(first);
+        assert!(matches!(take_room(&queued, Lane::Alert, 1024), Ok(Some(_))));
     }
 }
