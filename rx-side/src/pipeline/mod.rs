@@ -54,9 +54,9 @@ use weir_shared::wire::{Header, SessionId};
 
 use crate::stats::RxStats;
 
-/// Received datagrams waiting for decode, bytes: eight full receive calls.
+/// Received datagrams waiting for decode, bytes: four full receive calls.
 /// Beyond it they wait in the kernel's socket buffer (`link.recv_buffer_bytes`).
-const RECEIVE_BUDGET: usize = 16 << 20;
+const RECEIVE_BUDGET: usize = 8 << 20;
 
 /// Why a stage stopped.
 #[derive(Debug, thiserror::Error)]
