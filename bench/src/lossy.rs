@@ -21,10 +21,8 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Largest GRO-coalesced buffer the kernel hands back.
-const GRO_BUF: usize = 64 * 1024;
-/// Most UDP payload bytes one GSO send carries.
-const MAX_SEND_BYTES: usize = 65_507;
+use weir_rx::pipeline::recv::{GRO_BUF, segments};
+use weir_tx::pipeline::send::per_call;
 
 /// Thread name prefix, for CPU accounting.
 pub const THREAD_NAME: &str = "weir-lossy";
@@ -111,27 +109,23 @@ fn forward(
             continue;
         };
         for (m, b) in meta[..n].iter().zip(bufs.iter()) {
-            let data = &b[..m.len.min(b.len())];
-            let stride = if m.stride == 0 { data.len() } else { m.stride };
-            if stride == 0 {
-                continue;
-            }
             // Segments of one buffer share a length (the last may be
             // shorter): the survivors leave together, a GSO call at a time.
-            let per_call = max_segments.min(MAX_SEND_BYTES / stride).max(1);
+            let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
+            let per_call = per_call(max_segments, stride);
             kept.clear();
-            let mut segments = 0;
-            for seg in data.chunks(stride) {
+            let mut count = 0;
+            for seg in segments(m, b) {
                 if rng.random_bool(p) {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 kept.extend_from_slice(seg);
-                segments += 1;
-                if segments == per_call {
+                count += 1;
+                if count == per_call {
                     send(socket, state, to, &kept, stride, stats);
                     kept.clear();
-                    segments = 0;
+                    count = 0;
                 }
             }
             send(socket, state, to, &kept, stride, stats);

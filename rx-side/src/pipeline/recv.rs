@@ -25,7 +25,15 @@ use super::{RecvBatch, StageError};
 use crate::stats::{RxStats, add, charge_cpu, thread_cpu};
 
 /// Largest GRO-coalesced buffer the kernel hands back.
-const GRO_BUF: usize = 64 * 1024;
+pub const GRO_BUF: usize = 64 * 1024;
+
+/// The datagrams of one receive buffer: the kernel's GRO coalesces
+/// datagrams of one length (`stride`; the last may be shorter) into it.
+pub fn segments<'a>(m: &RecvMeta, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
+    let data = &buf[..m.len.min(buf.len())];
+    let stride = if m.stride == 0 { data.len() } else { m.stride };
+    data.chunks(stride.max(1))
+}
 
 /// Ask for a receive buffer of `want` bytes: within `net.core.rmem_max`
 /// as anyone, beyond it with `SO_RCVBUFFORCE` where allowed (root, or
@@ -100,39 +108,55 @@ pub async fn run(
             }
         };
         let total: usize = meta[..n].iter().map(|m| m.len).sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut segs = Vec::with_capacity(n * 4);
+        for (m, b) in meta[..n].iter().zip(bufs.iter()) {
+            // An empty datagram is a datagram too: counted, then refused
+            // by verify as truncated.
+            if m.len == 0 {
+                segs.push((buf.len(), 0));
+            }
+            for seg in segments(m, b) {
+                segs.push((buf.len(), seg.len()));
+                buf.extend_from_slice(seg);
+            }
+        }
+        add(&stats.datagrams, segs.len() as u64);
+        add(&stats.bytes, total as u64);
         charge_cpu(&stats.link_cpu_ns, cpu);
+        // The budget is taken once the batch is made (so the meter above
+        // spans one stretch of work, not an await): what waits between
+        // recv and decode is the budget and at most this one batch more.
         let held = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             h = budget.take(total) => h,
         };
-        let mut batch = RecvBatch {
-            buf: Vec::with_capacity(total),
-            segs: Vec::with_capacity(n * 4),
-            held,
-        };
-        let cpu = thread_cpu();
-        for (m, b) in meta[..n].iter().zip(bufs.iter()) {
-            let data = &b[..m.len.min(b.len())];
-            let stride = if m.stride == 0 {
-                data.len().max(1)
-            } else {
-                m.stride
-            };
-            // An empty datagram is a datagram too: counted, then refused
-            // by verify as truncated.
-            if data.is_empty() {
-                batch.segs.push((batch.buf.len(), 0));
-            }
-            for seg in data.chunks(stride) {
-                batch.segs.push((batch.buf.len(), seg.len()));
-                batch.buf.extend_from_slice(seg);
-            }
-        }
-        add(&stats.datagrams, batch.segs.len() as u64);
-        add(&stats.bytes, total as u64);
-        charge_cpu(&stats.link_cpu_ns, cpu);
+        let batch = RecvBatch { buf, segs, held };
         if to_verify.send(batch).await.is_err() {
             return Err(StageError::Closed("recv"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(len: usize, stride: usize) -> RecvMeta {
+        let mut m = RecvMeta::default();
+        m.len = len;
+        m.stride = stride;
+        m
+    }
+
+    #[test]
+    fn a_gro_buffer_splits_at_its_stride_and_a_plain_one_is_whole() {
+        let buf = [7u8; 100];
+        let lens = |m| segments(&m, &buf).map(<[u8]>::len).collect::<Vec<_>>();
+        assert_eq!(lens(meta(25, 10)), [10, 10, 5]);
+        assert_eq!(lens(meta(25, 0)), [25]);
+        assert!(lens(meta(0, 0)).is_empty());
+        // A length past the buffer is cut to it.
+        assert_eq!(lens(meta(500, 60)), [60, 40]);
     }
 }

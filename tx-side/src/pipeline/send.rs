@@ -25,6 +25,14 @@ use crate::telemetry::{Telemetry, add};
 /// 65 535 less the IPv4 and UDP headers.
 const MAX_SEND_BYTES: usize = 65_507;
 
+/// Datagrams of `segment` bytes one GSO call may carry: a GSO send is one
+/// UDP datagram to the kernel until it is cut, so all its segments
+/// together must fit 64 KiB, or the call fails (EMSGSIZE) and the whole
+/// burst is lost; and no more than the kernel's segment count.
+pub fn per_call(max_segments: usize, segment: usize) -> usize {
+    max_segments.min(MAX_SEND_BYTES / segment.max(1)).max(1)
+}
+
 /// Bind the sending socket with a large send buffer.
 pub async fn open_socket(cfg: &ValidTx) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::bind(cfg.raw.link.bind).await?;
@@ -48,11 +56,7 @@ pub async fn run(
     let max_segments = state.max_gso_segments().max(1);
     while let Some(burst) = from_pace.recv().await {
         let seg = burst.segment.max(1);
-        // A GSO send is one UDP datagram to the kernel until it is cut:
-        // all its segments together must fit 64 KiB, or the call fails
-        // (EMSGSIZE) and the whole burst is lost.
-        let per_call = max_segments.min(MAX_SEND_BYTES / seg).max(1);
-        for chunk in burst.buf.chunks(seg * per_call) {
+        for chunk in burst.buf.chunks(seg * per_call(max_segments, seg)) {
             send_chunk(&socket, &state, destination, chunk, seg, &telemetry).await?;
         }
         add(&telemetry.datagrams, (burst.buf.len() / seg) as u64);
@@ -106,5 +110,18 @@ async fn send_chunk(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gso_call_fits_64_kib_and_the_kernels_segment_count() {
+        assert_eq!(per_call(64, 1446), 45);
+        assert_eq!(per_call(8, 1446), 8);
+        assert_eq!(per_call(64, 100_000), 1, "one oversized segment still goes");
+        assert_eq!(per_call(0, 0), 1);
     }
 }

@@ -46,7 +46,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -701,10 +701,9 @@ pub struct Chunker {
 
 /// What the hashing pass learned about a file.
 struct Hashed {
-    size: u64,
-    mtime_ns: i64,
     sha256: [u8; 32],
-    /// The file as it was before the hashing pass read it.
+    /// The file as it was before the hashing pass read it (its size is
+    /// the size hashed).
     stamp: Stamp,
 }
 
@@ -731,6 +730,14 @@ impl Stamp {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         }
+    }
+
+    /// Modification time, ns since the epoch (saturating).
+    fn mtime_ns(&self) -> i64 {
+        self.mtime
+            .0
+            .saturating_mul(1_000_000_000)
+            .saturating_add(self.mtime.1)
     }
 }
 
@@ -773,10 +780,10 @@ impl Chunker {
             Ok(None) => return Ok(Taken::Interrupted),
             Err(reason) => return Ok(Taken::Refused(reason)),
         };
-        let Ok(chunks) = u32::try_from(self.chunks_for(hashed.size)) else {
+        let Ok(chunks) = u32::try_from(self.chunks_for(hashed.stamp.len)) else {
             return Ok(Taken::Refused(format!(
                 "file of {} bytes makes more than 2^32 chunks of {} bytes",
-                hashed.size, self.chunk_bytes
+                hashed.stamp.len, self.chunk_bytes
             )));
         };
         // Pass 2: the chunks. Before the last leaves, the file must be as
@@ -791,7 +798,7 @@ impl Chunker {
         telemetry.audit.record(
             "file_taken",
             serde_json::json!({"file": file.name, "kind": "files", "file_id": file_id,
-                "bytes": hashed.size, "sha256": weir_shared::audit::hex(&hashed.sha256), "chunks": chunks}),
+                "bytes": hashed.stamp.len, "sha256": weir_shared::audit::hex(&hashed.sha256), "chunks": chunks}),
         );
         for index in 0..chunks {
             if cancel.is_cancelled() {
@@ -799,7 +806,7 @@ impl Chunker {
             }
             let offset = u64::from(index) * self.chunk_bytes as u64;
             // Below chunk_bytes, so it fits a usize.
-            let len = (hashed.size - offset).min(self.chunk_bytes as u64) as usize;
+            let len = (hashed.stamp.len - offset).min(self.chunk_bytes as u64) as usize;
             let permit = self
                 .budget
                 .clone()
@@ -824,8 +831,8 @@ impl Chunker {
                 seq: 0,
                 file_id,
                 name: file.name.clone(),
-                size: hashed.size,
-                mtime_ns: hashed.mtime_ns,
+                size: hashed.stamp.len,
+                mtime_ns: hashed.stamp.mtime_ns(),
                 sha256: hashed.sha256,
                 offset,
                 index,
@@ -856,7 +863,6 @@ fn hash_file(
             meta.len()
         ));
     }
-    let mtime_ns = meta.modified().map_or(0, unix_ns);
     let stamp = Stamp::of(&meta);
     let mut ctx = Sha256::new(&SHA256);
     let mut buf = vec![0; HASH_READ_BYTES];
@@ -887,20 +893,7 @@ fn hash_file(
             stamp.len
         ));
     }
-    Ok(Some(Hashed {
-        size,
-        mtime_ns,
-        sha256,
-        stamp,
-    }))
-}
-
-/// Nanoseconds since the Unix epoch (negative before it, saturating).
-fn unix_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
-    }
+    Ok(Some(Hashed { sha256, stamp }))
 }
 
 fn quarantine_file(dirs: &SpoolDirs, name: &str, working: &Path, reason: &str) {
@@ -919,6 +912,7 @@ mod tests {
     use super::*;
 
     use notify::event::{CreateKind, DataChange, Flag, RemoveKind};
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn temporary_names_are_never_taken() {
