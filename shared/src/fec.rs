@@ -17,8 +17,11 @@
 //! one buffer reserved for `K` of them when the block is first seen. When
 //! all `K` source symbols arrive, that buffer is the block (reordered if
 //! they came out of order), and raptorq is never involved. Only once `K`
-//! distinct symbols are in hand with some source symbol missing are they
-//! handed to a raptorq decoder, which takes every later symbol of the block.
+//! distinct symbols are in hand with some source symbol missing does the
+//! decoder ask for a solve ([`Step::Solve`]): the symbols go to a raptorq
+//! decoder, which takes every later symbol of the block. Adding a symbol
+//! and solving are separate calls, so the receiver can solve on a worker
+//! thread while symbols of other blocks keep coming.
 //! `shared/tests/alloc.rs` holds both sides to this.
 //!
 //! The decoder also notes which encoding symbol ids (ESIs) arrived, one bit
@@ -295,6 +298,30 @@ impl EsiSet {
     }
 }
 
+/// The encoding symbol id of a symbol of a block cut in `symbol_size`
+/// pieces: refused if it names another source block or has another length.
+pub fn symbol_esi(payload_id: u32, len: usize, symbol_size: u16) -> Result<u32, FecError> {
+    let pid = PayloadId::deserialize(&payload_id.to_be_bytes());
+    if pid.source_block_number() != 0 {
+        return Err(FecError::SourceBlock(pid.source_block_number()));
+    }
+    if len != usize::from(symbol_size) {
+        return Err(FecError::SymbolSize(u16::try_from(len).unwrap_or(u16::MAX)));
+    }
+    Ok(pid.encoding_symbol_id())
+}
+
+/// What one added symbol did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Not enough symbols yet.
+    Wait,
+    /// The block, from its source symbols alone.
+    Block(Vec<u8>),
+    /// Enough symbols for RaptorQ to try: call [`BlockDecoder::solve`].
+    Solve,
+}
+
 /// Rebuilds one block from whatever symbols arrive, in any order.
 pub struct BlockDecoder {
     k: u32,
@@ -303,9 +330,9 @@ pub struct BlockDecoder {
     received: u32,
     source_received: u32,
     esis: EsiSet,
-    /// Distinct symbols in arrival order, `symbol_size` bytes each; room
-    /// for `K` is reserved up front, and it never holds more (see
-    /// [`BlockDecoder::push`]).
+    /// Distinct symbols in arrival order not yet handed to raptorq,
+    /// `symbol_size` bytes each; room for `K` is reserved up front, and it
+    /// never holds more (see [`BlockDecoder::add`]).
     stored: Vec<u8>,
     /// ESI of each symbol in `stored`.
     stored_esis: Vec<u32>,
@@ -314,8 +341,8 @@ pub struct BlockDecoder {
     /// `stored` holds ESIs `0, 1, 2, …` in that order so far: once all `K`
     /// are in, it is the block as it stands.
     in_order: bool,
-    /// Set once `K` distinct symbols, some of them repair, were in hand:
-    /// from then on raptorq holds the block's symbols.
+    /// Set by the first [`BlockDecoder::solve`]: from then on raptorq
+    /// holds the block's symbols.
     inner: Option<SourceBlockDecoder>,
 }
 
@@ -378,66 +405,77 @@ impl BlockDecoder {
         }
     }
 
-    /// Add one symbol; returns the block once it can be rebuilt.
-    /// `symbol` must be exactly `symbol_size` long (the wire parser
-    /// guarantees it).
+    /// Add one symbol and solve at once when RaptorQ is needed: the block
+    /// once it can be rebuilt. `symbol` must be exactly `symbol_size` long
+    /// (the wire parser guarantees it). [`BlockDecoder::add`] and
+    /// [`BlockDecoder::solve`] split the same work so the solve can run
+    /// elsewhere.
     pub fn push(&mut self, payload_id: u32, symbol: &[u8]) -> Result<Option<Vec<u8>>, FecError> {
-        let pid = PayloadId::deserialize(&payload_id.to_be_bytes());
-        if pid.source_block_number() != 0 {
-            return Err(FecError::SourceBlock(pid.source_block_number()));
-        }
-        if symbol.len() != usize::from(self.symbol_size) {
-            return Err(FecError::SymbolSize(
-                u16::try_from(symbol.len()).unwrap_or(u16::MAX),
-            ));
-        }
-        let esi = pid.encoding_symbol_id();
+        Ok(match self.add(payload_id, symbol)? {
+            Step::Wait => None,
+            Step::Block(b) => Some(b),
+            Step::Solve => self.solve(),
+        })
+    }
+
+    /// Add one symbol. Cheap: copies it, and hands the block out when its
+    /// `K` source symbols are in. [`Step::Solve`] when RaptorQ has to
+    /// rebuild a missing source symbol: call [`BlockDecoder::solve`].
+    pub fn add(&mut self, payload_id: u32, symbol: &[u8]) -> Result<Step, FecError> {
+        let esi = symbol_esi(payload_id, symbol.len(), self.symbol_size)?;
         self.received += 1;
         if esi < self.k {
             self.source_received += 1;
         }
-        let fresh = self.esis.insert(esi);
-        let len = self.len as usize;
-        if let Some(inner) = &mut self.inner {
-            // raptorq returns whole symbols; the tail is padding.
-            let block = inner.decode(std::iter::once(EncodingPacket::new(pid, symbol.to_vec())));
-            return Ok(block.map(|mut b| {
-                b.truncate(len);
-                b
-            }));
-        }
-        if !fresh {
-            return Ok(None);
+        if !self.esis.insert(esi) {
+            return Ok(Step::Wait);
         }
         self.in_order &= esi as usize == self.stored_esis.len();
         self.stored.extend_from_slice(symbol);
         self.stored_esis.push(esi);
+        if self.inner.is_some() {
+            // A solve fell short: every new symbol is worth another.
+            return Ok(Step::Solve);
+        }
         if esi < self.k {
             self.stored_source += 1;
         }
         if self.stored_source == self.k {
-            return Ok(Some(self.source_block()));
+            return Ok(Step::Block(self.source_block()));
         }
-        // `K` distinct symbols but a source symbol missing: hand everything
-        // to raptorq, which may rebuild the block now or after a symbol or
-        // two more. `stored` therefore never grows past `K` symbols.
-        if self.stored_esis.len() >= self.k as usize {
-            let mut inner =
-                SourceBlockDecoder::new(0, &oti(self.len, self.symbol_size), u64::from(self.len));
-            let stored = std::mem::take(&mut self.stored);
-            let esis = std::mem::take(&mut self.stored_esis);
-            let packets = stored
-                .chunks_exact(usize::from(self.symbol_size))
-                .zip(esis)
-                .map(|(s, esi)| EncodingPacket::new(PayloadId::new(0, esi), s.to_vec()));
-            let block = inner.decode(packets);
-            self.inner = Some(inner);
-            return Ok(block.map(|mut b| {
-                b.truncate(len);
-                b
-            }));
-        }
-        Ok(None)
+        // `K` distinct symbols but a source symbol missing: RaptorQ may
+        // rebuild the block now or after a symbol or two more. `stored`
+        // therefore never grows past `K` symbols before the first solve.
+        Ok(if self.stored_esis.len() >= self.k as usize {
+            Step::Solve
+        } else {
+            Step::Wait
+        })
+    }
+
+    /// Hand the symbols added since the last solve to RaptorQ and try to
+    /// rebuild the block: the heavy step, `O(K²)` at worst. `None` when the
+    /// symbols so far are not enough (about one block in a hundred with
+    /// exactly `K`); every later [`BlockDecoder::add`] then asks for
+    /// another solve.
+    pub fn solve(&mut self) -> Option<Vec<u8>> {
+        let (len, ss) = (self.len, usize::from(self.symbol_size));
+        let inner = self.inner.get_or_insert_with(|| {
+            SourceBlockDecoder::new(0, &oti(len, self.symbol_size), u64::from(len))
+        });
+        let packets = self
+            .stored
+            .chunks_exact(ss)
+            .zip(&self.stored_esis)
+            .map(|(s, &esi)| EncodingPacket::new(PayloadId::new(0, esi), s.to_vec()));
+        let block = inner.decode(packets);
+        self.stored.clear();
+        self.stored_esis.clear();
+        // raptorq returns whole symbols; the tail is padding.
+        block.map(|mut b| {
+            b.truncate(len as usize);
+            b
+        })
     }
 
     /// The block from its `K` stored source symbols (none of them repair:

@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::fec::{BlockDecoder, FecError};
+use crate::fec::{BlockDecoder, FecError, Step, symbol_esi};
 use crate::lane::{LANES, Lane};
 use crate::wire::{Header, KeyId, SessionId};
 
@@ -123,9 +123,76 @@ impl LostRange {
 }
 
 struct Pending {
-    decoder: BlockDecoder,
+    /// `None` while the block is being solved ([`Solve`]).
+    decoder: Option<BlockDecoder>,
+    /// Source symbols of the block.
+    k: u32,
+    /// Symbols taken, duplicates included (the per-block budget).
+    received: u32,
+    /// Symbols that came while the block was being solved.
+    late: Vec<(u32, Vec<u8>)>,
     header: Header,
     first_seen: Instant,
+}
+
+/// What a symbol, or a solve, made ready.
+#[derive(Debug)]
+pub enum Ready {
+    /// A rebuilt block.
+    Block(CompletedBlock),
+    /// A block RaptorQ must rebuild: [`Solve::run`] it, on any thread.
+    Solve(Solve),
+}
+
+/// A block with enough symbols for RaptorQ to try, taken out of the
+/// reassembler to be solved.
+#[derive(Debug)]
+pub struct Solve {
+    key: BlockKey,
+    header: Header,
+    decoder: BlockDecoder,
+}
+
+impl Solve {
+    /// The block being solved.
+    pub fn key(&self) -> BlockKey {
+        self.key
+    }
+
+    /// Run RaptorQ: the heavy step. Hand the result to
+    /// [`Reassembler::solved`].
+    #[must_use]
+    pub fn run(mut self) -> Solved {
+        let block = self.decoder.solve();
+        Solved {
+            key: self.key,
+            header: self.header,
+            decoder: self.decoder,
+            block,
+        }
+    }
+}
+
+/// A [`Solve`] that has run.
+#[derive(Debug)]
+pub struct Solved {
+    key: BlockKey,
+    header: Header,
+    decoder: BlockDecoder,
+    block: Option<Vec<u8>>,
+}
+
+/// A rebuilt block with what its decoder saw.
+fn completed(header: Header, decoder: &BlockDecoder, sealed: Vec<u8>) -> CompletedBlock {
+    let k = decoder.source_symbols();
+    CompletedBlock {
+        header,
+        sealed,
+        source_symbols: k,
+        symbols_used: decoder.received(),
+        repaired: k.saturating_sub(decoder.source_received()),
+        tally: decoder.tally(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,13 +269,38 @@ impl Reassembler {
         self.sessions.len()
     }
 
-    /// Feed one symbol datagram (already CRC-checked and parsed).
+    /// Feed one symbol datagram (already CRC-checked and parsed), and
+    /// solve on the spot when RaptorQ is needed: the block once rebuilt.
+    /// [`Reassembler::take_symbol`] and [`Reassembler::solved`] split the
+    /// same work so solves can run elsewhere.
     pub fn handle_symbol(
         &mut self,
         now: Instant,
         header: &Header,
         symbol: &[u8],
     ) -> Result<Option<CompletedBlock>, DropReason> {
+        let mut ready = self.take_symbol(now, header, symbol)?;
+        loop {
+            match ready {
+                None => return Ok(None),
+                Some(Ready::Block(b)) => return Ok(Some(b)),
+                Some(Ready::Solve(job)) => ready = self.solved(job.run()),
+            }
+        }
+    }
+
+    /// Feed one symbol datagram (already CRC-checked and parsed). Cheap:
+    /// a block rebuilt from its source symbols comes back at once; one
+    /// that needs RaptorQ comes back as a [`Solve`] to run anywhere and
+    /// hand to [`Reassembler::solved`]. Until then the block stays pending
+    /// ("being solved"): its later symbols are kept for the case the solve
+    /// falls short, counted against the same per-block budget.
+    pub fn take_symbol(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        symbol: &[u8],
+    ) -> Result<Option<Ready>, DropReason> {
         let key = BlockKey {
             session: header.session,
             lane: header.lane,
@@ -255,37 +347,93 @@ impl Reassembler {
             )
             .map_err(DropReason::Geometry)?;
             self.pending.entry(key).or_insert(Pending {
-                decoder,
+                k: decoder.source_symbols(),
+                decoder: Some(decoder),
+                received: 0,
+                late: Vec::new(),
                 header: block_header,
                 first_seen: now,
             })
         };
         // A block never needs more than 2K + 16 symbols; anything beyond is
         // a flood against one block.
-        let budget = pending
-            .decoder
-            .source_symbols()
-            .saturating_mul(2)
-            .saturating_add(16);
-        if pending.decoder.received() >= budget {
+        if pending.received >= pending.k.saturating_mul(2).saturating_add(16) {
             return Err(DropReason::Excess);
         }
-        match pending.decoder.push(header.payload_id, symbol) {
-            Ok(None) => Ok(None),
-            Ok(Some(sealed)) => {
+        let Some(decoder) = &mut pending.decoder else {
+            // Being solved: kept for the case the solve falls short.
+            symbol_esi(header.payload_id, symbol.len(), header.symbol_size)
+                .map_err(DropReason::Geometry)?;
+            pending.received += 1;
+            pending.late.push((header.payload_id, symbol.to_vec()));
+            return Ok(None);
+        };
+        let step = decoder
+            .add(header.payload_id, symbol)
+            .map_err(DropReason::Geometry)?;
+        pending.received += 1;
+        Ok(match step {
+            Step::Wait => None,
+            Step::Block(sealed) => {
                 let p = self.pending.remove(&key).ok_or(DropReason::Resolved)?;
-                let k = p.decoder.source_symbols();
-                Ok(Some(CompletedBlock {
-                    header: p.header,
-                    sealed,
-                    source_symbols: k,
-                    symbols_used: p.decoder.received(),
-                    repaired: k.saturating_sub(p.decoder.source_received()),
-                    tally: p.decoder.tally(),
-                }))
+                let decoder = p.decoder.ok_or(DropReason::Resolved)?;
+                Some(Ready::Block(completed(p.header, &decoder, sealed)))
             }
-            Err(e) => Err(DropReason::Geometry(e)),
+            Step::Solve => pending.decoder.take().map(|decoder| {
+                Ready::Solve(Solve {
+                    key,
+                    header: pending.header,
+                    decoder,
+                })
+            }),
+        })
+    }
+
+    /// A solve is back. Rebuilt: the block, and its pending state is gone.
+    /// Short of symbols: the symbols that came meanwhile go in, and if
+    /// any was new, another [`Solve`]; else the block waits for more. A
+    /// block that expired while it was out is dropped with it (or handed
+    /// out, if rebuilt: the caller's replay check still applies).
+    pub fn solved(&mut self, done: Solved) -> Option<Ready> {
+        let Solved {
+            key,
+            header,
+            mut decoder,
+            block,
+        } = done;
+        if let Some(sealed) = block {
+            self.pending.remove(&key);
+            return Some(Ready::Block(completed(header, &decoder, sealed)));
         }
+        let p = self.pending.get_mut(&key)?;
+        if p.decoder.is_some() || p.header != header {
+            // Expired and begun again meanwhile: the newer state stands.
+            return None;
+        }
+        let late = std::mem::take(&mut p.late);
+        let mut again = false;
+        for (payload_id, symbol) in late {
+            match decoder.add(payload_id, &symbol) {
+                Ok(Step::Solve) => again = true,
+                Ok(Step::Block(sealed)) => {
+                    self.pending.remove(&key);
+                    return Some(Ready::Block(completed(header, &decoder, sealed)));
+                }
+                // Checked when taken.
+                Ok(Step::Wait) | Err(_) => {}
+            }
+        }
+        if again {
+            return Some(Ready::Solve(Solve {
+                key,
+                header,
+                decoder,
+            }));
+        }
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.decoder = Some(decoder);
+        }
+        None
     }
 
     /// Whether a rebuilt block may still be delivered (not a replay).
@@ -747,6 +895,124 @@ mod tests {
         assert_eq!(r.pending_len(), 0);
         r.poll_timeouts(t0 + Duration::from_mins(1));
         assert_eq!(r.poll_lost(), None);
+    }
+
+    /// Symbols of one block with its first `lost` source symbols lost, in
+    /// an order of the seed `seq`: the block needs a solve.
+    fn lossy(seq: u64, len: usize, lost: usize) -> Vec<(Header, Vec<u8>)> {
+        let mut dg = datagrams(SessionId([6; 16]), Lane::Bulk, seq, &data(seq, len), 1000);
+        dg.drain(..lost);
+        dg.shuffle(&mut StdRng::seed_from_u64(seq));
+        dg
+    }
+
+    fn data(seq: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 13 + seq as usize) as u8).collect()
+    }
+
+    /// Feed symbols until the block asks for a solve; the rest are left.
+    fn until_solve<'a>(
+        r: &mut Reassembler,
+        t: Instant,
+        dg: &'a [(Header, Vec<u8>)],
+    ) -> (Solve, &'a [(Header, Vec<u8>)]) {
+        for (i, (h, sym)) in dg.iter().enumerate() {
+            match r.take_symbol(t, h, sym) {
+                Ok(None) => {}
+                Ok(Some(Ready::Solve(job))) => return (job, &dg[i + 1..]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("no solve asked for");
+    }
+
+    /// A block out being solved stays pending: its later symbols are kept,
+    /// not refused and not a new block, and a solve that falls short (one
+    /// in about a hundred with exactly `K` symbols) takes them and asks
+    /// again. Seeds are searched for such a solve, so the test always
+    /// holds one.
+    #[test]
+    fn a_short_solve_takes_the_symbols_that_came_while_it_was_out() {
+        let t0 = Instant::now();
+        let mut short = 0;
+        for seq in 0..3000u64 {
+            let len = 500 + (seq as usize * 37) % 2500;
+            let dg = lossy(seq, len, 1 + seq as usize % 3);
+            let mut r = Reassembler::new(limits());
+            let (job, rest) = until_solve(&mut r, t0, &dg);
+            assert_eq!(job.key().seq, seq);
+            for (h, sym) in rest {
+                assert!(
+                    matches!(r.take_symbol(t0, h, sym), Ok(None)),
+                    "kept, seq {seq}"
+                );
+            }
+            assert_eq!(r.pending_len(), 1, "still one block pending");
+            let b = match r.solved(job.run()) {
+                Some(Ready::Block(b)) => b,
+                Some(Ready::Solve(again)) => {
+                    short += 1;
+                    match r.solved(again.run()) {
+                        Some(Ready::Block(b)) => b,
+                        other => panic!("seq {seq}: not rebuilt with every symbol: {other:?}"),
+                    }
+                }
+                None => panic!("seq {seq}: new symbols came, yet no solve"),
+            };
+            assert_eq!(b.sealed, data(seq, len), "seq {seq}");
+            assert_eq!(r.pending_len(), 0);
+            if short >= 3 {
+                return;
+            }
+        }
+        panic!("only {short} short solves in 3000 blocks");
+    }
+
+    /// A short solve with nothing new meanwhile leaves the block waiting,
+    /// and the next symbol asks again. The budget counts kept symbols.
+    #[test]
+    fn a_block_being_solved_counts_its_symbols_against_the_budget() {
+        let t0 = Instant::now();
+        let dg = lossy(1, 2000, 2);
+        let mut r = Reassembler::new(limits());
+        let (job, rest) = until_solve(&mut r, t0, &dg);
+        let k = source_symbols(2000, SYM);
+        // 2K + 16 symbols at most, K of them already taken.
+        let mut taken = k;
+        let (h, sym) = &rest[0];
+        loop {
+            match r.take_symbol(t0, h, sym) {
+                Ok(None) => taken += 1,
+                Err(DropReason::Excess) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(taken, 2 * k + 16);
+        // The repeats of one symbol add nothing new: done or waiting.
+        match r.solved(job.run()) {
+            Some(Ready::Block(b)) => assert_eq!(b.header.seq, 1),
+            None => assert_eq!(r.pending_len(), 1),
+            Some(Ready::Solve(_)) => panic!("a duplicate asked for a solve"),
+        }
+    }
+
+    /// A block that expires while out is dropped with it if the solve
+    /// falls short, and handed out if rebuilt (the caller's replay check
+    /// still applies).
+    #[test]
+    fn a_block_expired_while_being_solved_comes_back_only_if_rebuilt() {
+        let t0 = Instant::now();
+        let dg = lossy(2, 3000, 1);
+        let mut r = Reassembler::new(limits());
+        let (job, _) = until_solve(&mut r, t0, &dg);
+        r.poll_timeouts(t0 + Duration::from_secs(10));
+        assert_eq!(r.pending_len(), 0);
+        assert_eq!(r.stats().pending_expired, 1);
+        match r.solved(job.run()) {
+            Some(Ready::Block(b)) => assert_eq!(b.header.seq, 2),
+            other => panic!("a rebuilt block is handed out: {other:?}"),
+        }
+        assert_eq!(r.pending_len(), 0);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! ```text
 //!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> outbox
+//!                            │   ▲
+//!                       Solve│   │Solved     (a source symbol lost: RaptorQ on a worker, `solve`)
+//!                            ▼   │
+//!                            Solver
 //!           └─heartbeats──────────────────────────────> open ──> link state, tail-loss window
 //!  tick ──> expire pending blocks, declare lost blocks ──> Ledger ──> gap entries ──> outbox, gaps file
 //! ```
@@ -27,7 +31,7 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
 use weir_shared::lane::Lane;
 use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
-use weir_shared::reassembly::{BlockKey, DropReason, Reassembler, ReassemblyLimits};
+use weir_shared::reassembly::{BlockKey, DropReason, Ready, Reassembler, ReassemblyLimits};
 use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::budget::Budget;
@@ -36,6 +40,7 @@ use super::ledger::{Admission, Book, GapLog, gap_json};
 use super::open::{Gate, OpenError};
 use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
+use super::solve::Solver;
 use super::{LinkState, Message, OpenedBlock, StageError, Verified, now, send_event};
 use crate::stats::{RxStats, add, charge_cpu, thread_cpu};
 
@@ -199,9 +204,18 @@ pub async fn run(
         to_outbox: &to_outbox,
     };
     let mut tick = tokio::time::interval(TICK);
+    let mut solver = Solver::new(stats.clone());
     loop {
         let batch = tokio::select! {
-            b = from_verify.recv() => match b { Some(b) => b, None => break },
+            biased;
+            done = solver.next(), if !solver.is_idle() => {
+                let cpu = thread_cpu();
+                let ready = core.reassembler.solved(done?);
+                take_ready(&mut core, &out, &mut solver, ready)?;
+                charge_cpu(&stats.link_cpu_ns, cpu);
+                continue;
+            }
+            b = from_verify.recv(), if !solver.is_full() => match b { Some(b) => b, None => break },
             _ = tick.tick() => {
                 core.reassembler.poll_timeouts(now());
                 report_lost(&mut core, &out, false);
@@ -229,20 +243,21 @@ pub async fn run(
                         first_sight(&mut core, &out, &header);
                     }
                 }
-                Kind::Symbol => {
-                    let t = now();
-                    match core.reassembler.handle_symbol(t, &header, payload) {
-                        Ok(None) => {}
-                        Ok(Some(block)) => deliver(&mut core, &out, t, block)?,
-                        Err(r) => count_drop(&stats, r),
-                    }
-                }
+                Kind::Symbol => match core.reassembler.take_symbol(now(), &header, payload) {
+                    Ok(ready) => take_ready(&mut core, &out, &mut solver, ready)?,
+                    Err(r) => count_drop(&stats, r),
+                },
             }
         }
         charge_cpu(&stats.link_cpu_ns, cpu);
     }
-    // Input closed: report whatever is already known lost, and what is
-    // still waiting to be counted; the final floors wait for room.
+    // Input closed: the solves still out come back first; then report
+    // whatever is already known lost, and what is still waiting to be
+    // counted; the final floors wait for room.
+    while !solver.is_idle() {
+        let ready = core.reassembler.solved(solver.next().await?);
+        take_ready(&mut core, &out, &mut solver, ready)?;
+    }
     core.reassembler.poll_timeouts(now());
     report_lost(&mut core, &out, true);
     core.evidence.poll(now(), &stats.audit, true);
@@ -253,6 +268,24 @@ pub async fn run(
             .map_err(|_| StageError::Closed("decode"))?;
     }
     Ok(())
+}
+
+/// A rebuilt block goes on to [`deliver`]; one that needs RaptorQ to a
+/// solve worker.
+fn take_ready(
+    core: &mut Core,
+    out: &Out<'_>,
+    solver: &mut Solver,
+    ready: Option<Ready>,
+) -> Result<(), StageError> {
+    match ready {
+        None => Ok(()),
+        Some(Ready::Block(block)) => deliver(core, out, now(), block),
+        Some(Ready::Solve(job)) => {
+            solver.submit(job);
+            Ok(())
+        }
+    }
 }
 
 /// A rebuilt block: open it, account for it, and hand it to the outbox.

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
+//!                                            decode ──Solve──> solve (one worker per core) ──Solved──> decode
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
@@ -13,6 +14,9 @@
 //! `decode` and `open` share one task: the replay window may only move on
 //! authenticated blocks, so the reassembler must learn each block's AEAD
 //! verdict before it handles the next symbol. `open` stays its own module.
+//! RaptorQ solves are the exception that proves it: a block being solved
+//! stays pending in the reassembler, keeping the symbols that arrive
+//! meanwhile, until its solve comes back to the decode task.
 //!
 //! Full-queue policy: `recv`, `verify` and `decode` await their successor
 //! (all are CPU-bound and fast), except that decode never waits on the
@@ -32,6 +36,7 @@ pub mod open;
 pub mod outbox;
 pub mod publish;
 pub mod recv;
+pub mod solve;
 pub mod sparkplug;
 pub mod status;
 pub mod validate;

@@ -3,9 +3,11 @@
 //!
 //! Datagrams are built from fuzzed fields (a valid CRC would otherwise
 //! stop almost every input at the door) and go through `wire::parse` like
-//! received ones. Small limits keep each run fast; the property is that
-//! nothing panics or hangs and the pending-block and session tables never
-//! outgrow their limits.
+//! received ones. RaptorQ solves are held back and handed in later, in any
+//! order, as the receiver's solve workers do. Small limits keep each run
+//! fast; the property is that nothing panics or hangs, the pending-block
+//! and session tables never outgrow their limits, and every rebuilt block
+//! has its transfer length.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weir_shared::lane::{LANES, Lane};
-use weir_shared::reassembly::{BlockKey, Reassembler, ReassemblyLimits};
+use weir_shared::reassembly::{
+    BlockKey, CompletedBlock, Ready, Reassembler, ReassemblyLimits, Solve,
+};
 use weir_shared::wire::{self, KeyId};
 
 const LIMITS: ReassemblyLimits = ReassemblyLimits {
@@ -76,6 +80,36 @@ enum Op {
     Restore { session: u8, lane: u8, floor: Seq },
     /// Time passes; the shell's periodic poll runs.
     Advance { ms: u16 },
+    /// One held-back solve runs and comes back.
+    Solved { which: u8 },
+}
+
+/// A rebuilt block: checked, and confirmed if the AEAD would accept it.
+fn completed(r: &mut Reassembler, now: Instant, block: &CompletedBlock, confirm: bool) {
+    assert_eq!(block.sealed.len(), block.header.transfer_len as usize);
+    let key = BlockKey {
+        session: block.header.session,
+        lane: block.header.lane,
+        seq: block.header.seq,
+    };
+    if confirm && r.is_fresh(key) {
+        r.confirm(now, key, block.header.key_id);
+    }
+}
+
+/// What a symbol or a solve made ready: a block is taken, a solve held.
+fn ready(
+    r: &mut Reassembler,
+    now: Instant,
+    held: &mut Vec<Solve>,
+    ready: Option<Ready>,
+    confirm: bool,
+) {
+    match ready {
+        Some(Ready::Block(block)) => completed(r, now, &block, confirm),
+        Some(Ready::Solve(job)) => held.push(job),
+        None => {}
+    }
 }
 
 /// Five sessions against a cap of three, so eviction happens.
@@ -122,6 +156,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut r = Reassembler::new(LIMITS);
     let t0 = Instant::now();
     let mut now = t0;
+    let mut held = Vec::new();
     for op in ops.iter().take(512) {
         match op {
             Op::Symbol {
@@ -149,23 +184,17 @@ fuzz_target!(|ops: Vec<Op>| {
                 let Ok((header, payload)) = wire::parse(&dg) else {
                     continue;
                 };
-                if let Ok(Some(block)) = r.handle_symbol(now, &header, payload) {
-                    assert_eq!(block.sealed.len(), block.header.transfer_len as usize);
-                    let key = BlockKey {
-                        session: block.header.session,
-                        lane: block.header.lane,
-                        seq: block.header.seq,
-                    };
-                    if *confirm && r.is_fresh(key) {
-                        r.confirm(now, key, block.header.key_id);
-                    }
+                if let Ok(got) = r.take_symbol(now, &header, payload) {
+                    ready(&mut r, now, &mut held, got, *confirm);
                 }
             }
             Op::Raw(bytes) => {
                 if let Ok((header, payload)) = wire::parse(bytes)
                     && header.kind == wire::Kind::Symbol
                 {
-                    let _ = r.handle_symbol(now, &header, payload);
+                    if let Ok(got) = r.take_symbol(now, &header, payload) {
+                        ready(&mut r, now, &mut held, got, true);
+                    }
                 }
             }
             Op::Heartbeat {
@@ -217,6 +246,13 @@ fuzz_target!(|ops: Vec<Op>| {
                 now += Duration::from_millis(u64::from(*ms));
                 r.poll_timeouts(now);
             }
+            Op::Solved { which } => {
+                if !held.is_empty() {
+                    let job = held.swap_remove(usize::from(*which) % held.len());
+                    let got = r.solved(job.run());
+                    ready(&mut r, now, &mut held, got, true);
+                }
+            }
         }
         assert!(
             r.pending_len() <= LIMITS.max_pending_blocks,
@@ -230,5 +266,10 @@ fuzz_target!(|ops: Vec<Op>| {
             assert!(lost.first <= lost.last, "empty lost range {lost:?}");
             assert!(lost.count() >= 1);
         }
+    }
+    // Every solve comes back; each may ask for one more.
+    while let Some(job) = held.pop() {
+        let got = r.solved(job.run());
+        ready(&mut r, now, &mut held, got, true);
     }
 });
