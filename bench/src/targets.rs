@@ -94,6 +94,9 @@ pub enum Probe {
     Flood,
     /// One clean run, its figures printed (to profile one scenario alone).
     Clean,
+    /// One receiver memory run at full rate (as in the targets), its peak
+    /// printed.
+    Rss,
     /// One lossy run, its figures printed.
     Lossy,
 }
@@ -114,10 +117,20 @@ fn peak_rss_mib() -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The environment the shipped unit gives the receiver (its
+/// `Environment=` lines), so a probe measures what a plant runs.
+fn unit_environment() -> Vec<(&'static str, &'static str)> {
+    include_str!("../../systemd/weir-rx.service")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment=")?.split_once('='))
+        .collect()
+}
+
 /// Peak RSS, MiB, of a junk flood against a receiver in a child process.
 fn flood_in_child(seed: u64) -> anyhow::Result<f64> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(["targets", "--probe", "flood", "--seed", &seed.to_string()])
+        .envs(unit_environment())
         .stderr(std::process::Stdio::null())
         .output()
         .context("running the flood probe")?;
@@ -146,6 +159,7 @@ fn receiver_rss_in_child(opts: &Options, seed: u64) -> anyhow::Result<f64> {
     let files = write_files(&spool, &run)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["targets", "--probe", "receiver"])
+        .envs(unit_environment())
         .env("WEIR_PROBE_DIR", dir.path())
         .env("WEIR_PROBE_FILES", files.to_string())
         .stdout(std::process::Stdio::piped())
@@ -231,6 +245,10 @@ fn probe(p: Probe, opts: &Options) -> anyhow::Result<()> {
             }
             rx_rt.shutdown_timeout(Duration::from_secs(2));
             drop(broker);
+        }
+        Probe::Rss => {
+            let peak = receiver_rss_in_child(opts, opts.seed)?;
+            println!("receiver peak_rss_mib {peak:.1}");
         }
         Probe::Flood => {
             junk_flood(5.0, opts.seed)?;
@@ -1393,4 +1411,16 @@ fn sweeps(
     }
     std::fs::write(out.join("sweeps.csv"), sweep_csv)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory probes run with the unit's malloc setting: were the line
+    /// gone or unread, the RSS figure would be of another receiver.
+    #[test]
+    fn the_probes_get_the_units_environment() {
+        assert!(unit_environment().contains(&("MALLOC_ARENA_MAX", "2")));
+    }
 }
