@@ -2,7 +2,12 @@
 //!
 //! Symbols of many blocks arrive interleaved, duplicated and reordered. The
 //! reassembler keeps one [`BlockDecoder`] per pending `(session, lane, seq)`
-//! and hands a block out as soon as RaptorQ can rebuild it.
+//! and hands a block out as soon as RaptorQ can rebuild it. A block whose
+//! source symbols all arrived comes out of [`Reassembler::take_symbol`] at
+//! once; one that needs a RaptorQ solve comes out as a [`Solve`], to run on
+//! any thread and come back through [`Reassembler::solved`], while the
+//! block stays pending ("being solved") and keeps the symbols that still
+//! arrive for it.
 //!
 //! Two kinds of state, with different trust:
 //!
