@@ -1297,7 +1297,31 @@ pub struct RxLimits {
     /// block decoded beyond it is shed and reported as a gap (alert blocks
     /// never are).
     pub max_queued_bytes: u64,
+    /// Threads that run RaptorQ solves beside the decode task; 0 solves on
+    /// the decode task itself. Unset: none on a host of one or two cores
+    /// (the decode task's core and one for the rest of the pipeline),
+    /// else one per core less one.
+    pub solve_workers: Option<u8>,
 }
+
+impl RxLimits {
+    /// Solve threads for a host of `cores` cores ([`RxLimits::solve_workers`]).
+    pub fn solve_workers_for(&self, cores: usize) -> usize {
+        self.solve_workers.map_or_else(
+            || {
+                if cores <= 2 {
+                    0
+                } else {
+                    (cores - 1).min(MAX_SOLVE_WORKERS)
+                }
+            },
+            usize::from,
+        )
+    }
+}
+
+/// Most solve threads `limits.solve_workers` may ask for.
+pub const MAX_SOLVE_WORKERS: usize = 16;
 
 impl Default for RxLimits {
     fn default() -> Self {
@@ -1311,6 +1335,7 @@ impl Default for RxLimits {
             max_batch_bytes: 64 * 1024 * 1024,
             max_records: 1_000_000,
             max_queued_bytes: 64 * 1024 * 1024,
+            solve_workers: None,
         }
     }
 }
@@ -1579,6 +1604,11 @@ impl RxConfig {
                 "must hold one block (limits.max_block_bytes) and be at most 4 GiB",
             ));
         }
+        if l.solve_workers
+            .is_some_and(|w| usize::from(w) > MAX_SOLVE_WORKERS)
+        {
+            return Err(bad("limits.solve_workers", "must be at most 16"));
+        }
         self.mqtt.check()?;
         self.mqtt.check_security()?;
         self.outbox.check(l.max_block_bytes)?;
@@ -1755,6 +1785,20 @@ mod tests {
             c.validate().map(|_| ()).map_err(|e| e.key),
             Err("keys.files")
         );
+    }
+
+    #[test]
+    fn solve_workers_leave_two_cores_alone_unless_set() {
+        let auto = RxLimits::default();
+        assert_eq!(
+            [1, 2, 3, 4, 64].map(|c| auto.solve_workers_for(c)),
+            [0, 0, 2, 3, MAX_SOLVE_WORKERS]
+        );
+        let set = RxLimits {
+            solve_workers: Some(2),
+            ..RxLimits::default()
+        };
+        assert_eq!(set.solve_workers_for(2), 2);
     }
 
     #[test]
@@ -1988,6 +2032,12 @@ mod tests {
         assert_eq!(
             queue.validate().map(|_| ()).map_err(|e| e.key),
             Err("limits.max_queued_bytes")
+        );
+        let mut solve = c.clone();
+        solve.limits.solve_workers = Some(17);
+        assert_eq!(
+            solve.validate().map(|_| ()).map_err(|e| e.key),
+            Err("limits.solve_workers")
         );
         let mut o = c.clone();
         o.outbox.max_bytes = 10;

@@ -53,6 +53,12 @@ fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
     // Lost blocks are declared (and files given up) within seconds.
     cfg["limits"]["block_timeout"] = toml::Value::String("1s".into());
     cfg["limits"]["gap_timeout"] = toml::Value::String("2s".into());
+    // Solves on two threads beside the decode task (a host of two cores
+    // solves on the decode task by default, as the other lossy tests do).
+    cfg["limits"]
+        .as_table_mut()
+        .expect("limits table")
+        .insert("solve_workers".into(), toml::Value::Integer(2));
     let files: toml::Table = toml::from_str(&format!(
         "output_dir = {:?}\nincomplete_timeout = \"30s\"\n",
         out.display().to_string()

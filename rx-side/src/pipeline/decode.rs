@@ -70,6 +70,8 @@ pub struct Core {
     evidence: super::evidence::Evidence,
     /// Decoded blocks not yet committed by the outbox (`limits.max_queued_bytes`).
     queued: Budget,
+    /// Threads for RaptorQ solves (`limits.solve_workers`); 0: solved here.
+    solve_workers: usize,
 }
 
 impl Core {
@@ -123,6 +125,7 @@ impl Core {
             floors_sent: HashMap::new(),
             evidence: super::evidence::Evidence::default(),
             queued,
+            solve_workers: 0,
         })
     }
 
@@ -144,6 +147,13 @@ impl Core {
             Admission::Known => {}
         }
         true
+    }
+
+    /// Solve on `n` threads beside the decode task (0: on it).
+    #[must_use]
+    pub fn with_solve_workers(mut self, n: usize) -> Self {
+        self.solve_workers = n;
+        self
     }
 
     /// Also tell the file output of lost blocks.
@@ -204,7 +214,7 @@ pub async fn run(
         to_outbox: &to_outbox,
     };
     let mut tick = tokio::time::interval(TICK);
-    let mut solver = Solver::new(stats.clone());
+    let mut solver = Solver::new(core.solve_workers, stats.clone());
     loop {
         let batch = tokio::select! {
             biased;
@@ -281,6 +291,10 @@ fn take_ready(
     match ready {
         None => Ok(()),
         Some(Ready::Block(block)) => deliver(core, out, now(), block),
+        Some(Ready::Solve(job)) if solver.is_inline() => {
+            let again = core.reassembler.solved(job.run());
+            take_ready(core, out, solver, again)
+        }
         Some(Ready::Solve(job)) => {
             solver.submit(job);
             Ok(())

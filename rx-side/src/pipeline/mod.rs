@@ -473,12 +473,14 @@ fn decode_core(
     store: &outbox::Outbox,
 ) -> anyhow::Result<decode::Core> {
     let queued = usize::try_from(cfg.raw.limits.max_queued_bytes).unwrap_or(usize::MAX);
-    decode::Core::new(
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Ok(decode::Core::new(
         (cfg.reassembly, budget::Budget::new(queued)),
         open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
         &cfg.raw.ledger,
         store,
-    )
+    )?
+    .with_solve_workers(cfg.raw.limits.solve_workers_for(cores)))
 }
 
 /// The counters, with the audit log (`audit.path`) opened, its chain

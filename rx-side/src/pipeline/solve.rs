@@ -6,9 +6,13 @@
 //!
 //! A block that lost a source symbol on the wire needs RaptorQ, the
 //! receiver's heaviest work per byte (several ms per MB). Blocks are
-//! independent, so up to one solve per core runs at once on the blocking
-//! pool while the decode task goes on taking symbols of other blocks and
-//! handing clean blocks through. The block stays pending in the
+//! independent, so up to `limits.solve_workers` solves run at once on the
+//! blocking pool while the decode task goes on taking symbols of other
+//! blocks and handing clean blocks through. Handing a block to another
+//! thread costs CPU (its symbols are read on another core): on two cores
+//! shared with the rest of the pipeline it bought no goodput and cost
+//! about a tenth more CPU per MB (docs/PERFORMANCE.md), so by default a
+//! host of one or two cores solves on the decode task. The block stays pending in the
 //! reassembler while it is out ("being solved", see
 //! [`weir_shared::reassembly::Reassembler::take_symbol`]).
 //!
@@ -26,9 +30,6 @@ use weir_shared::reassembly::{Solve, Solved};
 use super::StageError;
 use crate::stats::{RxStats, charge_cpu, thread_cpu};
 
-/// Most solves running at once, whatever the core count.
-const MAX_WORKERS: usize = 8;
-
 /// Solves running and waiting.
 pub struct Solver {
     workers: usize,
@@ -38,17 +39,21 @@ pub struct Solver {
 }
 
 impl Solver {
-    /// One worker per core; their CPU time is charged to the link stages.
-    pub fn new(stats: Arc<RxStats>) -> Self {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_WORKERS);
+    /// `workers` solves at once (`limits.solve_workers`; 0: none, the
+    /// decode task solves itself, [`Solver::is_inline`]); their CPU time is
+    /// charged to the link stages.
+    pub fn new(workers: usize, stats: Arc<RxStats>) -> Self {
         Self {
             workers,
             running: JoinSet::new(),
             waiting: VecDeque::new(),
             stats,
         }
+    }
+
+    /// No workers: the decode task solves each block itself.
+    pub fn is_inline(&self) -> bool {
+        self.workers == 0
     }
 
     /// Solve this block when a worker is free; an alert block goes ahead
@@ -71,7 +76,7 @@ impl Solver {
     /// As many waiting as there are workers: take no more input until a
     /// solve is back.
     pub fn is_full(&self) -> bool {
-        self.waiting.len() >= self.workers
+        !self.is_inline() && self.waiting.len() >= self.workers
     }
 
     /// The next solve to finish, whichever block it is. Pending forever
@@ -158,8 +163,9 @@ mod tests {
             window_blocks: 1024,
             max_sessions: 4,
         });
-        let mut solver = Solver::new(Arc::new(RxStats::default()));
-        solver.workers = 1;
+        let inline = Solver::new(0, Arc::new(RxStats::default()));
+        assert!(inline.is_inline() && inline.is_idle() && !inline.is_full());
+        let mut solver = Solver::new(1, Arc::new(RxStats::default()));
         assert!(solver.is_idle());
         // Bulk blocks 0..3 first: one runs, two wait; the alert then goes
         // ahead of those two.
