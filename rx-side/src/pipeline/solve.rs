@@ -1,7 +1,7 @@
 //! Stage 3's workers, `solve`: RaptorQ rebuilds off the decode task.
 //!
 //! ```text
-//!  decode ──Solve──> waiting (alerts first) ──> one worker per core ──Solved──> decode
+//!  decode ──Solve──> waiting (alerts first) ──> `limits.solve_workers` threads ──Solved──> decode
 //! ```
 //!
 //! A block that lost a source symbol on the wire needs RaptorQ, the
@@ -12,8 +12,8 @@
 //! thread costs CPU (its symbols are read on another core): on two cores
 //! shared with the rest of the pipeline it bought no goodput and cost
 //! about a tenth more CPU per MB (docs/PERFORMANCE.md), so by default a
-//! host of one or two cores solves on the decode task. The block stays pending in the
-//! reassembler while it is out ("being solved", see
+//! host of one or two cores solves on the decode task. The block stays
+//! pending in the reassembler while it is out ("being solved", see
 //! [`weir_shared::reassembly::Reassembler::take_symbol`]).
 //!
 //! Bounded: with as many solves waiting as there are workers, the decode
