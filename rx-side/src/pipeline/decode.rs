@@ -3,7 +3,7 @@
 //! ```text
 //!  Verified ──symbols──> Reassembler ──CompletedBlock──> open ──OpenedBlock──> outbox
 //!                            │   ▲
-//!                       Solve│   │Solved     (a source symbol lost: RaptorQ on a worker, `solve`)
+//!                       Solve│   │Solved     (a source symbol lost: RaptorQ, here or on `solve` threads)
 //!                            ▼   │
 //!                            Solver
 //!           └─heartbeats──────────────────────────────> open ──> link state, tail-loss window

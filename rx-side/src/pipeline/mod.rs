@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
-//!                                            decode ──Solve──> solve (one worker per core) ──Solved──> decode
+//!                                            decode ──Solve──> solve (`limits.solve_workers` threads) ──Solved──> decode
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
