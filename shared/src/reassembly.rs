@@ -415,19 +415,13 @@ impl Reassembler {
             // Expired and begun again meanwhile: the newer state stands.
             return None;
         }
+        // After a solve raptorq holds the block, so a symbol is new
+        // (`Step::Solve`) or a duplicate, never a block by itself; each was
+        // checked when taken.
         let late = std::mem::take(&mut p.late);
-        let mut again = false;
-        for (payload_id, symbol) in late {
-            match decoder.add(payload_id, &symbol) {
-                Ok(Step::Solve) => again = true,
-                Ok(Step::Block(sealed)) => {
-                    self.pending.remove(&key);
-                    return Some(Ready::Block(completed(header, &decoder, sealed)));
-                }
-                // Checked when taken.
-                Ok(Step::Wait) | Err(_) => {}
-            }
-        }
+        let again = late.iter().fold(false, |again, (payload_id, symbol)| {
+            matches!(decoder.add(*payload_id, symbol), Ok(Step::Solve)) || again
+        });
         if again {
             return Some(Ready::Solve(Solve {
                 key,
@@ -902,13 +896,28 @@ mod tests {
         assert_eq!(r.poll_lost(), None);
     }
 
-    /// Symbols of one block with its first `lost` source symbols lost, in
-    /// an order of the seed `seq`: the block needs a solve.
-    fn lossy(seq: u64, len: usize, lost: usize) -> Vec<(Header, Vec<u8>)> {
+    /// Symbols of block `seq` (its length and one to three first source
+    /// symbols lost chosen by `seq`), in an order of the seed `seq`: the
+    /// block needs a solve.
+    fn lossy(seq: u64) -> (usize, Vec<(Header, Vec<u8>)>) {
+        let len = 500 + (seq as usize * 37) % 2500;
         let mut dg = datagrams(SessionId([6; 16]), Lane::Bulk, seq, &data(seq, len), 1000);
-        dg.drain(..lost);
+        dg.drain(..=(seq as usize % 3));
         dg.shuffle(&mut StdRng::seed_from_u64(seq));
-        dg
+        (len, dg)
+    }
+
+    /// A block of [`lossy`] whose first solve, with what [`until_solve`]
+    /// feeds, falls short (about one in a hundred): searched, so every
+    /// test that needs one has one.
+    fn short_block() -> u64 {
+        (0..3000u64)
+            .find(|&seq| {
+                let mut r = Reassembler::new(limits());
+                let (job, _) = until_solve(&mut r, Instant::now(), &lossy(seq).1);
+                r.solved(job.run()).is_none()
+            })
+            .expect("a short solve in 3000 blocks")
     }
 
     fn data(seq: u64, len: usize) -> Vec<u8> {
@@ -941,8 +950,7 @@ mod tests {
         let t0 = Instant::now();
         let mut short = 0;
         for seq in 0..3000u64 {
-            let len = 500 + (seq as usize * 37) % 2500;
-            let dg = lossy(seq, len, 1 + seq as usize % 3);
+            let (len, dg) = lossy(seq);
             let mut r = Reassembler::new(limits());
             let (job, rest) = until_solve(&mut r, t0, &dg);
             assert_eq!(job.key().seq, seq);
@@ -974,18 +982,48 @@ mod tests {
     }
 
     /// A short solve with nothing new meanwhile leaves the block waiting,
-    /// and the next symbol asks again. The budget counts kept symbols.
+    /// and the next new symbol asks again.
+    #[test]
+    fn a_short_solve_with_nothing_new_waits_for_the_next_symbol() {
+        let t0 = Instant::now();
+        let seq = short_block();
+        let (len, dg) = lossy(seq);
+        let mut r = Reassembler::new(limits());
+        let (job, rest) = until_solve(&mut r, t0, &dg);
+        assert!(r.solved(job.run()).is_none(), "short, nothing new: waits");
+        assert_eq!(r.pending_len(), 1);
+        let mut block = None;
+        for (h, sym) in rest {
+            match r.take_symbol(t0, h, sym) {
+                Ok(Some(Ready::Solve(job))) => match r.solved(job.run()) {
+                    Some(Ready::Block(b)) => {
+                        block = Some(b.sealed);
+                        break;
+                    }
+                    None => {}
+                    other => panic!("unexpected {other:?}"),
+                },
+                other => panic!("every new symbol asks for a solve: {other:?}"),
+            }
+        }
+        assert_eq!(block, Some(data(seq, len)));
+        assert_eq!(r.pending_len(), 0);
+    }
+
+    /// While a block is being solved, every symbol of it counts against
+    /// its 2K + 16 budget; repeats of a symbol it already had add nothing.
     #[test]
     fn a_block_being_solved_counts_its_symbols_against_the_budget() {
         let t0 = Instant::now();
-        let dg = lossy(1, 2000, 2);
+        let seq = short_block();
+        let (len, dg) = lossy(seq);
         let mut r = Reassembler::new(limits());
-        let (job, rest) = until_solve(&mut r, t0, &dg);
-        let k = source_symbols(2000, SYM);
-        // 2K + 16 symbols at most, K of them already taken.
+        let (job, _) = until_solve(&mut r, t0, &dg);
+        let k = source_symbols(len as u32, SYM);
+        // K taken before the solve; then repeats of the first one.
         let mut taken = k;
-        let (h, sym) = &rest[0];
-        loop {
+        let (h, sym) = &dg[0];
+        for _ in 0..4 * k + 64 {
             match r.take_symbol(t0, h, sym) {
                 Ok(None) => taken += 1,
                 Err(DropReason::Excess) => break,
@@ -993,12 +1031,12 @@ mod tests {
             }
         }
         assert_eq!(taken, 2 * k + 16);
-        // The repeats of one symbol add nothing new: done or waiting.
-        match r.solved(job.run()) {
-            Some(Ready::Block(b)) => assert_eq!(b.header.seq, 1),
-            None => assert_eq!(r.pending_len(), 1),
-            Some(Ready::Solve(_)) => panic!("a duplicate asked for a solve"),
-        }
+        assert!(r.solved(job.run()).is_none(), "repeats asked for no solve");
+        assert_eq!(r.pending_len(), 1);
+        assert_eq!(
+            r.take_symbol(t0, h, sym).map(|_| ()),
+            Err(DropReason::Excess)
+        );
     }
 
     /// A block that expires while out is dropped with it if the solve
@@ -1007,17 +1045,22 @@ mod tests {
     #[test]
     fn a_block_expired_while_being_solved_comes_back_only_if_rebuilt() {
         let t0 = Instant::now();
-        let dg = lossy(2, 3000, 1);
-        let mut r = Reassembler::new(limits());
-        let (job, _) = until_solve(&mut r, t0, &dg);
-        r.poll_timeouts(t0 + Duration::from_secs(10));
-        assert_eq!(r.pending_len(), 0);
-        assert_eq!(r.stats().pending_expired, 1);
-        match r.solved(job.run()) {
-            Some(Ready::Block(b)) => assert_eq!(b.header.seq, 2),
-            other => panic!("a rebuilt block is handed out: {other:?}"),
+        let short = short_block();
+        // Every block before the first short one rebuilds.
+        let rebuilt = u64::from(short == 0);
+        for seq in [short, rebuilt] {
+            let mut r = Reassembler::new(limits());
+            let (job, _) = until_solve(&mut r, t0, &lossy(seq).1);
+            r.poll_timeouts(t0 + Duration::from_secs(10));
+            assert_eq!(r.pending_len(), 0);
+            assert_eq!(r.stats().pending_expired, 1);
+            match r.solved(job.run()) {
+                Some(Ready::Block(b)) => assert_eq!(b.header.seq, rebuilt),
+                None => assert_eq!(seq, short, "a rebuilt block is handed out"),
+                Some(Ready::Solve(_)) => panic!("an expired block asked for a solve"),
+            }
+            assert_eq!(r.pending_len(), 0);
         }
-        assert_eq!(r.pending_len(), 0);
     }
 
     #[test]
