@@ -163,7 +163,7 @@ const COUNTERS: [(&str, &str, Field); 24] = [
 
 /// `weir_rx_drops_total{reason}`: datagrams, symbols, blocks and
 /// heartbeats refused before delivery.
-const DROPS: [(&str, Field); 16] = [
+const DROPS: [(&str, Field); 17] = [
     ("crc", |s| s.drop_crc),
     ("malformed", |s| s.drop_malformed),
     ("resolved", |s| s.drop_resolved),
@@ -180,6 +180,7 @@ const DROPS: [(&str, Field); 16] = [
     ("frame", |s| s.drop_frame),
     ("trailer", |s| s.drop_trailer),
     ("old_session", |s| s.drop_old_session),
+    ("stale", |s| s.drop_stale),
 ];
 
 /// `weir_rx_files_total{outcome}`.

@@ -78,6 +78,11 @@ counters! {
     /// Blocks or heartbeats of a session older than the newest accepted
     /// one of its sender (`ledger.allow_older_sessions`).
     drop_old_session,
+    /// Blocks and heartbeats of a session not proven live: a heartbeat sent
+    /// longer than `ledger.max_clock_skew` ago (a replay, or a stale
+    /// clock), or a block of a session the book has no record of that
+    /// started longer ago and has not yet sent a fresh heartbeat.
+    drop_stale,
     /// Blocks or heartbeats under a retired key id (`keys.retired_key_ids`).
     drop_retired_key,
     /// Records written down as lost in the gap ledger (known counts).

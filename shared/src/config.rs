@@ -1079,6 +1079,13 @@ pub struct LedgerConfig {
     /// lost too) is reported with what is known after this long.
     #[serde(default = "default_resolve_timeout", with = "humantime_serde")]
     pub resolve_timeout: Duration,
+    /// How far the sender's clock may be from this receiver's (after the
+    /// skew measured from its heartbeats is taken off). A heartbeat sent
+    /// longer ago than this is a replay or a stale clock and is ignored;
+    /// a session this receiver has no record of, started longer ago than
+    /// this, is admitted only once a fresh heartbeat proves it is live.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -1088,8 +1095,13 @@ impl Default for LedgerConfig {
             sessions_path: default_sessions_path(),
             allow_older_sessions: false,
             resolve_timeout: default_resolve_timeout(),
+            max_clock_skew: default_max_clock_skew(),
         }
     }
+}
+
+fn default_max_clock_skew() -> Duration {
+    Duration::from_mins(5)
 }
 
 fn default_gaps_path() -> PathBuf {
@@ -1112,6 +1124,9 @@ impl LedgerConfig {
         }
         if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.resolve_timeout) {
             return Err(bad("ledger.resolve_timeout", "must be between 1 s and 1 h"));
+        }
+        if !(Duration::from_secs(5)..=Duration::from_hours(24)).contains(&self.max_clock_skew) {
+            return Err(bad("ledger.max_clock_skew", "must be between 5 s and 24 h"));
         }
         Ok(())
     }

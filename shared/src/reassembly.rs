@@ -208,8 +208,12 @@ struct LaneWindow {
     delivered: BTreeSet<u64>,
     /// Highest sequence number known (authenticated) to exist.
     known_upto: Option<u64>,
-    /// Since when the block at `floor` has been known missing.
-    missing_since: Option<Instant>,
+    /// When each stretch of sequence numbers became known to exist:
+    /// `(upto, when)`, `upto` ascending. A block `b` has been known (and,
+    /// undelivered, known missing) since the first mark with `upto >= b`,
+    /// so every block gets its own `gap_timeout`, counted from when it was
+    /// first known, however many runs are lost before it.
+    known_at: VecDeque<(u64, Instant)>,
     /// Whether the window has been anchored by a first authenticated event.
     anchored: bool,
     /// Anchored by a block before any heartbeat said where the session
@@ -473,7 +477,7 @@ impl Reassembler {
             return;
         }
         w.delivered.insert(key.seq);
-        w.known_upto = Some(w.known_upto.map_or(key.seq, |u| u.max(key.seq)));
+        w.note_known(now, key.seq);
         // Keep the window bounded: a delivery far ahead forces the floor up,
         // and whatever is skipped is reported lost at once.
         if key.seq >= w.floor.saturating_add(window) {
@@ -528,7 +532,7 @@ impl Reassembler {
                     .map_or(last.saturating_add(1), |m| m.min(last.saturating_add(1)));
                 w.anchored = true;
             }
-            w.known_upto = Some(w.known_upto.map_or(last, |u| u.max(last)));
+            w.note_known(now, last);
             Self::advance(
                 w,
                 now,
@@ -573,7 +577,6 @@ impl Reassembler {
                 if w.floor - w.anchor <= self.limits.window_blocks {
                     w.delivered.extend(w.anchor..w.floor);
                     w.floor = first;
-                    w.missing_since = None;
                 } else {
                     Self::push_lost_run(
                         &mut self.lost,
@@ -644,6 +647,15 @@ impl Reassembler {
     /// Next range of blocks declared lost, if any.
     pub fn poll_lost(&mut self) -> Option<LostRange> {
         self.lost.pop_front()
+    }
+
+    /// Per lane, blocks of `session` known to exist (delivered past, or
+    /// named by a heartbeat) and not yet resolved: still on their way, or
+    /// lost and waiting out `gap_timeout`.
+    pub fn unresolved(&self, session: SessionId) -> [u64; LANES] {
+        self.sessions.get(&session).map_or([0; LANES], |s| {
+            Lane::ALL.map(|l| s.lanes[l.index()].unresolved())
+        })
     }
 
     /// The key id a session authenticated with, if the session is known.
@@ -746,7 +758,7 @@ impl Reassembler {
             Self::push_lost_run(lost, stats, session, lane, w.floor, next - 1);
             w.floor = next;
         }
-        w.missing_since = None;
+        w.prune_known();
     }
 
     fn advance(
@@ -764,20 +776,19 @@ impl Reassembler {
         loop {
             if w.delivered.remove(&w.floor) {
                 w.floor += 1;
-                w.missing_since = None;
                 continue;
             }
             match w.known_upto {
                 Some(upto) if w.floor <= upto => {}
-                _ => return,
+                _ => break,
             }
-            let since = *w.missing_since.get_or_insert(now);
+            let since = w.known_since(w.floor).unwrap_or(now);
             if now.saturating_duration_since(since) < gap_timeout {
-                return;
+                break;
             }
-            // Keep `missing_since`: the blocks after this one have been
-            // known missing at least as long. Declare the whole run up to
-            // the next delivered (or last known) block at once.
+            // Declare the whole run up to the next delivered (or last
+            // known) block at once; the blocks after it are judged by
+            // their own marks on the next turn of the loop.
             let end = w
                 .delivered
                 .range(w.floor..)
@@ -785,6 +796,59 @@ impl Reassembler {
                 .map_or(upto_or(w.known_upto, w.floor), |&d| d - 1);
             Self::push_lost_run(lost, stats, session, lane, w.floor, end);
             w.floor = end + 1;
+        }
+        w.prune_known();
+    }
+}
+
+/// Marks closer together than this are merged (bounds the marks a lane
+/// keeps to about `gap_timeout / KNOWN_MERGE`).
+const KNOWN_MERGE: Duration = Duration::from_millis(100);
+
+impl LaneWindow {
+    /// Blocks up to `upto` are known to exist from `now` on (if not before).
+    fn note_known(&mut self, now: Instant, upto: u64) {
+        if self.known_upto.is_some_and(|u| u >= upto) {
+            return;
+        }
+        self.known_upto = Some(upto);
+        match self.known_at.back_mut() {
+            Some((last, at)) if now.saturating_duration_since(*at) < KNOWN_MERGE => *last = upto,
+            _ => self.known_at.push_back((upto, now)),
+        }
+    }
+
+    /// Since when block `seq` has been known to exist.
+    fn known_since(&self, seq: u64) -> Option<Instant> {
+        self.known_at
+            .iter()
+            .find(|(upto, _)| *upto >= seq)
+            .map(|(_, at)| *at)
+    }
+
+    /// Forget the marks wholly below the floor, but the newest: a floor
+    /// lowered later (the session's first heartbeat) still finds a time,
+    /// the latest, so a block is never declared early.
+    fn prune_known(&mut self) {
+        while self.known_at.len() > 1
+            && self
+                .known_at
+                .front()
+                .is_some_and(|(upto, _)| *upto < self.floor)
+        {
+            self.known_at.pop_front();
+        }
+    }
+
+    /// Blocks known to exist and not yet resolved: at or above the floor,
+    /// up to the highest known, and not delivered.
+    fn unresolved(&self) -> u64 {
+        match self.known_upto {
+            Some(upto) if self.anchored && upto >= self.floor => {
+                let span = upto - self.floor + 1;
+                span.saturating_sub(self.delivered.range(self.floor..=upto).count() as u64)
+            }
+            _ => 0,
         }
     }
 }
@@ -1165,6 +1229,47 @@ mod tests {
                 last: 3
             })
         );
+    }
+
+    #[test]
+    fn many_lost_runs_are_all_reported_one_gap_timeout_after_they_were_known() {
+        // Every other block of 0..40 delivered, the rest lost: 20 runs of
+        // one block each, all known missing at t0. Each run must come out
+        // one gap_timeout after t0, not one gap_timeout after the run
+        // before it was declared.
+        let s = SessionId([5; 16]);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let key = |seq| BlockKey {
+            session: s,
+            lane: Lane::Bulk,
+            seq,
+        };
+        r.session_start(t0, s, KeyId(1), [0, 0]);
+        for seq in (1..40).step_by(2) {
+            r.confirm(t0, key(seq), KeyId(1));
+        }
+        r.handle_heartbeat(t0, s, KeyId(1), [None, Some(39)]);
+        assert_eq!(
+            r.unresolved(s),
+            [0, 20],
+            "the lost blocks lag until reported"
+        );
+        let gap = limits().gap_timeout;
+        r.poll_timeouts(t0 + gap.saturating_sub(Duration::from_millis(1)));
+        assert_eq!(r.poll_lost(), None, "not before gap_timeout");
+        r.poll_timeouts(t0 + gap);
+        let lost: Vec<u64> = std::iter::from_fn(|| r.poll_lost())
+            .map(|l| l.first)
+            .collect();
+        assert_eq!(lost, (0..40).step_by(2).collect::<Vec<_>>());
+        assert_eq!(r.unresolved(s), [0, 0]);
+        // A block known later gets its own full timeout.
+        r.handle_heartbeat(t0 + gap, s, KeyId(1), [None, Some(41)]);
+        r.poll_timeouts(t0 + gap + gap / 2);
+        assert_eq!(r.poll_lost(), None);
+        r.poll_timeouts(t0 + gap * 2);
+        assert_eq!(r.poll_lost().map(|l| (l.first, l.last)), Some((40, 41)));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::budget::Budget;
 use super::files::{FileWork, notify_lost};
-use super::ledger::{Admission, Book, GapLog, gap_json};
+use super::ledger::{Admission, Book, Clock, GapLog, SafeMode, gap_json};
 use super::open::{Gate, OpenError};
 use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
@@ -61,9 +61,20 @@ pub struct Core {
     ledger: Ledger,
     book: Book,
     gaps: GapLog,
-    /// First block delivered in this process per session lane: lost blocks
-    /// below it were sent while this receiver was not listening.
-    first_seen: HashMap<(SessionId, Lane), u64>,
+    /// Per session lane, the first block sent while this process was
+    /// listening (the lowest it delivered, or the first after the
+    /// heartbeat that first told it of the lane): lost blocks below it
+    /// were sent while this receiver was not listening (`receiver_down`),
+    /// those from it on were lost on the link.
+    listening_from: HashMap<(SessionId, Lane), u64>,
+    /// When this process started, ms since the Unix epoch, and
+    /// `ledger.max_clock_skew` in ms: the freshness rule's inputs.
+    started_ms: i64,
+    max_skew_ms: i64,
+    /// Said once at the first tick: the receiver started in safe mode.
+    safe_mode_event: Option<serde_json::Value>,
+    /// Stale heartbeats dropped since the last warning, and when it was.
+    stale_heartbeats: (u64, Option<Instant>),
     /// Lane floors last handed to the outbox.
     floors_sent: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
     /// What arrived and what the senders say, for the audit log.
@@ -85,7 +96,29 @@ impl Core {
         ledger: &weir_shared::config::LedgerConfig,
         outbox: &Outbox,
     ) -> anyhow::Result<Self> {
-        let book = Book::load(&ledger.sessions_path, ledger.allow_older_sessions)?;
+        let mut book = Book::load(&ledger.sessions_path, ledger.allow_older_sessions)?;
+        let safe_mode_event = match book.safe_mode().cloned() {
+            None => None,
+            Some(mode) => {
+                // Never an empty book: the sessions the outbox still holds
+                // lane state of come back with their floors, so captured
+                // traffic of them stays refused.
+                let held = outbox
+                    .lane_sessions()
+                    .map_err(|e| anyhow::anyhow!("reading sessions from the outbox: {e}"))?;
+                let recovered = book.recover(&held);
+                book.flush()?;
+                let (why, aside) = match &mode {
+                    SafeMode::Missing => ("missing", None),
+                    SafeMode::Unreadable(p) => ("unreadable", Some(p.display().to_string())),
+                };
+                tracing::warn!(book = %ledger.sessions_path.display(), why, recovered,
+                    "Session book lost: safe mode. Sessions that ran before this start are taken only from a fresh heartbeat on.");
+                Some(serde_json::json!({"type": "session_book_lost", "why": why,
+                    "book": ledger.sessions_path.display().to_string(), "moved_to": aside,
+                    "sessions_recovered_from_outbox": recovered}))
+            }
+        };
         let gaps = GapLog::open(&ledger.gaps_path)?;
         let mut reassembler = Reassembler::new(limits);
         let t = now();
@@ -121,7 +154,11 @@ impl Core {
             ledger: ledger_core,
             book,
             gaps,
-            first_seen: HashMap::new(),
+            listening_from: HashMap::new(),
+            started_ms: unix_ms(),
+            max_skew_ms: i64::try_from(ledger.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
+            safe_mode_event,
+            stale_heartbeats: (0, None),
             floors_sent: HashMap::new(),
             evidence: super::evidence::Evidence::default(),
             queued,
@@ -129,24 +166,37 @@ impl Core {
         })
     }
 
+    /// The freshness rule's clock, now.
+    fn clock(&self) -> Clock {
+        Clock {
+            now_ms: unix_ms(),
+            started_ms: self.started_ms,
+            max_skew_ms: self.max_skew_ms,
+        }
+    }
+
     /// Admit an authenticated session (see [`Book`]); counts a refusal.
-    fn admit(&mut self, stats: &RxStats, header: &Header) -> bool {
-        match self.book.admit(header.session, header.key_id) {
-            Admission::Refused => {
-                add(&stats.drop_old_session, 1);
-                return false;
-            }
+    /// `fresh_heartbeat`: what is admitted is a heartbeat that passed the
+    /// freshness rule.
+    fn admit(&mut self, stats: &RxStats, header: &Header, fresh_heartbeat: bool) -> Admission {
+        let clock = self.clock();
+        let admission = self
+            .book
+            .admit(header.session, header.key_id, clock, fresh_heartbeat);
+        match admission {
+            Admission::Refused => add(&stats.drop_old_session, 1),
+            Admission::Stale => add(&stats.drop_stale, 1),
             // Written before any of its blocks can be committed: a
             // restarted receiver keeps the lane state of the sessions the
             // book names.
-            Admission::New => {
+            Admission::New | Admission::Adopt => {
                 if let Err(e) = self.book.flush() {
                     tracing::error!(error = %format!("{e:#}"), "Session book not written.");
                 }
             }
             Admission::Known => {}
         }
-        true
+        admission
     }
 
     /// Solve on `n` threads beside the decode task (0: on it).
@@ -215,6 +265,17 @@ pub async fn run(
     };
     let mut tick = tokio::time::interval(TICK);
     let mut solver = Solver::new(core.solve_workers, stats.clone());
+    if let Some(ev) = core.safe_mode_event.take() {
+        stats.audit.record("session_book_lost", ev.clone());
+        send_event(
+            &to_outbox,
+            Message {
+                topic: topics.audit.clone(),
+                payload: ev.to_string().into_bytes(),
+                retain: false,
+            },
+        );
+    }
     loop {
         let batch = tokio::select! {
             biased;
@@ -245,6 +306,12 @@ pub async fn run(
             let payload = &mut buf[start..start + len];
             if core.book.is_refused(header.session) {
                 add(&stats.drop_old_session, 1);
+                continue;
+            }
+            // A session waiting for a fresh heartbeat: its symbols cost
+            // nothing meanwhile; its heartbeats are what can prove it live.
+            if header.kind == Kind::Symbol && core.book.is_stale(header.session) {
+                add(&stats.drop_stale, 1);
                 continue;
             }
             match header.kind {
@@ -327,7 +394,10 @@ fn deliver(
             return Ok(());
         }
     };
-    if !core.admit(stats, &block.header) {
+    if !matches!(
+        core.admit(stats, &block.header, false),
+        Admission::New | Admission::Known
+    ) {
         return Ok(());
     }
     let Ok((summaries, frame_len)) = split_trailer(&block.sealed[..len]) else {
@@ -344,8 +414,9 @@ fn deliver(
     core.ledger.describe(key.session, key.lane, &summaries);
     let summary = summaries.iter().find(|s| s.block == key.seq);
     core.reassembler.confirm(t, key, block.header.key_id);
-    core.first_seen
+    core.listening_from
         .entry((key.session, key.lane))
+        .and_modify(|f| *f = (*f).min(key.seq))
         .or_insert(key.seq);
     first_sight(core, out, &block.header);
     if let Ok(mut l) = out.link.lock() {
@@ -422,18 +493,37 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
         add(&stats.drop_replay, 1);
         return false;
     }
-    if !core.admit(stats, header) {
+    let clock = core.clock();
+    if !core
+        .book
+        .is_fresh_heartbeat(header.session, hb.sent_unix_ms, clock)
+    {
+        stale_heartbeat(core, stats, header, hb.sent_unix_ms, clock);
         return false;
     }
+    let admission = core.admit(stats, header, true);
+    if matches!(admission, Admission::Refused | Admission::Stale) {
+        return false;
+    }
+    let first_heartbeat = !core.hb_seq.contains_key(&header.session);
     if core.hb_seq.len() >= core.max_sessions * 2 {
         core.hb_seq.clear();
     }
     core.hb_seq.insert(header.session, header.seq);
     add(&stats.heartbeats, 1);
     let t = now();
-    let first_block = hb.marks.map(|m| m.first_block);
-    core.reassembler
-        .session_start(t, header.session, header.key_id, first_block);
+    let skew_ms = hb.sent_unix_ms - clock.now_ms;
+    core.book.note_skew(header.session, skew_ms);
+    if admission == Admission::Adopt {
+        adopt(core, out, header, &hb, t);
+    } else {
+        let first_block = hb.marks.map(|m| m.first_block);
+        core.reassembler
+            .session_start(t, header.session, header.key_id, first_block);
+    }
+    if first_heartbeat {
+        note_listening(core, header.session, &hb, skew_ms);
+    }
     core.reassembler
         .handle_heartbeat(t, header.session, header.key_id, hb.last_sent);
     for lane in Lane::ALL {
@@ -452,11 +542,94 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
     }
     core.evidence.heartbeat(header.session, &hb);
     if let Ok(mut l) = out.link.lock() {
-        l.skew_ms = hb.sent_unix_ms - unix_ms();
+        l.skew_ms = skew_ms;
         l.headroom.handle_settings(&hb.fec);
         l.last = Some((t, header.session, hb));
     }
     true
+}
+
+/// A heartbeat sent longer than `ledger.max_clock_skew` ago: a replay (or
+/// a sender clock far off). Ignored, counted, and warned about at most
+/// once a minute.
+fn stale_heartbeat(core: &mut Core, stats: &RxStats, header: &Header, sent_ms: i64, clock: Clock) {
+    add(&stats.drop_stale, 1);
+    let t = now();
+    let (n, last) = &mut core.stale_heartbeats;
+    *n += 1;
+    if last.is_none_or(|l| t.saturating_duration_since(l) >= Duration::from_mins(1)) {
+        let behind_s = (clock.now_ms + core.book.skew_ms(header.session) - sent_ms) / 1000;
+        tracing::warn!(session = %header.session.short_hex(), sender = header.session.sender(), behind_s, dropped = *n,
+            "Stale heartbeats ignored: sent longer ago than ledger.max_clock_skew (a replay, or the sender's clock is off: synchronise the clocks).");
+        *n = 0;
+        *last = Some(t);
+    }
+}
+
+/// Safe mode: a session that ran before this receiver had any record of
+/// it is taken from this fresh heartbeat on. Each lane starts after the
+/// last block the heartbeat says was sent; what was sent before is not
+/// accounted here (an earlier installation may have delivered it), and
+/// the audit log says so, with the records it covers.
+fn adopt(
+    core: &mut Core,
+    out: &Out<'_>,
+    header: &Header,
+    hb: &weir_shared::heartbeat::Heartbeat,
+    t: Instant,
+) {
+    let mut lanes = serde_json::Map::new();
+    for lane in Lane::ALL {
+        let m = hb.marks[lane.index()];
+        let floor = hb.last_sent[lane.index()].map_or(m.first_block, |b| b.saturating_add(1));
+        core.reassembler
+            .restore(t, header.session, header.key_id, lane, floor);
+        lanes.insert(
+            lane.as_str().to_owned(),
+            serde_json::json!({"from_block": floor, "blocks_before": floor.saturating_sub(m.first_block),
+                "records_before": m.next_record.saturating_sub(m.first_record)}),
+        );
+    }
+    let body = serde_json::json!({"type": "session_adopted", "session": header.session.short_hex(),
+        "sender": header.session.sender(), "epoch": header.session.epoch(), "lanes": lanes,
+        "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000))});
+    tracing::warn!(session = %header.session.short_hex(), "Session adopted from a fresh heartbeat after the session book was lost: earlier blocks are not accounted here.");
+    out.stats.audit.record("session_adopted", body.clone());
+    send_event(
+        out.to_outbox,
+        Message {
+            topic: out.topics.audit.clone(),
+            payload: body.to_string().into_bytes(),
+            retain: false,
+        },
+    );
+}
+
+/// The first heartbeat of a session in this process: from which block on
+/// each lane was sent while this receiver listened. A session that began
+/// after this process started was heard from its first block; else the
+/// blocks after the heartbeat's `last_sent` were.
+fn note_listening(
+    core: &mut Core,
+    session: SessionId,
+    hb: &weir_shared::heartbeat::Heartbeat,
+    skew_ms: i64,
+) {
+    let began_here = hb
+        .sent_unix_ms
+        .saturating_sub(i64::try_from(hb.uptime_ms).unwrap_or(i64::MAX))
+        .saturating_sub(skew_ms);
+    for lane in Lane::ALL {
+        let from = if began_here >= core.started_ms {
+            hb.marks[lane.index()].first_block
+        } else {
+            hb.last_sent[lane.index()].map_or(0, |b| b.saturating_add(1))
+        };
+        core.listening_from
+            .entry((session, lane))
+            .and_modify(|f| *f = (*f).min(from))
+            .or_insert(from);
+    }
 }
 
 /// Report a sender session the first time an authentic datagram of it
@@ -503,10 +676,16 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
     stats
         .sessions_evicted
         .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut l) = out.link.lock()
+        && let Some(session) = l.last.as_ref().map(|(_, s, _)| *s)
+    {
+        let unresolved = core.reassembler.unresolved(session);
+        l.record_unresolved(session, unresolved);
+    }
     let t = now();
     while let Some(lost) = core.reassembler.poll_lost() {
         notify_lost(core.files.as_ref(), lost);
-        let cause = match core.first_seen.get(&(lost.session, lost.lane)) {
+        let cause = match core.listening_from.get(&(lost.session, lost.lane)) {
             Some(&first) if lost.first >= first => GapCause::Link,
             _ => GapCause::ReceiverDown,
         };
@@ -604,9 +783,15 @@ mod tests {
             sessions_path: dir.path().join("sessions.json"),
             ..Default::default()
         };
+        std::fs::write(&ledger.sessions_path, "{}").expect("book");
         let mut book = Book::load(&ledger.sessions_path, false).expect("book");
-        book.admit(older, KeyId(1));
-        book.admit(session, KeyId(1));
+        let clock = Clock {
+            now_ms: 100_000,
+            started_ms: 0,
+            max_skew_ms: 300_000,
+        };
+        book.admit(older, KeyId(1), clock, true);
+        book.admit(session, KeyId(1), clock, true);
         book.flush().expect("flush");
         let outbox = Outbox::open(&dir.path().join("outbox.redb")).expect("outbox");
         // The killed receiver: bulk resolved below 10; 10 and 12 committed

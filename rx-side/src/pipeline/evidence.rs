@@ -196,7 +196,7 @@ impl Evidence {
 }
 
 /// The drop counters, by reason.
-fn drops(s: &RxSnapshot) -> [(&'static str, u64); 17] {
+fn drops(s: &RxSnapshot) -> [(&'static str, u64); 18] {
     [
         ("crc", s.drop_crc),
         ("malformed", s.drop_malformed),
@@ -212,6 +212,7 @@ fn drops(s: &RxSnapshot) -> [(&'static str, u64); 17] {
         ("frame", s.drop_frame),
         ("trailer", s.drop_trailer),
         ("old_session", s.drop_old_session),
+        ("stale", s.drop_stale),
         ("retired_key", s.drop_retired_key),
         ("blocks_shed", s.blocks_shed),
         ("outbox_refused", s.outbox_refused),

@@ -23,8 +23,8 @@ use weir_shared::contract::rfc3339_ns;
 use weir_shared::ledger::GapEntry;
 use weir_shared::wire::{KeyId, SessionId};
 
-/// Refused sessions remembered (so their symbols are dropped before any
-/// reassembly work); beyond this the set starts over.
+/// Refused (or stale) sessions remembered, so their symbols are dropped
+/// before any reassembly work; beyond this the set starts over.
 const REFUSED_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,10 @@ struct BookEntry {
     epoch: u64,
     session: String,
     key_id: u16,
+    /// The sender's clock minus this receiver's, ms, from its last fresh
+    /// heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skew_ms: Option<i64>,
 }
 
 /// Whether a session may deliver.
@@ -41,8 +45,50 @@ pub enum Admission {
     Known,
     /// Newly accepted: the newest of its sender, or the one the book names.
     New,
+    /// Accepted from a fresh heartbeat, after this receiver lost its state
+    /// (safe mode): the session began before this receiver had any record
+    /// of it, so only what it sends from that heartbeat on is taken; what
+    /// it sent before may have been delivered by an earlier installation.
+    Adopt,
     /// Older than the newest of its sender: refused.
     Refused,
+    /// Unknown to the book and started too long ago for its epoch alone to
+    /// prove it live: refused until one of its heartbeats is fresh.
+    Stale,
+}
+
+/// Why the receiver runs in safe mode: it has no trustworthy record of
+/// the sessions it accepted before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SafeMode {
+    /// No session book (a first start, or a lost file).
+    Missing,
+    /// The book could not be read; it was moved aside to this path.
+    Unreadable(PathBuf),
+}
+
+/// The freshness rule's inputs: this receiver's clock, its start, and the
+/// tolerance (`ledger.max_clock_skew`).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Now, ms since the Unix epoch (receiver clock).
+    pub now_ms: i64,
+    /// When this receiver started, ms since the Unix epoch.
+    pub started_ms: i64,
+    /// `ledger.max_clock_skew`, ms.
+    pub max_skew_ms: i64,
+}
+
+/// When a session started, ms since the Unix epoch on its sender's clock:
+/// a daemon's epoch counts seconds, a one-shot push's milliseconds
+/// (`docs/PROTOCOL.md` §4.2).
+pub fn session_start_ms(session: SessionId) -> i64 {
+    let epoch = i64::try_from(session.epoch()).unwrap_or(i64::MAX);
+    if session.role() == weir_shared::wire::Role::Daemon as u8 {
+        epoch.saturating_mul(1000)
+    } else {
+        epoch
+    }
 }
 
 /// The book of sender sessions.
@@ -53,6 +99,8 @@ pub struct Book {
     entries: BTreeMap<String, BookEntry>,
     accepted: HashSet<SessionId>,
     refused: HashSet<SessionId>,
+    stale: HashSet<SessionId>,
+    safe: Option<SafeMode>,
     dirty: bool,
 }
 
@@ -83,20 +131,50 @@ fn sender_key(s: SessionId) -> String {
     format!("{}/{}", s.sender(), s.role())
 }
 
+fn remember(set: &mut HashSet<SessionId>, session: SessionId) -> bool {
+    if set.len() >= REFUSED_MAX {
+        set.clear();
+    }
+    set.insert(session)
+}
+
 impl Book {
-    /// Read the book (a missing file is an empty book).
+    /// Read the book. A missing file, or one that cannot be parsed (moved
+    /// aside, never overwritten), starts the receiver in safe mode
+    /// ([`Book::safe_mode`]): never as an empty book that would accept a
+    /// replay of any earlier session. A file that cannot be read at all
+    /// (permissions) stops startup.
     pub fn load(path: &Path, allow_older: bool) -> anyhow::Result<Self> {
+        let mut safe = None;
         let entries = match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "session book {} is unreadable (config key `ledger.sessions_path`); \
-                     move it away to start afresh (older sessions are then accepted once)",
-                    path.display()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(e) => e,
+                Err(e) => {
+                    let aside = path.with_extension(format!("unreadable-{}", std::process::id()));
+                    std::fs::rename(path, &aside).with_context(|| {
+                        format!(
+                            "session book {} is unreadable ({e}) and could not be moved aside \
+                             (config key `ledger.sessions_path`)",
+                            path.display()
+                        )
+                    })?;
+                    tracing::error!(book = %path.display(), moved_to = %aside.display(), error = %e,
+                        "Session book unreadable: moved aside; starting in safe mode.");
+                    safe = Some(SafeMode::Unreadable(aside));
+                    BTreeMap::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                safe = Some(SafeMode::Missing);
+                BTreeMap::new()
+            }
             Err(e) => {
-                return Err(e).with_context(|| format!("reading session book {}", path.display()));
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading session book {} (config key `ledger.sessions_path`)",
+                        path.display()
+                    )
+                });
             }
         };
         Ok(Self {
@@ -105,8 +183,44 @@ impl Book {
             entries,
             accepted: HashSet::new(),
             refused: HashSet::new(),
+            stale: HashSet::new(),
+            safe,
             dirty: false,
         })
+    }
+
+    /// Why the receiver runs in safe mode, if it does.
+    pub fn safe_mode(&self) -> Option<&SafeMode> {
+        self.safe.as_ref()
+    }
+
+    /// Safe mode: take back the sessions the outbox still holds lane state
+    /// of (the newest of each sender), so their stored floors and
+    /// delivered blocks keep refusing replays. Returns how many were taken.
+    pub fn recover(&mut self, sessions: &[(SessionId, KeyId)]) -> usize {
+        let mut n = 0;
+        for &(session, key_id) in sessions {
+            let key = sender_key(session);
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.epoch >= session.epoch())
+            {
+                continue;
+            }
+            self.entries.insert(
+                key,
+                BookEntry {
+                    epoch: session.epoch(),
+                    session: hex(&session.0),
+                    key_id: key_id.0,
+                    skew_ms: None,
+                },
+            );
+            self.dirty = true;
+            n += 1;
+        }
+        n
     }
 
     /// Whether symbols of `session` are already known to be refused.
@@ -115,50 +229,130 @@ impl Book {
         !self.refused.is_empty() && self.refused.contains(&session)
     }
 
-    /// Admit an authenticated session, or refuse it as older than the
-    /// newest of its sender.
-    pub fn admit(&mut self, session: SessionId, key_id: KeyId) -> Admission {
+    /// Whether `session` waits for a fresh heartbeat (its symbols are
+    /// dropped meanwhile).
+    pub fn is_stale(&self, session: SessionId) -> bool {
+        !self.stale.is_empty() && self.stale.contains(&session)
+    }
+
+    /// The sender's clock minus this receiver's, as last measured (0 if
+    /// never).
+    pub fn skew_ms(&self, session: SessionId) -> i64 {
+        self.entries
+            .get(&sender_key(session))
+            .and_then(|e| e.skew_ms)
+            .unwrap_or(0)
+    }
+
+    /// Whether a heartbeat sent at `sent_unix_ms` (sender clock) is fresh:
+    /// sent no longer than `max_clock_skew` ago, once the measured skew is
+    /// taken off. A stale one is a replay or a stale clock.
+    pub fn is_fresh_heartbeat(&self, session: SessionId, sent_unix_ms: i64, clock: Clock) -> bool {
+        let sent_here = sent_unix_ms.saturating_sub(self.skew_ms(session));
+        clock.now_ms.saturating_sub(sent_here) <= clock.max_skew_ms
+    }
+
+    /// A fresh heartbeat of an admitted session measured its sender's
+    /// clock: kept for the freshness rule (written with the next flush
+    /// when it moved by more than a second).
+    pub fn note_skew(&mut self, session: SessionId, skew_ms: i64) {
+        if let Some(e) = self.entries.get_mut(&sender_key(session))
+            && e.session == hex(&session.0)
+            && e.skew_ms.is_none_or(|s| (s - skew_ms).abs() > 1000)
+        {
+            e.skew_ms = Some(skew_ms);
+            self.dirty = true;
+        }
+    }
+
+    /// Admit an authenticated session, or refuse it: as older than the
+    /// newest of its sender, or (one the book has no record of) as stale
+    /// until a heartbeat of it is fresh (`fresh_heartbeat`).
+    pub fn admit(
+        &mut self,
+        session: SessionId,
+        key_id: KeyId,
+        clock: Clock,
+        fresh_heartbeat: bool,
+    ) -> Admission {
         if self.accepted.contains(&session) {
             return Admission::Known;
         }
         let key = sender_key(session);
-        let newer = match self.entries.get(&key) {
-            None => true,
-            Some(e) if e.session == hex(&session.0) => false,
-            Some(e) if session.epoch() > e.epoch => true,
+        let admission = match self.entries.get(&key) {
+            Some(e) if e.session == hex(&session.0) => Admission::New,
             Some(e) if session.epoch() == e.epoch => {
                 tracing::warn!(
                     sender = session.sender(),
                     epoch = e.epoch,
                     "Two sessions with one epoch: two senders share a sender id? Give each its own `sender.id`."
                 );
-                false
+                self.accepted.insert(session);
+                return Admission::New;
             }
-            Some(_) if self.allow_older => false,
-            Some(_) => {
-                if self.refused.len() >= REFUSED_MAX {
-                    self.refused.clear();
+            Some(e) if session.epoch() < e.epoch => {
+                if self.allow_older {
+                    self.accepted.insert(session);
+                    return Admission::New;
                 }
-                if self.refused.insert(session) {
+                if remember(&mut self.refused, session) {
                     tracing::warn!(session = %session.short_hex(), sender = session.sender(), epoch = session.epoch(),
                         "Session older than the newest of its sender refused (a replay, or a sender whose state was rolled back; see ledger.allow_older_sessions).");
                 }
                 return Admission::Refused;
             }
+            _ => self.gate(session, clock, fresh_heartbeat),
         };
-        if newer {
+        if admission == Admission::Stale {
+            if remember(&mut self.stale, session) {
+                tracing::warn!(session = %session.short_hex(), sender = session.sender(), epoch = session.epoch(),
+                    "Session unknown to the session book and started more than ledger.max_clock_skew ago: refused until a fresh heartbeat proves it live.");
+            }
+            return admission;
+        }
+        self.stale.remove(&session);
+        let skew_ms = self.entries.get(&key).and_then(|e| e.skew_ms);
+        if self
+            .entries
+            .get(&key)
+            .is_none_or(|e| e.session != hex(&session.0))
+        {
             self.entries.insert(
                 key,
                 BookEntry {
                     epoch: session.epoch(),
                     session: hex(&session.0),
                     key_id: key_id.0,
+                    skew_ms,
                 },
             );
             self.dirty = true;
         }
         self.accepted.insert(session);
-        Admission::New
+        admission
+    }
+
+    /// The freshness rule for a session the book has no record of.
+    fn gate(&self, session: SessionId, clock: Clock, fresh_heartbeat: bool) -> Admission {
+        let skew = self.skew_ms(session);
+        // The session's start on this receiver's clock.
+        let started_here = session_start_ms(session).saturating_sub(skew);
+        let predates = started_here < clock.started_ms;
+        if self.safe.is_some() && predates {
+            // It ran before this receiver had state: what it sent then may
+            // have been delivered already. Only a live sender is taken,
+            // from its heartbeat on.
+            return if fresh_heartbeat {
+                Admission::Adopt
+            } else {
+                Admission::Stale
+            };
+        }
+        if fresh_heartbeat || clock.now_ms.saturating_sub(started_here) <= clock.max_skew_ms {
+            Admission::New
+        } else {
+            Admission::Stale
+        }
     }
 
     /// The newest session of every sender: the sessions whose lane
@@ -288,23 +482,36 @@ mod tests {
     use super::*;
     use weir_shared::wire::Role;
 
+    /// A clock 10 s after epoch 100 000 s, the receiver started 1010 s
+    /// before it.
+    fn clock() -> Clock {
+        Clock {
+            now_ms: 100_010_000,
+            started_ms: 99_000_000,
+            max_skew_ms: 300_000,
+        }
+    }
+
     #[test]
     fn older_sessions_are_refused_across_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sessions.json");
-        let old = SessionId::new(7, Role::Daemon, 100, [1; 4]);
-        let new = SessionId::new(7, Role::Daemon, 101, [2; 4]);
-        let other_role = SessionId::new(7, Role::OneShot, 5, [3; 4]);
+        std::fs::write(&path, "{}").expect("an empty book, not a missing one");
+        let old = SessionId::new(7, Role::Daemon, 100_000, [1; 4]);
+        let new = SessionId::new(7, Role::Daemon, 100_001, [2; 4]);
+        let other_role = SessionId::new(7, Role::OneShot, 100_000_000, [3; 4]);
+        let c = clock();
         let mut b = Book::load(&path, false).expect("load");
-        assert_eq!(b.admit(old, KeyId(1)), Admission::New);
-        assert_eq!(b.admit(new, KeyId(1)), Admission::New);
+        assert_eq!(b.safe_mode(), None);
+        assert_eq!(b.admit(old, KeyId(1), c, false), Admission::New);
+        assert_eq!(b.admit(new, KeyId(1), c, false), Admission::New);
         assert_eq!(
-            b.admit(old, KeyId(1)),
+            b.admit(old, KeyId(1), c, false),
             Admission::Known,
             "already running here"
         );
         assert_eq!(
-            b.admit(other_role, KeyId(1)),
+            b.admit(other_role, KeyId(1), c, false),
             Admission::New,
             "roles are ordered apart"
         );
@@ -312,32 +519,112 @@ mod tests {
 
         let mut b = Book::load(&path, false).expect("reload");
         assert_eq!(
-            b.admit(old, KeyId(1)),
+            b.admit(old, KeyId(1), c, true),
             Admission::Refused,
-            "a replay of the old session"
+            "a replay of the old session, even with a fresh-looking heartbeat"
         );
         assert!(b.is_refused(old));
+        let much_later = Clock {
+            now_ms: c.now_ms + 86_400_000,
+            ..c
+        };
         assert_eq!(
-            b.admit(new, KeyId(1)),
+            b.admit(new, KeyId(1), much_later, false),
             Admission::New,
-            "the stored newest resumes"
+            "the stored newest resumes, however long it has run"
         );
         assert!(b.is_newest(new) && b.is_newest(other_role) && !b.is_newest(old));
 
         let mut lax = Book::load(&path, true).expect("reload");
         assert_eq!(
-            lax.admit(old, KeyId(1)),
+            lax.admit(old, KeyId(1), c, false),
             Admission::New,
             "allowed by the operator"
         );
     }
 
     #[test]
-    fn corrupt_book_names_the_key() {
+    fn a_session_the_book_does_not_know_needs_a_fresh_start_or_a_fresh_heartbeat() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sessions.json");
+        std::fs::write(&path, "{}").expect("empty book");
+        let c = clock();
+        // Started 510 s ago, beyond max_clock_skew (300 s).
+        let old = SessionId::new(8, Role::Daemon, 99_500, [1; 4]);
+        // A push started 10 s ago.
+        let recent = SessionId::new(9, Role::OneShot, 100_000_000, [2; 4]);
+        let mut b = Book::load(&path, false).expect("load");
+        assert_eq!(b.admit(old, KeyId(1), c, false), Admission::Stale);
+        assert!(b.is_stale(old), "its symbols are dropped early");
+        assert_eq!(b.admit(old, KeyId(1), c, true), Admission::New);
+        assert!(!b.is_stale(old));
+        assert_eq!(b.admit(recent, KeyId(1), c, false), Admission::New);
+    }
+
+    #[test]
+    fn heartbeats_are_fresh_within_the_skew_measured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sessions.json");
+        std::fs::write(&path, "{}").expect("empty book");
+        let c = clock();
+        let s = SessionId::new(8, Role::Daemon, 100_005, [1; 4]);
+        let mut b = Book::load(&path, false).expect("load");
+        assert!(b.is_fresh_heartbeat(s, c.now_ms, c));
+        assert!(b.is_fresh_heartbeat(s, c.now_ms - 299_000, c));
+        assert!(!b.is_fresh_heartbeat(s, c.now_ms - 301_000, c), "a replay");
+        assert!(
+            b.is_fresh_heartbeat(s, c.now_ms + 3_600_000, c),
+            "ahead: no replay"
+        );
+        assert_eq!(b.admit(s, KeyId(1), c, true), Admission::New);
+        // Its clock runs 10 min behind ours: measured, then allowed for.
+        b.note_skew(s, -600_000);
+        assert!(b.is_fresh_heartbeat(s, c.now_ms - 600_000, c));
+        assert!(!b.is_fresh_heartbeat(s, c.now_ms - 901_000, c));
+        b.flush().expect("flush");
+        let b = Book::load(&path, false).expect("reload");
+        assert_eq!(b.skew_ms(s), -600_000, "kept across restarts");
+    }
+
+    #[test]
+    fn a_lost_book_starts_safe_mode_and_never_accepts_an_old_session_as_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sessions.json");
+        let c = clock();
+        // Started before this receiver did (started_ms 99 000 000).
+        let before = SessionId::new(8, Role::OneShot, 98_000_000, [1; 4]);
+        let held = SessionId::new(5, Role::Daemon, 90_000, [2; 4]);
+        let after = SessionId::new(9, Role::OneShot, 100_005_000, [3; 4]);
+
+        let mut b = Book::load(&path, false).expect("missing: safe mode");
+        assert_eq!(b.safe_mode(), Some(&SafeMode::Missing));
+        assert_eq!(b.admit(before, KeyId(1), c, false), Admission::Stale);
+        assert_eq!(
+            b.admit(before, KeyId(1), c, true),
+            Admission::Adopt,
+            "taken from its fresh heartbeat on"
+        );
+        assert_eq!(b.admit(after, KeyId(1), c, false), Admission::New);
+        // What the outbox still held comes back into the book.
+        assert_eq!(b.recover(&[(held, KeyId(1))]), 1);
+        assert_eq!(
+            b.admit(held, KeyId(1), c, false),
+            Admission::New,
+            "resumed at its stored floors"
+        );
+        let older = SessionId::new(5, Role::Daemon, 89_000, [4; 4]);
+        assert_eq!(b.admit(older, KeyId(1), c, true), Admission::Refused);
+
         std::fs::write(&path, "[").expect("write");
-        let e = Book::load(&path, false).expect_err("refused");
-        assert!(format!("{e:#}").contains("ledger.sessions_path"));
+        let b = Book::load(&path, false).expect("unreadable: safe mode");
+        let Some(SafeMode::Unreadable(aside)) = b.safe_mode() else {
+            panic!("safe mode expected");
+        };
+        assert_eq!(
+            std::fs::read_to_string(aside).expect("moved aside"),
+            "[",
+            "kept for the operator, never overwritten"
+        );
+        assert!(!path.exists());
     }
 }

@@ -148,6 +148,9 @@ pub struct LinkState {
     delivered: Option<(SessionId, [Option<u64>; LANES])>,
     /// FEC headroom meters, per lane.
     pub headroom: headroom::Headroom,
+    /// Blocks known to exist and not yet resolved per lane, for the most
+    /// recent session (from the reassembler, every decode tick).
+    unresolved: Option<(SessionId, [u64; LANES])>,
 }
 
 impl LinkState {
@@ -159,6 +162,19 @@ impl LinkState {
         };
         let slot = &mut d[lane.index()];
         *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+    }
+
+    /// Note the blocks of `session` not yet resolved, per lane.
+    pub fn record_unresolved(&mut self, session: SessionId, unresolved: [u64; LANES]) {
+        self.unresolved = Some((session, unresolved));
+    }
+
+    /// Blocks of `lane` of `session` known to exist and not yet resolved.
+    pub fn unresolved(&self, session: SessionId, lane: Lane) -> u64 {
+        self.unresolved
+            .as_ref()
+            .filter(|(s, _)| *s == session)
+            .map_or(0, |(_, u)| u[lane.index()])
     }
 
     /// The last block delivered on `lane` of `session`.

@@ -397,6 +397,31 @@ impl Outbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The sessions whose lane state the outbox holds, with their key ids
+    /// (read only): what a receiver that lost its session book recovers
+    /// it from.
+    pub fn lane_sessions(&self) -> Result<Vec<(SessionId, KeyId)>, OutboxError> {
+        self.on_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let lanes = match txn.open_table(LANE_FLOORS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_err(e)),
+            };
+            let mut out: Vec<(SessionId, KeyId)> = Vec::new();
+            for r in lanes.iter().map_err(db_err)? {
+                let (k, v) = r.map_err(db_err)?;
+                if let Some(((session, _), (_, key_id))) =
+                    parse_lane_key(k.value()).zip(parse_floor(v.value()))
+                    && !out.iter().any(|(s, _)| *s == session)
+                {
+                    out.push((session, key_id));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The lanes a restarted receiver resumes: those of the sessions
     /// `keep` names. The state of every other session is deleted.
     pub fn resume(&self, keep: impl Fn(SessionId) -> bool) -> Result<Vec<LaneResume>, OutboxError> {

@@ -30,17 +30,20 @@ use crate::stats::RxStats;
 /// How often the retained status is published.
 const EVERY: Duration = Duration::from_secs(2);
 
-/// Blocks of `lane` the last heartbeat says were sent and that were not
-/// delivered yet (0 before any heartbeat).
+/// Blocks of `lane` the last heartbeat says were sent and that are not
+/// resolved yet: neither delivered nor written down as lost (0 before any
+/// heartbeat). Lost blocks below the last one delivered count until their
+/// gap entry is out, so a lag never hides a loss still to be reported.
 pub(crate) fn lag_blocks(link: &LinkState, lane: Lane) -> u64 {
     let Some((_, session, hb)) = &link.last else {
         return 0;
     };
-    match (hb.last_sent[lane.index()], link.delivered(*session, lane)) {
+    let behind = match (hb.last_sent[lane.index()], link.delivered(*session, lane)) {
         (Some(s), Some(g)) => s.saturating_sub(g),
         (Some(s), None) => s.saturating_add(1),
         (None, _) => 0,
-    }
+    };
+    behind.max(link.unresolved(*session, lane))
 }
 
 /// Whether a heartbeat arrived within `link_timeout` of `t`.
