@@ -226,14 +226,7 @@ impl Rig {
             outbox.clone(),
             cfg,
             stats.clone(),
-            WriterIo {
-                items: items_rx,
-                acked: acked_rx,
-                progress: progress_tx,
-                fallback: fallback_tx,
-                gaps_topic: TOPIC.to_owned(),
-                refused: None,
-            },
+            WriterIo::new(items_rx, acked_rx, progress_tx, fallback_tx),
         ));
         Ok(Self {
             outbox,

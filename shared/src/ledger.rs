@@ -63,6 +63,16 @@ pub struct BlockSummary {
 }
 
 impl BlockSummary {
+    /// The summary as bytes, to keep (the receiver's outbox).
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        postcard::to_allocvec(self).ok()
+    }
+
+    /// A summary kept by [`BlockSummary::to_bytes`].
+    pub fn from_bytes(b: &[u8]) -> Result<Self, LedgerError> {
+        postcard::from_bytes(b).map_err(|_| LedgerError::Decode)
+    }
+
     /// Record sequence number after the block's last record.
     pub fn end_record(&self) -> u64 {
         self.first_record.saturating_add(self.records)
@@ -212,6 +222,10 @@ pub enum GapCause {
     ReceiverDown,
     /// Rebuilt, but shed because the receiver was overloaded.
     Shed,
+    /// Authentic, but the outbox had no room for it (`outbox.max_bytes`).
+    OutboxFull,
+    /// Authentic, but the disk refused to store it (a full or failing disk).
+    OutboxError,
 }
 
 impl GapCause {
@@ -221,6 +235,8 @@ impl GapCause {
             Self::Link => "link",
             Self::ReceiverDown => "receiver_down",
             Self::Shed => "shed",
+            Self::OutboxFull => "outbox_full",
+            Self::OutboxError => "outbox_error",
         }
     }
 }
@@ -252,9 +268,42 @@ pub struct GapEntry {
     pub sources_complete: bool,
     /// Why.
     pub cause: GapCause,
+    /// Why `records` is unknown, when it is.
+    pub uncounted: Option<&'static str>,
 }
 
+/// Why a run's records cannot be counted: nothing that bounds it arrived.
+pub const UNCOUNTED_NEIGHBOURS: &str =
+    "the blocks on both sides of the run, and the heartbeats that name its ends, were lost too";
+/// Why a single block's records cannot be counted: it carried no summary.
+pub const UNCOUNTED_NO_SUMMARY: &str = "the block carried no summary of its records";
+
 impl GapEntry {
+    /// One authentic block that will not be delivered, described by its
+    /// own summary (from its trailer).
+    pub fn for_block(
+        session: SessionId,
+        lane: Lane,
+        seq: u64,
+        summary: Option<&BlockSummary>,
+        cause: GapCause,
+    ) -> Self {
+        Self {
+            session,
+            lane,
+            first_block: seq,
+            last_block: seq,
+            first_record: summary.map(|s| s.first_record),
+            records: summary.map(|s| s.records),
+            t_first_ns: summary.and_then(|s| s.t_min_ns),
+            t_last_ns: summary.and_then(|s| s.t_max_ns),
+            sources: summary.map(|s| s.sources.clone()).unwrap_or_default(),
+            sources_complete: summary.is_some_and(|s| s.more_sources == 0),
+            cause,
+            uncounted: summary.is_none().then_some(UNCOUNTED_NO_SUMMARY),
+        }
+    }
+
     /// Blocks in the entry.
     pub fn blocks(&self) -> u64 {
         self.last_block - self.first_block + 1
@@ -290,7 +339,15 @@ struct LaneLedger {
     start: Option<(u64, u64)>,
     /// Last block sent and the record after it (heartbeat).
     tail: Option<(u64, u64)>,
+    /// Record numbers where blocks start, known without their summaries:
+    /// block → (record, time of the last record before it). From a
+    /// restarted receiver's stored lane floors, and from runs already
+    /// counted.
+    anchors: BTreeMap<u64, (u64, Option<i64>)>,
 }
+
+/// Anchors kept per lane; the lowest go first.
+const MAX_ANCHORS: usize = 64;
 
 /// The receiver's ledger. Sans-IO: the caller passes `now`.
 #[derive(Debug)]
@@ -348,6 +405,37 @@ impl Ledger {
             }
             l.summaries.remove(&lowest);
         }
+    }
+
+    /// Block `block` of a lane starts at record `record`, and the record
+    /// before it was from `t_ns`: what a restarted receiver knows of the
+    /// block at its stored floor.
+    pub fn anchor(
+        &mut self,
+        session: SessionId,
+        lane: Lane,
+        block: u64,
+        record: u64,
+        t_ns: Option<i64>,
+    ) {
+        let l = self.lane(session, lane);
+        l.anchors.insert(block, (record, t_ns));
+        while l.anchors.len() > MAX_ANCHORS {
+            l.anchors.pop_first();
+        }
+    }
+
+    /// The record number where block `block` starts, and the time of the
+    /// record before it, if known: what a lane floor at `block` is stored
+    /// with, so that a restarted receiver counts a loss starting there.
+    pub fn boundary(
+        &self,
+        session: SessionId,
+        lane: Lane,
+        block: u64,
+    ) -> Option<(u64, Option<i64>)> {
+        let l = self.lanes.get(&(session, lane))?;
+        before(l, block).or_else(|| start_of(l, block).map(|(r, _)| (r, None)))
     }
 
     /// An authenticated heartbeat: the session's first block and record,
@@ -413,6 +501,17 @@ impl Ledger {
                 let expired = now.saturating_duration_since(run.since) >= timeout;
                 if let Some(e) = resolve(l, *session, *lane, first, run, expired) {
                     l.runs.remove(&first);
+                    // The floor moves past the run: where the block after
+                    // it starts stays known for the stored lane floor.
+                    if let (Some(f), Some(n)) = (e.first_record, e.records) {
+                        l.anchors.insert(
+                            e.last_block.saturating_add(1),
+                            (f.saturating_add(n), e.t_last_ns),
+                        );
+                        while l.anchors.len() > MAX_ANCHORS {
+                            l.anchors.pop_first();
+                        }
+                    }
                     out.push(e);
                 }
             }
@@ -435,10 +534,24 @@ impl Ledger {
     }
 }
 
+/// The record number where block `first` starts, from what came before
+/// it (the session's start, the block before it, an anchor), with the
+/// time of the record before it.
+fn before(l: &LaneLedger, first: u64) -> Option<(u64, Option<i64>)> {
+    match (first.checked_sub(1), l.start) {
+        (_, Some((sb, sr))) if sb == first => Some((sr, None)),
+        (Some(p), _) => end_of(l, p).or_else(|| l.anchors.get(&first).copied()),
+        (None, _) => l.anchors.get(&first).copied(),
+    }
+}
+
 /// The record number where block `b` starts, if known.
 fn start_of(l: &LaneLedger, b: u64) -> Option<(u64, Option<i64>)> {
     if let Some(s) = l.summaries.get(&b) {
         return Some((s.first_record, s.t_min_ns));
+    }
+    if let Some(&(r, _)) = l.anchors.get(&b) {
+        return Some((r, None));
     }
     if let Some((tb, tr)) = l.tail
         && tb.checked_add(1) == Some(b)
@@ -470,11 +583,7 @@ fn resolve(
         .map(|(_, s)| s)
         .collect();
     let all_described = described.len() as u64 == run.last - first + 1;
-    let before = match (first.checked_sub(1), l.start) {
-        (_, Some((sb, sr))) if sb == first => Some((sr, None)),
-        (Some(p), _) => end_of(l, p),
-        (None, _) => None,
-    };
+    let before = before(l, first);
     let after = run.last.checked_add(1).and_then(|n| start_of(l, n));
     let (first_record, records) = if all_described {
         let f = described.first().map(|s| s.first_record);
@@ -515,6 +624,7 @@ fn resolve(
         sources,
         sources_complete: all_described && described.iter().all(|s| s.more_sources == 0),
         cause: run.cause,
+        uncounted: records.is_none().then_some(UNCOUNTED_NEIGHBOURS),
     })
 }
 
@@ -650,6 +760,42 @@ mod tests {
         assert_eq!((e[0].first_block, e[0].last_block), (2, 9));
         assert_eq!((e[0].first_record, e[0].records), (Some(20), Some(80)));
         assert!(!e[0].sources_complete);
+    }
+
+    #[test]
+    fn a_restarted_receiver_counts_the_loss_from_its_stored_floor() {
+        // The receiver stopped with bulk resolved below block 50, whose
+        // first record is 5000 (the stored floor). While it was down,
+        // blocks 50..=69 were sent; it comes back at 70, whose trailer
+        // describes 66..=70 only.
+        let t = Instant::now();
+        let s = SessionId([3; 16]);
+        let mut l = Ledger::new(LIMITS);
+        l.anchor(s, Lane::Bulk, 50, 5000, Some(499));
+        l.lost(t, s, Lane::Bulk, 50, 69, GapCause::ReceiverDown);
+        l.describe(
+            s,
+            Lane::Bulk,
+            &(66..=70)
+                .rev()
+                .map(|b| summary(b, b * 100, 100, "late.csv"))
+                .collect::<Vec<_>>(),
+        );
+        let e = l.poll(t);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].first_record, e[0].records), (Some(5000), Some(2000)));
+        assert_eq!(e[0].uncounted, None);
+        assert_eq!(e[0].t_first_ns, Some(499), "bounded by the record before");
+        assert!(!e[0].sources_complete, "blocks 50..=65 were not described");
+        // Its end is known now: the next stored floor (70) starts there.
+        assert_eq!(l.boundary(s, Lane::Bulk, 70), Some((7000, Some(699))));
+        // Without the stored floor, the same loss is not countable.
+        let mut blind = Ledger::new(LIMITS);
+        blind.lost(t, s, Lane::Bulk, 50, 69, GapCause::ReceiverDown);
+        assert!(blind.poll(t).is_empty());
+        let e = blind.flush();
+        assert_eq!(e[0].records, None);
+        assert_eq!(e[0].uncounted, Some(UNCOUNTED_NEIGHBOURS));
     }
 
     #[test]

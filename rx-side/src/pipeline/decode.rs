@@ -36,7 +36,7 @@ use weir_shared::wire::{Header, Kind, SessionId};
 
 use super::budget::Budget;
 use super::files::{FileWork, notify_lost};
-use super::ledger::{Admission, Book, Clock, GapLog, SafeMode, gap_json};
+use super::ledger::{Admission, Book, Clock, GapLog, SafeMode, write_gap};
 use super::open::{Gate, OpenError};
 use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
@@ -60,7 +60,9 @@ pub struct Core {
     files: Option<Sender<FileWork>>,
     ledger: Ledger,
     book: Book,
-    gaps: GapLog,
+    /// The gap ledger file, shared with the outbox writer (blocks it
+    /// refuses are written down there).
+    gaps: Arc<Mutex<GapLog>>,
     /// Per session lane, the first block sent while this process was
     /// listening (the lowest it delivered, or the first after the
     /// heartbeat that first told it of the lane): lost blocks below it
@@ -119,13 +121,24 @@ impl Core {
                     "sessions_recovered_from_outbox": recovered}))
             }
         };
-        let gaps = GapLog::open(&ledger.gaps_path)?;
+        let gaps = Arc::new(Mutex::new(GapLog::open(&ledger.gaps_path)?));
         let mut reassembler = Reassembler::new(limits);
         let t = now();
         let resume = outbox
             .resume(|s| book.is_newest(s))
             .map_err(|e| anyhow::anyhow!("reading lane state from the outbox: {e}"))?;
+        let mut ledger_core = Ledger::new(LedgerLimits {
+            max_summaries: 4096,
+            max_sessions: limits.max_sessions,
+            resolve_timeout: ledger.resolve_timeout,
+        });
         for r in resume {
+            // What the stored blocks carried, and where the floor's block
+            // starts: a loss across the restart is counted from them.
+            ledger_core.describe(r.session, r.lane, &r.summaries);
+            if let Some((record, t_ns)) = r.records {
+                ledger_core.anchor(r.session, r.lane, r.floor, record, t_ns);
+            }
             // Replays below the floor are refused; blocks the outbox
             // committed above it are not taken again. Every other block
             // is still open: delivered if its symbols come, else counted.
@@ -139,11 +152,6 @@ impl Core {
                 reassembler.confirm(t, key, r.key_id);
             }
         }
-        let ledger_core = Ledger::new(LedgerLimits {
-            max_summaries: 4096,
-            max_sessions: limits.max_sessions,
-            resolve_timeout: ledger.resolve_timeout,
-        });
         Ok(Self {
             reassembler,
             gate,
@@ -197,6 +205,11 @@ impl Core {
             Admission::Known => {}
         }
         admission
+    }
+
+    /// The gap ledger file, for the outbox writer.
+    pub fn gap_log(&self) -> Arc<Mutex<GapLog>> {
+        self.gaps.clone()
     }
 
     /// Solve on `n` threads beside the decode task (0: on it).
@@ -440,6 +453,7 @@ fn deliver(
         frame: block.sealed,
         verdicts: None,
         held,
+        summary: summary.cloned(),
     };
     match out.to_outbox.try_send(Item::Block(opened)) {
         Ok(()) => core
@@ -701,22 +715,7 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
         core.ledger.poll(t)
     };
     for e in entries {
-        let ts = unix_ms().saturating_mul(1_000_000);
-        let body = gap_json(&e, ts);
-        tracing::warn!(session = %e.session.short_hex(), lane = e.lane.as_str(), first_block = e.first_block,
-            last_block = e.last_block, records = ?e.records, cause = e.cause.as_str(), "Records lost: written down in the gap ledger.");
-        add(&stats.gap_entries, 1);
-        match e.records {
-            Some(n) => add(&stats.records_lost, n),
-            None => add(&stats.gap_entries_uncounted, 1),
-        }
-        core.gaps.append(&body);
-        stats.audit.record("gap", body.clone());
-        let msg = Message {
-            topic: out.topics.gaps.clone(),
-            payload: body.to_string().into_bytes(),
-            retain: false,
-        };
+        let msg = write_gap(Some(&core.gaps), stats, &out.topics.gaps, &e);
         send_event(out.to_outbox, msg);
     }
     send_floors(core, out.to_outbox);
@@ -742,10 +741,13 @@ fn moved_floors(core: &mut Core) -> Vec<LaneFloors> {
             }
         }
         if core.floors_sent.get(&session) != Some(&floors) {
+            let records = Lane::ALL
+                .map(|l| floors[l.index()].and_then(|f| core.ledger.boundary(session, l, f)));
             out.push(LaneFloors {
                 session,
                 key_id,
                 floors,
+                records,
             });
         }
     }
@@ -800,6 +802,7 @@ mod tests {
             session,
             key_id: KeyId(1),
             floors: [None, Some(10)],
+            records: [None, None],
         };
         outbox
             .commit_lane_state(floors(session), &[(Lane::Bulk, 10), (Lane::Bulk, 12)])

@@ -223,6 +223,7 @@ mod tests {
             frame,
             verdicts: None,
             held: None,
+            summary: None,
         };
         let limits = DecodeLimits {
             max_body_bytes: 1 << 20,
@@ -282,6 +283,7 @@ mod tests {
             frame,
             verdicts: None,
             held: None,
+            summary: None,
         };
         let limits = DecodeLimits {
             max_body_bytes: 1 << 20,

@@ -408,18 +408,64 @@ pub fn gap_json(e: &GapEntry, ts_ns: i64) -> serde_json::Value {
         "t_last": e.t_last_ns.map(rfc3339_ns),
         "sources": e.sources,
         "sources_complete": e.sources_complete,
+        "records_unknown_because": e.uncounted,
     })
 }
+
+/// Write a gap entry down: the gaps file, the counters, the audit log.
+/// Returns its gaps-topic message, for the caller to publish by its path
+/// (the outbox, or straight to the publisher when the disk failed).
+pub fn write_gap(
+    log: Option<&std::sync::Mutex<GapLog>>,
+    stats: &crate::stats::RxStats,
+    topic: &str,
+    e: &GapEntry,
+) -> super::Message {
+    use crate::stats::add;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let body = gap_json(e, ts);
+    tracing::warn!(session = %e.session.short_hex(), lane = e.lane.as_str(), first_block = e.first_block,
+        last_block = e.last_block, records = ?e.records, cause = e.cause.as_str(), "Records lost: written down in the gap ledger.");
+    add(&stats.gap_entries, 1);
+    match e.records {
+        Some(n) => add(&stats.records_lost, n),
+        None => add(&stats.gap_entries_uncounted, 1),
+    }
+    if let Some(log) = log {
+        log.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(&body);
+    }
+    stats.audit.record("gap", body.clone());
+    super::Message {
+        topic: topic.to_owned(),
+        payload: body.to_string().into_bytes(),
+        retain: false,
+    }
+}
+
+/// Bytes kept allocated past the end of the gap ledger file (about 3000
+/// entries), so that entries are still written when the disk is full: a
+/// full disk is when blocks are refused and the ledger matters most.
+const RESERVE: u64 = 1 << 20;
 
 /// The gap ledger file: append-only JSON lines.
 #[derive(Debug)]
 pub struct GapLog {
     path: PathBuf,
     file: Option<std::fs::File>,
+    /// Lines a write refused (the reserve was spent): written first next
+    /// time, so the file keeps every entry in order once space is back.
+    unwritten: String,
+    /// Whether the last reservation failed (said once).
+    reserve_failed: bool,
 }
 
 impl GapLog {
-    /// Open (create) the file for appending.
+    /// Open (create) the file for appending, with space reserved past its
+    /// end.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -431,22 +477,63 @@ impl GapLog {
                     path.display()
                 )
             })?;
-        Ok(Self {
+        let mut log = Self {
             path: path.to_owned(),
             file: Some(file),
-        })
+            unwritten: String::new(),
+            reserve_failed: false,
+        };
+        log.reserve();
+        Ok(log)
     }
 
-    /// Append one entry and make it durable. A write error is logged: the
-    /// entry still goes to the gaps topic and the counters.
+    /// Keep [`RESERVE`] bytes allocated past the end of the file (the file
+    /// size does not change). Appends then land in blocks already
+    /// allocated, so they succeed on a full disk.
+    fn reserve(&mut self) {
+        let Some(f) = self.file.as_ref() else {
+            return;
+        };
+        let end = f.metadata().map_or(0, |m| m.len());
+        match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::KEEP_SIZE, end, RESERVE) {
+            Ok(()) => self.reserve_failed = false,
+            Err(e) => {
+                if !self.reserve_failed {
+                    tracing::warn!(file = %self.path.display(), error = %e,
+                        "No space reserved for the gap ledger: on a full disk its entries wait in memory.");
+                }
+                self.reserve_failed = true;
+            }
+        }
+    }
+
+    /// Append one entry and make it durable. A write error is logged and
+    /// the entry kept for the next append; it still goes to the gaps
+    /// topic and the counters.
     pub fn append(&mut self, entry: &serde_json::Value) {
         let Some(f) = self.file.as_mut() else {
             return;
         };
-        let mut line = entry.to_string();
-        line.push('\n');
-        if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
-            tracing::error!(file = %self.path.display(), error = %e, "Gap ledger entry not written to disk (it is still published).");
+        self.unwritten.push_str(&entry.to_string());
+        self.unwritten.push('\n');
+        let before = f.metadata().map(|m| m.len());
+        match f
+            .write_all(self.unwritten.as_bytes())
+            .and_then(|()| f.sync_data())
+        {
+            Ok(()) => {
+                self.unwritten.clear();
+                self.reserve();
+            }
+            Err(e) => {
+                // No cut line is left behind: the file goes back to its
+                // last whole entry, and the lines are written again later.
+                if let Ok(len) = before {
+                    let _ = f.set_len(len);
+                }
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "Gap ledger entry not written to disk yet (it is published; it is written once there is space).");
+            }
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct OpenedBlock {
     /// Its share of the decoded-block budget until committed (`None`: read
     /// back from the outbox).
     held: Option<budget::Held>,
+    /// What it carried (from its trailer), for the gap ledger should the
+    /// outbox refuse it (`None`: read back from the outbox).
+    summary: Option<weir_shared::ledger::BlockSummary>,
 }
 
 /// The messages made from one outbox entry; the entry is done when the
@@ -414,8 +417,9 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     let (dq_tx, dq_reload, refused) =
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
+    let (core, gap_log) = decode_core(&cfg, keyring, &store, files_tx.clone())?;
     tasks.spawn(decode::run(
-        decode_core(&cfg, keyring, &store)?.with_files(files_tx.clone()),
+        core,
         stats.clone(),
         link.clone(),
         topics.clone(),
@@ -427,14 +431,9 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         store.clone(),
         cfg.raw.outbox.clone(),
         stats.clone(),
-        outbox::WriterIo {
-            items: item_rx,
-            acked: acked_rx,
-            progress: progress_tx,
-            fallback: ephemeral_tx.clone(),
-            gaps_topic: topics.gaps.clone(),
-            refused: Some(refused),
-        },
+        outbox::WriterIo::new(item_rx, acked_rx, progress_tx, ephemeral_tx.clone())
+            .with_gaps(topics.gaps.clone(), gap_log)
+            .with_refused(refused),
     ));
     spawn_readers(
         &mut tasks,
@@ -483,20 +482,26 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
 /// The decode stage's core: reassembly limits, the AEAD gate with the
 /// loaded and retired keys, the queue budget, the ledger, the outbox's
 /// lane state.
+/// The decode stage's core, and its gap ledger file (shared with the
+/// outbox writer).
 fn decode_core(
     cfg: &ValidRx,
     keyring: Keyring,
     store: &outbox::Outbox,
-) -> anyhow::Result<decode::Core> {
+    files: Option<mpsc::Sender<files::FileWork>>,
+) -> anyhow::Result<(decode::Core, Arc<Mutex<ledger::GapLog>>)> {
     let queued = usize::try_from(cfg.raw.limits.max_queued_bytes).unwrap_or(usize::MAX);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    Ok(decode::Core::new(
+    let core = decode::Core::new(
         (cfg.reassembly, budget::Budget::new(queued)),
         open::Gate::new(keyring).with_retired(&cfg.raw.keys.retired_key_ids),
         &cfg.raw.ledger,
         store,
     )?
-    .with_solve_workers(cfg.raw.limits.solve_workers_for(cores)))
+    .with_solve_workers(cfg.raw.limits.solve_workers_for(cores))
+    .with_files(files);
+    let gap_log = core.gap_log();
+    Ok((core, gap_log))
 }
 
 /// The counters, with the audit log (`audit.path`) opened, its chain

@@ -44,6 +44,7 @@ use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use weir_shared::config::OutboxConfig;
 use weir_shared::lane::{LANES, Lane};
+use weir_shared::ledger::{GapCause, GapEntry};
 use weir_shared::wire::{KeyId, SessionId};
 
 use super::{Message, OpenedBlock, StageError, now};
@@ -142,6 +143,10 @@ pub struct LaneFloors {
     pub key_id: KeyId,
     /// Per lane, by [`Lane::index`].
     pub floors: [Option<u64>; LANES],
+    /// Per lane, the record number where the block at the floor starts,
+    /// and the time of the record before it, when known: a restarted
+    /// receiver counts a loss starting at the floor from it.
+    pub records: [Option<(u64, Option<i64>)>; LANES],
 }
 
 /// Where a restarted receiver resumes one session lane.
@@ -158,6 +163,12 @@ pub struct LaneResume {
     /// Blocks at or above `floor` resolved (stored, or refused and
     /// reported), ascending.
     pub delivered: Vec<u64>,
+    /// Where the block at `floor` starts (record number, and the time of
+    /// the record before it), when known.
+    pub records: Option<(u64, Option<i64>)>,
+    /// What the stored blocks from just below `floor` on carried: the
+    /// ledger counts a loss between them from these.
+    pub summaries: Vec<weir_shared::ledger::BlockSummary>,
 }
 
 /// Table of single values kept beside the queue (not published).
@@ -168,13 +179,20 @@ const DQ_STATE: &str = "dq_state";
 /// [`META`].
 const BD_SEQ: &str = "sparkplug_bd_seq";
 /// Lane floors: key session (16) ‖ lane (1); value floor (u64 LE) ‖ key
-/// id (u16 LE).
+/// id (u16 LE), then optionally (28 bytes in all) the record number where
+/// the floor's block starts: flag (1) ‖ record (u64 LE) ‖ flag (1) ‖ time
+/// of the record before it (i64 LE, ns).
 const LANE_FLOORS: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("lanes");
 /// Blocks resolved at or above their lane's floor (stored, or refused
 /// and reported as a gap): key session (16) ‖ lane (1) ‖ seq (u64 BE, so
 /// keys sort by sequence).
 const DELIVERED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new("delivered");
+/// The summaries (postcard) of the blocks stored at or above their lane's
+/// floor, and of the one just below it; keys as [`DELIVERED`]. A restarted
+/// receiver counts the records of a loss between them.
+const SUMMARIES: TableDefinition<'static, &'static [u8], &'static [u8]> =
+    TableDefinition::new("summaries");
 
 /// A [`LANE_FLOORS`] key.
 fn lane_key(session: SessionId, lane: Lane) -> [u8; 17] {
@@ -200,14 +218,41 @@ fn parse_delivered_key(k: &[u8]) -> Option<(SessionId, Lane, u64)> {
     Some((session, lane, u64::from_be_bytes(seq.try_into().ok()?)))
 }
 
-/// The floor and key id of a [`LANE_FLOORS`] value.
-fn parse_floor(v: &[u8]) -> Option<(u64, KeyId)> {
-    let v: &[u8; 10] = v.try_into().ok()?;
-    let (floor, key_id) = v.split_at(8);
-    Some((
-        u64::from_le_bytes(floor.try_into().ok()?),
-        KeyId(u16::from_le_bytes(key_id.try_into().ok()?)),
-    ))
+/// A [`LANE_FLOORS`] value.
+fn floor_value(floor: u64, key_id: KeyId, records: Option<(u64, Option<i64>)>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(28);
+    v.extend_from_slice(&floor.to_le_bytes());
+    v.extend_from_slice(&key_id.0.to_le_bytes());
+    if let Some((record, t)) = records {
+        v.push(1);
+        v.extend_from_slice(&record.to_le_bytes());
+        v.push(u8::from(t.is_some()));
+        v.extend_from_slice(&t.unwrap_or(0).to_le_bytes());
+    }
+    v
+}
+
+/// Where a lane resumes, from a [`LANE_FLOORS`] value.
+type StoredFloor = (u64, KeyId, Option<(u64, Option<i64>)>);
+
+/// The floor, key id and floor record of a [`LANE_FLOORS`] value.
+fn parse_floor(v: &[u8]) -> Option<StoredFloor> {
+    let (head, rest) = v.split_first_chunk::<10>()?;
+    let (floor, key_id) = head.split_at(8);
+    let floor = u64::from_le_bytes(floor.try_into().ok()?);
+    let key_id = KeyId(u16::from_le_bytes(key_id.try_into().ok()?));
+    let records = match rest {
+        [] => None,
+        [1, r @ .., has_t, t0, t1, t2, t3, t4, t5, t6, t7] if r.len() == 8 => {
+            let t = i64::from_le_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7]);
+            Some((
+                u64::from_le_bytes(r.try_into().ok()?),
+                (*has_t == 1).then_some(t),
+            ))
+        }
+        _ => return None,
+    };
+    Some((floor, key_id, records))
 }
 
 /// The session and lane of a [`LANE_FLOORS`] key.
@@ -325,6 +370,7 @@ pub fn decode_body(at: EntryRef, v: &[u8]) -> Result<Body, OutboxError> {
         frame: frame.to_vec(),
         verdicts,
         held: None,
+        summary: None,
     }))
 }
 
@@ -411,7 +457,7 @@ impl Outbox {
             let mut out: Vec<(SessionId, KeyId)> = Vec::new();
             for r in lanes.iter().map_err(db_err)? {
                 let (k, v) = r.map_err(db_err)?;
-                if let Some(((session, _), (_, key_id))) =
+                if let Some(((session, _), (_, key_id, _))) =
                     parse_lane_key(k.value()).zip(parse_floor(v.value()))
                     && !out.iter().any(|(s, _)| *s == session)
                 {
@@ -438,13 +484,15 @@ impl Outbox {
                 let (k, v) = r.map_err(db_err)?;
                 let parsed = parse_lane_key(k.value()).zip(parse_floor(v.value()));
                 match parsed {
-                    Some(((session, lane), (floor, key_id))) if keep(session) => {
+                    Some(((session, lane), (floor, key_id, records))) if keep(session) => {
                         out.push(LaneResume {
                             session,
                             key_id,
                             lane,
                             floor,
                             delivered: Vec::new(),
+                            records,
+                            summaries: Vec::new(),
                         });
                     }
                     _ => stale.push(k.value().to_vec()),
@@ -477,6 +525,27 @@ impl Outbox {
                 .map_err(db_err)?;
             for (i, seq) in keys {
                 out[i].delivered.push(seq);
+            }
+            let mut summaries = txn.open_table(SUMMARIES).map_err(db_err)?;
+            let mut found = Vec::new();
+            summaries
+                .retain(|k, v| {
+                    let Some((session, lane, seq)) = parse_delivered_key(k) else {
+                        return false;
+                    };
+                    match kept.get(&(session, lane)) {
+                        Some(&i) if seq.saturating_add(1) >= out[i].floor => {
+                            if let Ok(s) = weir_shared::ledger::BlockSummary::from_bytes(v) {
+                                found.push((i, s));
+                            }
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .map_err(db_err)?;
+            for (i, s) in found {
+                out[i].summaries.push(s);
             }
         }
         txn.commit().map_err(db_err)?;
@@ -572,15 +641,19 @@ impl Outbox {
             for k in &g.delivered {
                 delivered.insert(k.as_slice(), ()).map_err(db_err)?;
             }
+            let mut summaries = txn.open_table(SUMMARIES).map_err(db_err)?;
+            for (k, v) in &g.summaries {
+                summaries
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(db_err)?;
+            }
             let mut lanes = txn.open_table(LANE_FLOORS).map_err(db_err)?;
             for f in &g.floors {
                 for lane in Lane::ALL {
                     let Some(floor) = f.floors[lane.index()] else {
                         continue;
                     };
-                    let mut v = [0u8; 10];
-                    v[..8].copy_from_slice(&floor.to_le_bytes());
-                    v[8..].copy_from_slice(&f.key_id.0.to_le_bytes());
+                    let v = floor_value(floor, f.key_id, f.records[lane.index()]);
                     lanes
                         .insert(lane_key(f.session, lane).as_slice(), v.as_slice())
                         .map_err(db_err)?;
@@ -588,6 +661,13 @@ impl Outbox {
                         delivered_key(f.session, lane, 0)..delivered_key(f.session, lane, floor);
                     delivered
                         .retain_in(below.start.as_slice()..below.end.as_slice(), |_, ()| false)
+                        .map_err(db_err)?;
+                    // The summary just below the floor stays: it bounds a
+                    // loss starting at the floor.
+                    let below = delivered_key(f.session, lane, 0)
+                        ..delivered_key(f.session, lane, floor.saturating_sub(1));
+                    summaries
+                        .retain_in(below.start.as_slice()..below.end.as_slice(), |_, _| false)
                         .map_err(db_err)?;
                 }
             }
@@ -709,6 +789,51 @@ pub struct WriterIo {
     /// data-quality stage, to forget their points: they were never
     /// published).
     pub refused: Option<UnboundedSender<Vec<u8>>>,
+    /// The gap ledger file: a block the outbox refuses is written down
+    /// there, counted from its own summary, like any other lost block
+    /// (`None`: counted and reported only).
+    pub gap_log: Option<Arc<std::sync::Mutex<super::ledger::GapLog>>>,
+}
+
+impl WriterIo {
+    /// The writer's channels, with no gap ledger file of its own yet
+    /// ([`WriterIo::with_gaps`]) and no refused-frame path.
+    pub fn new(
+        items: Receiver<Item>,
+        acked: UnboundedReceiver<EntryRef>,
+        progress: watch::Sender<Progress>,
+        fallback: Sender<Vec<Message>>,
+    ) -> Self {
+        Self {
+            items,
+            acked,
+            progress,
+            fallback,
+            gaps_topic: String::new(),
+            refused: None,
+            gap_log: None,
+        }
+    }
+
+    /// Write refused blocks down in this gap ledger file, and report them
+    /// on this topic.
+    #[must_use]
+    pub fn with_gaps(
+        mut self,
+        topic: String,
+        log: Arc<std::sync::Mutex<super::ledger::GapLog>>,
+    ) -> Self {
+        self.gaps_topic = topic;
+        self.gap_log = Some(log);
+        self
+    }
+
+    /// Hand refused bulk frames to the data-quality stage.
+    #[must_use]
+    pub fn with_refused(mut self, refused: UnboundedSender<Vec<u8>>) -> Self {
+        self.refused = Some(refused);
+        self
+    }
 }
 
 /// The writer's state between commits.
@@ -725,6 +850,8 @@ struct Writer {
     refused: Option<UnboundedSender<Vec<u8>>>,
     /// The last commit failed (for saying when it works again).
     failing: bool,
+    /// See [`WriterIo::gap_log`].
+    gap_log: Option<Arc<std::sync::Mutex<super::ledger::GapLog>>>,
 }
 
 /// One group commit, planned.
@@ -737,10 +864,15 @@ struct Group {
     dq_state: Option<Vec<u8>>,
     /// [`DELIVERED`] keys of the blocks stored or refused.
     delivered: Vec<[u8; 25]>,
+    /// [`SUMMARIES`] rows of the blocks stored or refused.
+    summaries: Vec<([u8; 25], Vec<u8>)>,
     /// Lane floors, in the order handed over.
     floors: Vec<LaneFloors>,
     /// The blocks' shares of the decode budget, given back once committed.
     held: Vec<super::budget::Held>,
+    /// The blocks put, with their summaries: a failed commit writes each
+    /// down in the gap ledger.
+    blocks: Vec<(EntryRef, GapEntry)>,
 }
 
 impl Group {
@@ -760,6 +892,13 @@ impl Writer {
         {
             let _ = tx.send(b.frame.clone());
         }
+    }
+
+    /// A block the outbox refuses: written down in the gap ledger with
+    /// the records its summary counts; its gaps-topic message back.
+    fn refuse(&self, entry: &GapEntry, gaps_topic: &str) -> Message {
+        add(&self.stats.outbox_refused, 1);
+        super::ledger::write_gap(self.gap_log.as_deref(), &self.stats, gaps_topic, entry)
     }
 
     fn next(&mut self, table: Table) -> EntryRef {
@@ -791,7 +930,15 @@ impl Writer {
                     continue;
                 }
                 Item::Block(mut b) => {
-                    g.delivered.push(delivered_key(b.session, b.lane, b.seq));
+                    let key = delivered_key(b.session, b.lane, b.seq);
+                    g.delivered.push(key);
+                    if let Some(v) = b
+                        .summary
+                        .as_ref()
+                        .and_then(weir_shared::ledger::BlockSummary::to_bytes)
+                    {
+                        g.summaries.push((key, v));
+                    }
                     g.held.extend(b.held.take());
                     Body::Block(b)
                 }
@@ -802,14 +949,13 @@ impl Writer {
             if table != Table::Events && self.bytes + g.added + n > self.cfg.max_bytes {
                 if let Body::Block(b) = &item {
                     self.forget(b);
-                    add(&self.stats.outbox_refused, 1);
                     tracing::error!(
                         seq = b.seq,
                         lane = b.lane.as_str(),
-                        "Outbox full: block counted as lost and reported as a gap."
+                        "Outbox full: block written down as lost in the gap ledger."
                     );
-                    let (_, ev) =
-                        encode_body(&Body::Event(refused_event(gaps_topic, b, "outbox_full")));
+                    let msg = self.refuse(&lost_block(b, GapCause::OutboxFull), gaps_topic);
+                    let (_, ev) = encode_body(&Body::Event(msg));
                     let at = self.next(Table::Events);
                     g.puts.push((at, ev));
                 }
@@ -819,6 +965,9 @@ impl Writer {
                 g.added += n;
             }
             let at = self.next(table);
+            if let Body::Block(b) = &item {
+                g.blocks.push((at, lost_block(b, GapCause::OutboxError)));
+            }
             g.puts.push((at, v));
         }
         g
@@ -830,7 +979,12 @@ impl Writer {
         let stored = g.puts.len() as u64;
         let added = g.added;
         let db = self.outbox.clone();
-        let (r, Group { puts, dels, .. }) = tokio::task::spawn_blocking(move || {
+        let (
+            r,
+            Group {
+                puts, dels, blocks, ..
+            },
+        ) = tokio::task::spawn_blocking(move || {
             let r = db.commit(&g);
             (r, g)
         })
@@ -857,8 +1011,10 @@ impl Writer {
                     let msg = match decode_body(*at, v) {
                         Ok(Body::Block(b)) => {
                             self.forget(&b);
-                            add(&self.stats.outbox_refused, 1);
-                            refused_event(&io.gaps_topic, &b, "outbox_error")
+                            let Some((_, entry)) = blocks.iter().find(|(r, _)| r == at) else {
+                                continue;
+                            };
+                            self.refuse(entry, &io.gaps_topic)
                         }
                         Ok(Body::Event(m)) => m,
                         Err(_) => continue,
@@ -904,6 +1060,7 @@ pub async fn write(
         retained: VecDeque::new(),
         refused: io.refused.take(),
         failing: false,
+        gap_log: io.gap_log.clone(),
     };
     let mut items_open = true;
     let mut acks_open = true;
@@ -949,14 +1106,9 @@ pub async fn write(
     Ok(())
 }
 
-fn refused_event(topic: &str, b: &OpenedBlock, why: &str) -> Message {
-    let body = serde_json::json!({"type": why, "session": b.session.short_hex(),
-        "lane": b.lane.as_str(), "first_block": b.seq, "last_block": b.seq, "blocks": 1});
-    Message {
-        topic: topic.to_owned(),
-        payload: body.to_string().into_bytes(),
-        retain: false,
-    }
+/// A block the outbox could not keep, as a gap entry of `cause`.
+fn lost_block(b: &OpenedBlock, cause: GapCause) -> GapEntry {
+    GapEntry::for_block(b.session, b.lane, b.seq, b.summary.as_ref(), cause)
 }
 
 /// Read `table` in key order into `out`, at most `window` entries not yet
@@ -1049,6 +1201,7 @@ mod tests {
             frame: frame.to_vec(),
             verdicts: (lane == Lane::Bulk).then(|| b"dq".to_vec()),
             held: None,
+            summary: None,
         })
     }
 
@@ -1135,10 +1288,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.redb");
         let (s1, s2) = (SessionId([1; 16]), SessionId([2; 16]));
-        let floors = |session, alert, bulk| LaneFloors {
+        let floors = |session, alert, bulk: Option<u64>| LaneFloors {
             session,
             key_id: KeyId(7),
             floors: [alert, bulk],
+            records: [None, bulk.map(|b| (b * 100, Some(-5)))],
+        };
+        let summary = |block: u64| weir_shared::ledger::BlockSummary {
+            block,
+            first_record: block * 100,
+            records: 100,
+            sources: vec![format!("f{block}")],
+            ..Default::default()
+        };
+        let row = |session, q| {
+            (
+                delivered_key(session, Lane::Bulk, q),
+                summary(q).to_bytes().expect("summary"),
+            )
         };
         {
             let o = Outbox::open(&path).expect("open");
@@ -1149,6 +1316,7 @@ mod tests {
                     .map(|q| delivered_key(s1, Lane::Bulk, q))
                     .chain([delivered_key(s2, Lane::Alert, 3)])
                     .collect(),
+                summaries: (10..=14).map(|q| row(s1, q)).collect(),
                 floors: vec![floors(s1, None, Some(12)), floors(s2, Some(3), None)],
                 ..Group::default()
             };
@@ -1156,6 +1324,7 @@ mod tests {
             // A later floor for the same lane replaces the first.
             let g = Group {
                 delivered: vec![delivered_key(s1, Lane::Bulk, 20)],
+                summaries: vec![row(s1, 20)],
                 floors: vec![floors(s1, None, Some(13))],
                 ..Group::default()
             };
@@ -1171,6 +1340,10 @@ mod tests {
                 lane: Lane::Bulk,
                 floor: 13,
                 delivered: vec![13, 14, 20],
+                records: Some((1300, Some(-5))),
+                // The one just below the floor stays: it bounds a loss
+                // starting there.
+                summaries: vec![summary(12), summary(13), summary(14), summary(20)],
             }]
         );
         // s2 was not kept: its state is gone for good.
