@@ -166,13 +166,66 @@ impl StateStore {
     }
 }
 
+/// The last one-shot push's epoch, kept beside the daemon's state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PushFile {
+    epoch: u64,
+}
+
+/// Where the last one-shot push's epoch is kept: beside `sender.state_path`.
+pub fn push_state_path(state_path: &Path) -> PathBuf {
+    state_path.with_extension("push.json")
+}
+
+/// The epoch of a new one-shot push (`weir-tx send`, `resend`): the Unix
+/// time in ms, which must be newer than the last push's. The receiver
+/// refuses a session older than the newest it accepted from the same
+/// sender and role, so a push from a clock that went back would be
+/// dropped whole: refused here instead, with the reason. The epoch is
+/// recorded before anything is sent.
+pub fn push_epoch(state_path: &Path, now_ms: u64) -> anyhow::Result<u64> {
+    let path = push_state_path(state_path);
+    let last = match std::fs::read(&path) {
+        Ok(b) => {
+            serde_json::from_slice::<PushFile>(&b)
+                .with_context(|| {
+                    format!(
+                        "{} is unreadable (it holds the last push's session epoch, beside \
+                     `sender.state_path`); move it away if the receiver's state was reset too",
+                        path.display()
+                    )
+                })?
+                .epoch
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if now_ms <= last {
+        anyhow::bail!(
+            "this host's clock ({now_ms} ms since 1970) is not past the last push's session epoch \
+             ({last}, in {}): the receiver refuses a session older than the newest it accepted \
+             from this sender, so nothing of this push would be published. The clock went back \
+             {:.1} s: correct it, or wait until it passes the last push",
+            path.display(),
+            (last - now_ms) as f64 / 1000.0
+        );
+    }
+    let body = serde_json::to_vec(&PushFile { epoch: now_ms }).context("encoding push state")?;
+    write_bytes_atomic(&path, &body)?;
+    Ok(now_ms)
+}
+
 fn write_atomic(path: &Path, state: &StateFile) -> anyhow::Result<()> {
+    let body = serde_json::to_vec_pretty(state).context("encoding sender state")?;
+    write_bytes_atomic(path, &body)
+}
+
+fn write_bytes_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec_pretty(state).context("encoding sender state")?;
     let mut f = std::fs::File::create(&tmp)
         .with_context(|| format!("writing sender state {}", tmp.display()))?;
-    f.write_all(&body)
+    f.write_all(body)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing sender state {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
@@ -232,5 +285,19 @@ mod tests {
             msg.contains("state.json") && msg.contains("sender.state_path"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_push_from_a_clock_that_went_back_is_refused_before_it_sends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        assert_eq!(push_epoch(&state, 1_000).expect("first"), 1_000);
+        assert_eq!(push_epoch(&state, 2_000).expect("later"), 2_000);
+        let e = push_epoch(&state, 1_500).expect_err("the clock went back");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("refuses a session older"), "{msg}");
+        assert!(msg.contains("0.5 s"), "{msg}");
+        assert!(push_epoch(&state, 2_000).is_err(), "not newer");
+        assert_eq!(push_epoch(&state, 2_001).expect("newer"), 2_001);
     }
 }

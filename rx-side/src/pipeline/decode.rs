@@ -302,7 +302,7 @@ pub async fn run(
             b = from_verify.recv(), if !solver.is_full() => match b { Some(b) => b, None => break },
             _ = tick.tick() => {
                 core.reassembler.poll_timeouts(now());
-                report_lost(&mut core, &out, false);
+                report_lost(&mut core, &out);
                 core.evidence.poll(now(), &stats.audit, false);
                 continue;
             }
@@ -342,14 +342,15 @@ pub async fn run(
         charge_cpu(&stats.link_cpu_ns, cpu);
     }
     // Input closed: the solves still out come back first; then report
-    // whatever is already known lost, and what is still waiting to be
-    // counted; the final floors wait for room.
+    // what is known lost and can be counted. A run that cannot be counted
+    // yet stays open: the stored floors stay below it, so the next start
+    // counts it from what arrives then. The final floors wait for room.
     while !solver.is_idle() {
         let ready = core.reassembler.solved(solver.next().await?);
         take_ready(&mut core, &out, &mut solver, ready)?;
     }
     core.reassembler.poll_timeouts(now());
-    report_lost(&mut core, &out, true);
+    report_lost(&mut core, &out);
     core.evidence.poll(now(), &stats.audit, true);
     for f in moved_floors(&mut core) {
         to_outbox
@@ -675,10 +676,10 @@ fn first_sight(core: &mut Core, out: &Out<'_>, header: &Header) {
     send_event(to_outbox, msg);
 }
 
-/// Lost block ranges into the ledger; the ledger's countable entries out
-/// to the gaps topic, the gaps file and the counters. `last`: the input
-/// closed, report everything still waiting.
-fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
+/// Lost block ranges into the ledger; the ledger's countable entries (and
+/// those that waited `ledger.resolve_timeout`) out to the gaps topic, the
+/// gaps file and the counters.
+fn report_lost(core: &mut Core, out: &Out<'_>) {
     let stats = out.stats;
     let s = core.reassembler.stats();
     stats
@@ -709,12 +710,7 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
         core.ledger
             .lost(t, lost.session, lost.lane, lost.first, lost.last, cause);
     }
-    let entries = if last {
-        core.ledger.flush()
-    } else {
-        core.ledger.poll(t)
-    };
-    for e in entries {
+    for e in core.ledger.poll(t) {
         let msg = write_gap(Some(&core.gaps), stats, &out.topics.gaps, &e);
         send_event(out.to_outbox, msg);
     }

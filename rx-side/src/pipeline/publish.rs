@@ -82,8 +82,14 @@ impl Topics {
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// How long a shutdown waits for outstanding acknowledgements.
+/// How long the publisher waits for outstanding acknowledgements once its
+/// inputs closed or the broker stopped answering.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a shutdown (SIGTERM) goes on publishing: everything not
+/// acknowledged by then stays in the outbox and is published, under the
+/// same record ids, at the next start. A stop takes seconds, not the time
+/// a backlog takes to drain.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 fn offline_payload() -> Vec<u8> {
     serde_json::json!({"online": false})
@@ -567,7 +573,7 @@ pub async fn run(
     let mut give_up: Option<Instant> = None;
     loop {
         if give_up.is_none() && io.stop.is_cancelled() {
-            give_up = Some(now() + DRAIN_LIMIT);
+            give_up = Some(now() + STOP_DRAIN);
         }
         if give_up.is_some_and(|t| now() >= t) {
             tracing::error!(

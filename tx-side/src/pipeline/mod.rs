@@ -454,10 +454,14 @@ fn open_session(
             let (store, n) = StateStore::open(&cfg.raw.sender.state_path)?;
             (Some(store), n, Role::Daemon)
         }
-        // A one-shot push numbers from zero in an epoch of its own role.
+        // A one-shot push numbers from zero in an epoch of its own role,
+        // newer than the last push's (or it is refused, with the reason).
         Sources::Pushed => (
             None,
-            Numbering::from_zero(u64::try_from(unix_ms()).unwrap_or(0)),
+            Numbering::from_zero(crate::state::push_epoch(
+                &cfg.raw.sender.state_path,
+                u64::try_from(unix_ms()).unwrap_or(0),
+            )?),
             Role::OneShot,
         ),
     };
