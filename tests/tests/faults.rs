@@ -781,3 +781,236 @@ fn sender_wall_clock_jumps_change_no_point() {
 fn receiver_wall_clock_jumps_change_no_point() {
     clock_jumps(Side::Rx);
 }
+
+// ---------------------------------------------------------------------
+// Exact accounting at the edges: restarts and a full disk
+// ---------------------------------------------------------------------
+
+/// The record number of a published point, from its id
+/// (`{session}-b{seq}`).
+fn record_seq(id: &str) -> u64 {
+    id.rsplit_once("-b")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("a bulk record id: {id}"))
+}
+
+/// The distinct gap entries a subscriber got (each is published at
+/// least once).
+fn distinct_gaps(sub: &Subscriber) -> Vec<Json> {
+    let mut seen = HashSet::new();
+    gap_events(sub)
+        .into_iter()
+        .filter(|g| g["type"] == "gap")
+        .filter(|g| {
+            seen.insert(format!(
+                "{}/{}/{}",
+                g["session"], g["lane"], g["first_block"]
+            ))
+        })
+        .collect()
+}
+
+/// Every row of `day`'s export of `rows` rows was published or is
+/// counted in a gap entry, never both: the gap entries name exactly the
+/// record numbers of the rows that were not published, every entry has a
+/// count, and names the export as its source (or says its sources are
+/// incomplete).
+fn assert_ledger_is_exact(t: &Tally, gaps: &[Json], day: i64, rows: usize, file: &str) {
+    // The export's rows are numbered one after the other on the bulk
+    // lane: row r is record `offset + r`.
+    let offsets: HashSet<i64> = t
+        .rows
+        .iter()
+        .filter(|((d, _), _)| *d == day)
+        .map(|((_, r), c)| i64::try_from(record_seq(&c[0].id)).expect("seq") - r)
+        .collect();
+    assert_eq!(offsets.len(), 1, "rows numbered in order: {offsets:?}");
+    let offset = offsets.into_iter().next().unwrap_or_default();
+    let mut in_gaps: HashSet<i64> = HashSet::new();
+    for g in gaps {
+        let (Some(first), Some(n)) = (g["first_record"].as_i64(), g["records"].as_i64()) else {
+            panic!("a gap entry without an exact count: {g}");
+        };
+        for seq in first..first + n {
+            assert!(in_gaps.insert(seq), "record {seq} in two gap entries: {g}");
+        }
+        let sources: Vec<&str> = g["sources"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Json::as_str).collect())
+            .unwrap_or_default();
+        assert!(
+            sources.iter().all(|s| *s == file),
+            "only the export is named: {g}"
+        );
+        assert!(
+            sources.contains(&file) || g["sources_complete"] == false,
+            "the export is named, or the sources are said to be incomplete: {g}"
+        );
+    }
+    let rows = i64::try_from(rows).expect("rows");
+    for r in 0..rows {
+        let published = t.rows.contains_key(&(day, r));
+        let lost = in_gaps.contains(&(offset + r));
+        assert!(
+            published != lost,
+            "row {r} (record {}): published {published}, in a gap entry {lost}",
+            offset + r
+        );
+    }
+    assert_eq!(
+        in_gaps.len() as i64,
+        rows - i64::try_from(t.rows.keys().filter(|(d, _)| *d == day).count()).expect("n"),
+        "the gap entries count no record that was published or not sent"
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// Stop the receiver mid-stream (`kill -9` or SIGTERM), leave it down for
+/// 3 s while the sender goes on, start it again; three times. What was
+/// sent while it was down is counted exactly on restart.
+fn receiver_down_mid_stream(how: Stop) {
+    let site = Site::new();
+    let rig = rig(&site, SLOW_MBPS, |_| {});
+    let rows = 3000;
+    let t0 = Instant::now();
+    let mut rx = start_rx(&site, &rig.rx_cfg, "rx0.log");
+    site.drop_file("aveva", "day9.csv", aveva_export(9, rows).as_bytes());
+    let mut tx = start_tx(&site, &rig.tx_cfg, "tx.log");
+    for round in 1..=3 {
+        assert!(
+            wait_distinct(&rig.sub, rows * round / 6, Duration::from_secs(30)),
+            "round {round}: {} points; rx log:\n{}",
+            distinct_rows(&rig.sub),
+            rx.log_text()
+        );
+        let stopped = Instant::now();
+        match how {
+            Stop::Kill => rx.kill(),
+            Stop::Term => {
+                let _ = stop_rx(&mut rx);
+            }
+        }
+        println!(
+            "{:>5.1?}: receiver stopped ({how:?}, {round}) in {:?}",
+            t0.elapsed(),
+            stopped.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        rx = start_rx(&site, &rig.rx_cfg, &format!("rx{round}.log"));
+    }
+    let sent = wait_until(Duration::from_secs(60), || done(&site, "day9.csv"));
+    assert!(sent, "the file reached done/; tx log:\n{}", tx.log_text());
+    // Every row published or written down: the last gap entries come a
+    // gap_timeout (5 s) after the sender's heartbeats named the blocks.
+    let settled = wait_until(Duration::from_secs(40), || {
+        distinct_rows(&rig.sub) as u64 + gap_records(&rig.sub) >= rows as u64
+    });
+    let _ = tx.terminate(Duration::from_secs(15));
+    let c = stop_rx(&mut rx);
+    let t = Tally::of(&rig.sub);
+    let gaps = distinct_gaps(&rig.sub);
+    println!(
+        "{} of {rows} published, {} in {} gap entries {gaps:?}; counters {c}",
+        t.distinct(),
+        gap_records(&rig.sub),
+        gaps.len()
+    );
+    assert!(settled, "published + lost reached the rows sent");
+    assert!(t.bogus.is_empty(), "bogus points: {:?}", t.bogus.first());
+    assert!(!gaps.is_empty(), "the down-time lost something to count");
+    assert_ledger_is_exact(&t, &gaps, 9, rows, "day9.csv");
+    assert_nothing_forged(&c);
+}
+
+#[test]
+fn receiver_killed_and_down_for_seconds_counts_the_loss_to_the_record() {
+    receiver_down_mid_stream(Stop::Kill);
+}
+
+#[test]
+fn receiver_stopped_and_down_for_seconds_counts_the_loss_to_the_record() {
+    receiver_down_mid_stream(Stop::Term);
+}
+
+/// The receiver's whole state (outbox, gap ledger, session book) on one
+/// small tmpfs, its broker away so nothing drains: the disk fills up
+/// mid-push. Every record is published once the broker is back, or is
+/// in the gap ledger, to the record: also in the ledger file on the full
+/// disk.
+#[test]
+fn receiver_disk_full_published_plus_ledger_equals_sent() {
+    let site = Site::new();
+    let disk = Tmpfs::mount(&site.path("state"), "6m")
+        .unwrap_or_else(|why| panic!("the full-disk test needs a tmpfs (run as root): {why}"));
+    let on_disk = |name: &str| toml::Value::String(disk.path.join(name).display().to_string());
+    let mut rig = rig(&site, 200.0, |cfg| {
+        cfg["outbox"]["path"] = on_disk("outbox.redb");
+        cfg["ledger"]["gaps_path"] = on_disk("gaps.jsonl");
+        cfg["ledger"]["sessions_path"] = on_disk("sessions.json");
+    });
+    let send_cfg = site.write_toml("send.toml", &site.send_config(rig.rx_addr, &rig.key));
+    let mut rx = start_rx(&site, &rig.rx_cfg, "rx.log");
+    rig.broker.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    // Leave about 400 KiB: the push below needs several MiB.
+    let free = disk.free_bytes().expect("free bytes");
+    let ballast = usize::try_from(free.saturating_sub(400 << 10)).expect("size");
+    std::fs::write(disk.path.join("ballast"), vec![0x55u8; ballast]).expect("ballast");
+    let rows = 40_000;
+    let csv = site.write("day10.csv", &aveva_export(10, rows));
+    let tz = ["--format", "aveva-csv", "--tz", "America/Chicago"];
+    push(
+        &send_cfg,
+        &[&tz[..], &[csv.display().to_string().as_str()]].concat(),
+    );
+    let full = wait_until(Duration::from_secs(20), || {
+        rx.log_text().contains("No space left on device")
+    });
+    assert!(full, "the disk filled up; rx log:\n{}", rx.log_text());
+    rx.signal("STOP");
+    rig.broker.resume();
+    assert!(rig.sub.wait_subscribed(2, Duration::from_secs(10)));
+    rx.signal("CONT");
+    let settled = wait_until(Duration::from_secs(60), || {
+        distinct_rows(&rig.sub) as u64 + gap_records(&rig.sub) >= rows as u64
+    });
+    assert!(rx.running(), "rx survived:\n{}", rx.log_text());
+    let c = stop_rx(&mut rx);
+    let t = Tally::of(&rig.sub);
+    let gaps = distinct_gaps(&rig.sub);
+    println!(
+        "{} of {rows} published, {} in {} gap entries; counters {c}",
+        t.distinct(),
+        gap_records(&rig.sub),
+        gaps.len()
+    );
+    assert!(settled, "published + lost reached the rows sent");
+    assert!(
+        counter(&c, "outbox_refused") > 0,
+        "the full disk refused blocks: {c}"
+    );
+    assert!(
+        gaps.iter()
+            .all(|g| g["cause"] == "outbox_error" || g["cause"] == "outbox_full"),
+        "only the disk lost anything: {gaps:?}"
+    );
+    assert_ledger_is_exact(&t, &gaps, 10, rows, "day10.csv");
+    assert_eq!(counter(&c, "records_lost"), gap_records(&rig.sub), "{c}");
+    // The ledger file on the full disk has every entry.
+    let file = std::fs::read_to_string(disk.path.join("gaps.jsonl")).expect("gaps file");
+    let in_file: u64 = file
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|g| g["records"].as_u64())
+        .sum();
+    assert_eq!(
+        in_file,
+        gap_records(&rig.sub),
+        "the gaps file on the full disk is whole"
+    );
+}

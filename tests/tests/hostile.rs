@@ -759,14 +759,37 @@ fn check_memory(idle_kib: u64, peak_kib: u64) {
 // Replays of an earlier session
 // ---------------------------------------------------------------------
 
+/// What happens to the receiver between the two sessions and the replay.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Before {
+    /// Nothing: it runs on.
+    Running,
+    /// A clean restart.
+    Restart,
+    /// Restarted with its session book deleted (the outbox kept): what an
+    /// operator does with a book the receiver says is unreadable.
+    BookDeleted,
+    /// Restarted with all of its state wiped (a reinstall, a new host),
+    /// the replay coming later than `ledger.max_clock_skew`.
+    StateWiped,
+}
+
 /// A sender session delivers a file through a recording relay, a second
 /// session (the sender restarted) delivers another, and then every
-/// datagram of the first session is sent to the receiver again —
-/// after restarting the receiver when `restart_rx`. Nothing may be
-/// published twice.
-fn replay_earlier_session(restart_rx: bool) {
+/// datagram of the first session is sent to the receiver again, after
+/// `before`. Nothing may be published twice.
+fn replay_earlier_session(before: Before) {
     let site = Site::new();
     let mut rig = start_rig(&site);
+    if before == Before::StateWiped {
+        let mut cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&rig.rx_cfg).expect("rx config"))
+                .expect("toml");
+        cfg["ledger"]["max_clock_skew"] = toml::Value::String("5s".into());
+        std::fs::write(&rig.rx_cfg, toml::to_string(&cfg).expect("toml")).expect("rx config");
+        let _ = stop_rx(&mut rig.rx);
+        rig.rx = start_rx(&site, &rig.rx_cfg, "rx1.log");
+    }
     let link = LossyLink::start(rig.rx_addr, Impairment::clean(11));
     let tx_cfg = tx_config(&site, link.input, &rig.key);
     let rows = 1500;
@@ -792,8 +815,26 @@ fn replay_earlier_session(restart_rx: bool) {
     assert!(wait_points(&rig.sub, 2 * rows), "second session delivered");
     let _ = tx.terminate(Duration::from_secs(15));
     std::thread::sleep(Duration::from_secs(1));
-    if restart_rx {
+    if before != Before::Running {
         let _ = stop_rx(&mut rig.rx);
+        let cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&rig.rx_cfg).expect("rx config"))
+                .expect("toml");
+        let state =
+            |section: &str, key: &str| PathBuf::from(cfg[section][key].as_str().expect("path"));
+        let mut wipe = Vec::new();
+        if matches!(before, Before::BookDeleted | Before::StateWiped) {
+            wipe.push(state("ledger", "sessions_path"));
+        }
+        if before == Before::StateWiped {
+            wipe.extend([state("ledger", "gaps_path"), state("outbox", "path")]);
+            // Later than max_clock_skew (5 s): the captured session and its
+            // heartbeats are stale by then.
+            std::thread::sleep(Duration::from_secs(6));
+        }
+        for p in wipe {
+            std::fs::remove_file(&p).unwrap_or_else(|e| panic!("removing {}: {e}", p.display()));
+        }
         rig.rx = start_rx(&site, &rig.rx_cfg, "rx2.log");
     }
 
@@ -809,23 +850,72 @@ fn replay_earlier_session(restart_rx: bool) {
         refused + kernel_drops >= sent,
         "every replayed datagram refused and counted: {refused} < {sent}: {c}"
     );
-    if restart_rx {
+    if before != Before::Running {
         assert_eq!(
             counter(&c, "records"),
             0,
             "no record of the old session decoded: {c}"
         );
+        assert_eq!(
+            counter(&c, "heartbeats"),
+            0,
+            "no replayed heartbeat accepted: {c}"
+        );
+        let audit: Vec<Json> = rig
+            .sub
+            .on(AUDIT)
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Json>(&m.payload).ok())
+            .collect();
+        let fake = audit
+            .iter()
+            .filter(|e| e["type"] == "sender_session" || e["type"] == "link_up")
+            .filter(|e| rx_started_after(e, &audit));
+        assert_eq!(
+            fake.count(),
+            0,
+            "no sender_session or link event from the replay: {audit:?}"
+        );
     }
+    if matches!(before, Before::BookDeleted | Before::StateWiped) {
+        let lost = rig.sub.on(AUDIT).iter().any(|m| {
+            serde_json::from_slice::<Json>(&m.payload)
+                .is_ok_and(|e| e["type"] == "session_book_lost")
+        });
+        assert!(lost, "the lost book was audited");
+    }
+}
+
+/// Whether audit event `e` came after the last receiver start of `audit`.
+fn rx_started_after(e: &Json, audit: &[Json]) -> bool {
+    let starts: Vec<usize> = audit
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a["type"] == "receiver_started")
+        .map(|(i, _)| i)
+        .collect();
+    let pos = audit.iter().position(|a| a == e).unwrap_or(0);
+    starts.last().is_some_and(|&s| pos > s)
 }
 
 #[test]
 fn replayed_earlier_session_into_the_running_receiver_publishes_nothing() {
-    replay_earlier_session(false);
+    replay_earlier_session(Before::Running);
 }
 
 #[test]
 fn replayed_earlier_session_after_a_receiver_restart_publishes_nothing() {
-    replay_earlier_session(true);
+    replay_earlier_session(Before::Restart);
+}
+
+#[test]
+fn replayed_earlier_session_after_the_session_book_is_deleted_publishes_nothing() {
+    replay_earlier_session(Before::BookDeleted);
+}
+
+#[test]
+fn replayed_earlier_session_after_all_receiver_state_is_wiped_publishes_nothing() {
+    replay_earlier_session(Before::StateWiped);
 }
 
 /// An empty UDP datagram is a datagram too: it must be counted (received,

@@ -77,6 +77,8 @@ pub struct Core {
     safe_mode_event: Option<serde_json::Value>,
     /// Stale heartbeats dropped since the last warning, and when it was.
     stale_heartbeats: (u64, Option<Instant>),
+    /// The last write of the session book failed (said once).
+    book_failing: bool,
     /// Lane floors last handed to the outbox.
     floors_sent: HashMap<SessionId, [Option<u64>; weir_shared::lane::LANES]>,
     /// What arrived and what the senders say, for the audit log.
@@ -167,6 +169,7 @@ impl Core {
             max_skew_ms: i64::try_from(ledger.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
             safe_mode_event,
             stale_heartbeats: (0, None),
+            book_failing: false,
             floors_sent: HashMap::new(),
             evidence: super::evidence::Evidence::default(),
             queued,
@@ -709,6 +712,16 @@ fn report_lost(core: &mut Core, out: &Out<'_>) {
         }
         core.ledger
             .lost(t, lost.session, lost.lane, lost.first, lost.last, cause);
+    }
+    // A measured clock skew that moved is kept (rarely: by over a second);
+    // a failing disk is said once, not every tick.
+    match core.book.flush() {
+        Ok(()) => core.book_failing = false,
+        Err(e) if !core.book_failing => {
+            core.book_failing = true;
+            tracing::error!(error = %format!("{e:#}"), "Session book not written.");
+        }
+        Err(_) => {}
     }
     for e in core.ledger.poll(t) {
         let msg = write_gap(Some(&core.gaps), stats, &out.topics.gaps, &e);
