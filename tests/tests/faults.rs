@@ -858,7 +858,7 @@ fn assert_ledger_is_exact(t: &Tally, gaps: &[Json], day: i64, rows: usize, file:
         );
     }
     assert_eq!(
-        in_gaps.len() as i64,
+        i64::try_from(in_gaps.len()).expect("n"),
         rows - i64::try_from(t.rows.keys().filter(|(d, _)| *d == day).count()).expect("n"),
         "the gap entries count no record that was published or not sent"
     );
@@ -903,7 +903,7 @@ fn receiver_down_mid_stream(how: Stop) {
         std::thread::sleep(Duration::from_secs(3));
         rx = start_rx(&site, &rig.rx_cfg, &format!("rx{round}.log"));
     }
-    let sent = wait_until(Duration::from_secs(60), || done(&site, "day9.csv"));
+    let sent = wait_until(Duration::from_mins(1), || done(&site, "day9.csv"));
     assert!(sent, "the file reached done/; tx log:\n{}", tx.log_text());
     // Every row published or written down: the last gap entries come a
     // gap_timeout (5 s) after the sender's heartbeats named the blocks.
@@ -976,7 +976,7 @@ fn receiver_disk_full_published_plus_ledger_equals_sent() {
     rig.broker.resume();
     assert!(rig.sub.wait_subscribed(2, Duration::from_secs(10)));
     rx.signal("CONT");
-    let settled = wait_until(Duration::from_secs(60), || {
+    let settled = wait_until(Duration::from_mins(1), || {
         distinct_rows(&rig.sub) as u64 + gap_records(&rig.sub) >= rows as u64
     });
     assert!(rx.running(), "rx survived:\n{}", rx.log_text());
