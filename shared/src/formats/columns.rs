@@ -222,7 +222,10 @@ pub(crate) fn check_header(
 /// line break within quotes). A record followed by more input was ended by
 /// its terminator; blank trailing bytes and a comment are no record.
 fn cut_off(bytes: &[u8], start: usize, end: &Position, dialect: Dialect) -> bool {
-    if usize::try_from(end.byte()).map_or(true, |end| end < bytes.len()) {
+    let Ok(end) = usize::try_from(end.byte()) else {
+        return false;
+    };
+    if end < bytes.len() {
         return false;
     }
     let record = bytes.get(start..).unwrap_or_default();
