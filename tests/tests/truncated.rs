@@ -12,6 +12,7 @@
 //!
 //! Mosquitto is required (CI installs it); these tests fail without it.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -37,9 +38,10 @@ fn cut_export() -> String {
     let mut text = String::from("# historian bridge output, precision=ns\n");
     for (i, v) in [42.17, 42.31, 42.5, 42.9].into_iter().enumerate() {
         let ts = T0 + i64::try_from(i).expect("small") * S;
-        text.push_str(&format!(
-            "process,site=plant1,tag=FIC101.PV value={v},quality=192i {ts}\n"
-        ));
+        let _ = writeln!(
+            text,
+            "process,site=plant1,tag=FIC101.PV value={v},quality=192i {ts}"
+        );
     }
     text.push_str("process,site=plant1,tag=FIC101.PV value=12.938,quality=192i 1764000");
     text
@@ -107,7 +109,7 @@ fn sender_counters(sub: &Subscriber) -> Json {
         .iter()
         .filter(|m| m.topic == STATUS_TOPIC)
         .filter_map(|m| serde_json::from_slice::<Json>(&m.payload).ok())
-        .last()
+        .next_back()
         .map_or(Json::Null, |s| s["sender"]["counters"].clone())
 }
 
