@@ -18,6 +18,12 @@
 //! for a line everything up to the next LF. A garbled octet count yields
 //! [`AlertError::Malformed`] and the framer resynchronises at the next LF.
 //!
+//! A message is complete only with its end: the LF of a line, the last of
+//! an octet count's bytes. When the stream ends (the peer closed, or the
+//! sender stops) inside one, the rest becomes one
+//! [`AlertError::Truncated`] item, never a frame: a connection cut inside
+//! a line must not turn its first half into an alert.
+//!
 //! Sans-IO use:
 //!
 //! ```
@@ -44,6 +50,10 @@ use super::AlertError;
 const MAX_COUNT_DIGITS: usize = 10;
 /// Bytes an octet-count prefix may take: the digits and the space.
 const MAX_PREFIX_BYTES: usize = MAX_COUNT_DIGITS + 1;
+/// The stream ended inside an octet-counted frame.
+const TRUNCATED_FRAME: AlertError = AlertError::Truncated("octet-counted frame");
+/// The stream ended inside a line (no LF).
+const TRUNCATED_LINE: AlertError = AlertError::Truncated("line: the stream ended before its LF");
 
 /// How a stream is framed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,8 +138,8 @@ impl SyslogFramer {
         bytes.len() - rest.len() + take
     }
 
-    /// The peer closed the stream: a final line without LF becomes a frame,
-    /// a partial octet-counted frame an error.
+    /// The stream ended: a final line without LF, like a partial
+    /// octet-counted frame, becomes an [`AlertError::Truncated`] item.
     pub fn handle_eof(&mut self) {
         self.eof = true;
     }
@@ -177,7 +187,7 @@ impl SyslogFramer {
             }
             Ok(None) if self.eof => {
                 self.start = self.buf.len();
-                Some(Err(AlertError::Malformed("truncated octet-counted frame")))
+                Some(Err(TRUNCATED_FRAME))
             }
             Ok(None) => None,
             Ok(Some((prefix, len))) => {
@@ -200,7 +210,7 @@ impl SyslogFramer {
                 }
                 if self.eof {
                     self.start = self.buf.len();
-                    return Some(Err(AlertError::Malformed("truncated octet-counted frame")));
+                    return Some(Err(TRUNCATED_FRAME));
                 }
                 None
             }
@@ -211,7 +221,10 @@ impl SyslogFramer {
         let pending = self.buf.get(self.start..)?;
         let (line_len, consumed) = match pending.iter().position(|&b| b == b'\n') {
             Some(lf) => (lf, lf + 1),
-            None if self.eof => (pending.len(), pending.len()),
+            None if self.eof => {
+                self.start = self.buf.len();
+                return Some(Err(TRUNCATED_LINE));
+            }
             None => {
                 // Room for a maximal line and its CR: anything longer
                 // without an LF is already too long.
@@ -388,7 +401,7 @@ mod tests {
     #[test]
     fn lf_frames_with_cr_and_blank_lines() {
         let mut f = SyslogFramer::new(Framing::LfTerminated, 64);
-        let got = run(&mut f, &[b"one\r\n\n\ntwo\nthree"], true);
+        let got = run(&mut f, &[b"one\r\n\n\ntwo\nthree\n"], true);
         assert_eq!(got, [ok(b"one"), ok(b"two"), ok(b"three")]);
     }
 
@@ -463,15 +476,26 @@ mod tests {
     }
 
     #[test]
-    fn eof_ends_the_last_frame() {
+    fn a_frame_the_end_of_stream_cut_is_truncated_never_a_frame() {
         let mut f = SyslogFramer::new(Framing::Auto, 64);
-        assert_eq!(
-            run(&mut f, &[b"5 abc"], true),
-            [Err(AlertError::Malformed("truncated octet-counted frame"))]
-        );
+        assert_eq!(run(&mut f, &[b"5 abc"], true), [Err(TRUNCATED_FRAME)]);
         assert_eq!(f.handle_bytes(b"more"), 0);
+        // A line without its LF: the connection was cut inside it.
+        for framing in [Framing::Auto, Framing::LfTerminated] {
+            let mut f = SyslogFramer::new(framing, 64);
+            assert_eq!(
+                run(&mut f, &[b"<13>first\n<13>la", b"st"], true),
+                [ok(b"<13>first"), Err(TRUNCATED_LINE)]
+            );
+            assert_eq!(f.poll_frame(), None, "reported once");
+        }
+        assert_eq!(TRUNCATED_LINE.code(), "truncated");
+        // Held, not cut, while the stream is open.
         let mut f = SyslogFramer::new(Framing::Auto, 64);
-        assert_eq!(run(&mut f, &[b"<13>last"], true), [ok(b"<13>last")]);
+        assert_eq!(run(&mut f, &[b"<13>la", b"st"], false), []);
+        assert_eq!(f.buffered_bytes(), 8);
+        f.handle_bytes(b"\n");
+        assert_eq!(f.poll_frame(), Some(Ok(&b"<13>last"[..])));
         let mut f = SyslogFramer::new(Framing::Auto, 64);
         assert_eq!(run(&mut f, &[b"\r\n"], true), []);
     }

@@ -90,6 +90,12 @@ pub enum AlertError {
     /// An alert already seen ([`EveDeduper`]).
     #[error("duplicate alert")]
     Duplicate,
+    /// The input ended inside a message: a stream closed before a line's
+    /// LF or inside an octet-counted frame, a followed file replaced while
+    /// its last line had no newline. Never parsed, since a cut message may
+    /// still read as a whole one. Names what was cut.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
 }
 
 impl AlertError {
@@ -106,6 +112,7 @@ impl AlertError {
             Self::NotUtf8 => "not_utf8",
             Self::NotAnAlert => "not_an_alert",
             Self::Duplicate => "duplicate",
+            Self::Truncated(_) => "truncated",
         }
     }
 }

@@ -119,7 +119,7 @@ pub(crate) fn evaluate(
     };
     let syntax = syntax(&mut run);
     source_quality(&mut run);
-    let timed = timestamps(&mut run) && syntax != Flag::Fail;
+    let timed = timestamps(&mut run, state) && syntax != Flag::Fail;
     let order = ordering(&mut run, state, timed);
     if order != Order::Duplicate {
         gross_range(&mut run, state);
@@ -232,12 +232,21 @@ fn source_quality(run: &mut Run<'_>) {
     run.set(Check::SourceQuality, flag);
 }
 
-/// Sentinel, future, too old, ambiguous local time. Returns whether the
-/// timestamp can place the point in the tag's sequence.
-fn timestamps(run: &mut Run<'_>) -> bool {
+/// Sentinel, floor, precision, future, too old, ambiguous local time.
+/// Returns whether the timestamp can place the point in the tag's sequence.
+fn timestamps(run: &mut Run<'_>, st: &TagState) -> bool {
     let ts = run.point.ts_ns;
     let sentinel = ts == 0 || ts <= SENTINEL_1900_NS || ts >= SENTINEL_2100_NS;
     run.set(Check::TsSentinel, fail_if(sentinel));
+    let below_floor = ts < run.params.ts_floor_ns;
+    run.set(Check::TsFloor, fail_if(below_floor));
+    let coarser = st
+        .has(bit::HAS_NEWEST)
+        .then(|| coarser_unit(ts, st.newest.ts));
+    run.set(
+        Check::TsPrecision,
+        coarser.map_or(Flag::NotEvaluated, fail_if),
+    );
     let future = ts > run.now.saturating_add(run.params.future_tol_ns);
     run.set(Check::TsFuture, fail_if(future));
     if let Some(max_age) = run.params.max_age_ns
@@ -253,7 +262,23 @@ fn timestamps(run: &mut Run<'_>) -> bool {
         | TsResolution::AmbiguousLater
         | TsResolution::GapShifted => run.set(Check::TsLocalAmbiguous, Flag::Suspect),
     }
-    !(sentinel || future)
+    !(sentinel || future || below_floor || coarser == Some(true))
+}
+
+/// Whether `ts` has the magnitude of a coarser unit than `newest`, the
+/// tag's newest timestamp: at least 100 times smaller, both counted in ns
+/// since the epoch. That is what seconds, milliseconds or microseconds
+/// read as nanoseconds look like (a writer's precision changed, a column
+/// in the wrong unit): a unit step is a factor of 1000, and the margin
+/// keeps a later instant in the coarser unit caught. So is a timestamp cut
+/// short by two digits or more. Within one unit, a tag's timestamps after
+/// 1970 never differ that much (100 times smaller than 2024 is 1970-06).
+/// Only the smaller side is judged: a finer unit read as a coarser one
+/// lands beyond 2100 (`ts_sentinel`) or overflows in the parser, and a
+/// newest that was itself too small must not condemn the good points after
+/// it.
+fn coarser_unit(ts: i64, newest: i64) -> bool {
+    ts > 0 && newest > 0 && ts <= newest / 100
 }
 
 fn fail_if(bad: bool) -> Flag {

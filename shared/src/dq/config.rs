@@ -174,6 +174,11 @@ pub struct DqRule {
     /// Valid state codes of a digital tag (`kind = "digital"` or digital
     /// state values). Booleans count as 0 and 1.
     pub states: Option<Vec<i64>>,
+    /// `ts_floor`: a timestamp before this instant fails, as RFC 3339
+    /// (`"2000-01-01T00:00:00Z"`, the default). Between 1900 and 2100
+    /// (`ts_sentinel` covers what lies beyond); set it earlier for a tag
+    /// whose history really goes back further.
+    pub ts_floor: Option<String>,
 }
 
 /// Where in `[dq]` a bad key sits.
@@ -269,6 +274,8 @@ pub(crate) struct Params {
     pub(crate) spike: Option<Spike>,
     pub(crate) future_tol_ns: i64,
     pub(crate) max_age_ns: Option<i64>,
+    /// `ts_floor` in ns since the epoch.
+    pub(crate) ts_floor_ns: i64,
     /// Sorted, deduplicated.
     pub(crate) states: Option<Vec<i64>>,
 }
@@ -413,6 +420,7 @@ fn overlay(base: &DqRule, top: &DqRule) -> DqRule {
         future_tolerance,
         max_age,
         states,
+        ts_floor,
     )
 }
 
@@ -454,7 +462,39 @@ fn check_rule(rule: &DqRule, scope: Scope) -> Result<(), DqConfigError> {
     if rule.stale_factor == Some(0) {
         return Err(bad(scope, "stale_factor", "must be at least 1"));
     }
+    ts_floor_ns(rule, scope)?;
     Ok(())
+}
+
+/// 2000-01-01T00:00:00Z: timestamps before it are not plausible for live
+/// plant data (a clock reset to 1970, a timestamp read in the wrong unit or
+/// cut short), unless a tag's `ts_floor` says otherwise.
+const DEFAULT_TS_FLOOR_NS: i64 = 946_684_800_000_000_000;
+/// The `ts_sentinel` bounds, which `ts_floor` must lie within.
+const FLOOR_MIN_NS: i64 = -2_208_988_800_000_000_000;
+const FLOOR_MAX_NS: i64 = 4_102_444_800_000_000_000;
+
+/// The rule's `ts_floor` in ns, or the default.
+fn ts_floor_ns(rule: &DqRule, scope: Scope) -> Result<i64, DqConfigError> {
+    let Some(text) = rule.ts_floor.as_deref() else {
+        return Ok(DEFAULT_TS_FLOOR_NS);
+    };
+    let ns = chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or(bad(
+            scope,
+            "ts_floor",
+            "must be an RFC 3339 time, e.g. \"2000-01-01T00:00:00Z\"",
+        ))?;
+    if !(FLOOR_MIN_NS..FLOOR_MAX_NS).contains(&ns) {
+        return Err(bad(
+            scope,
+            "ts_floor",
+            "must lie between 1900-01-01 and 2100-01-01",
+        ));
+    }
+    Ok(ns)
 }
 
 fn check_name(name: Option<&str>, scope: Scope, key: &'static str) -> Result<(), DqConfigError> {
@@ -587,6 +627,7 @@ fn resolve(rule: &DqRule, scope: Scope) -> Result<Params, DqConfigError> {
         spike,
         future_tol_ns: nanos(future, scope, "future_tolerance")?,
         max_age_ns,
+        ts_floor_ns: ts_floor_ns(rule, scope)?,
         states,
     })
 }
@@ -656,6 +697,8 @@ mod tests {
         assert_eq!(p.kind, TagKind::Auto);
         assert_eq!(p.future_tol_ns, 600_000_000_000);
         assert_eq!(p.max_age_ns, Some(7 * 86_400 * 1_000_000_000));
+        // 2000-01-01T00:00:00Z.
+        assert_eq!(p.ts_floor_ns, 946_684_800_000_000_000);
         assert_eq!(
             p.flatline,
             Some(Flatline {
@@ -687,7 +730,8 @@ mod tests {
             "class": [
                 {"match": "PUMP*.Running", "kind": "digital", "states": [1, 0, 1]},
                 {"match": "PUMP*", "kind": "step"},
-                {"match": "TT*", "lo": -50.0, "hi": 200.0, "stale_factor": 2}
+                {"match": "TT*", "lo": -50.0, "hi": 200.0, "stale_factor": 2,
+                 "ts_floor": "1990-01-01T01:00:00+01:00"}
             ],
             "tag": [{"tag": "TT101.PV", "hi": 150.0, "max_age": "0s", "gap": "1m"}]
         }))
@@ -708,6 +752,10 @@ mod tests {
         assert_eq!(tt.gap_ns, Some(60_000_000_000));
         let other_tt = v.params(v.profile_for("TT102.PV"));
         assert_eq!(other_tt.range.hi, Some(200.0));
+        // 1990-01-01T00:00:00Z, inherited by the override; others keep 2000.
+        assert_eq!(tt.ts_floor_ns, 631_152_000_000_000_000);
+        assert_eq!(other_tt.ts_floor_ns, 631_152_000_000_000_000);
+        assert_eq!(pump.ts_floor_ns, 946_684_800_000_000_000);
     }
 
     #[test]
@@ -770,6 +818,18 @@ mod tests {
                 "`dq.defaults.expected_interval`",
             ),
             (json!({"defaults": {"unit": ""}}), "`dq.defaults.unit`"),
+            (
+                json!({"defaults": {"ts_floor": "2000-01-01"}}),
+                "`dq.defaults.ts_floor`: must be an RFC 3339 time",
+            ),
+            (
+                json!({"class": [{"match": "a*", "ts_floor": "1899-12-31T23:59:59Z"}]}),
+                "`dq.class[0].ts_floor`: must lie between 1900-01-01 and 2100-01-01",
+            ),
+            (
+                json!({"tag": [{"tag": "a", "ts_floor": "2100-01-01T00:00:00Z"}]}),
+                "`dq.tag[0].ts_floor`: must lie between",
+            ),
             (
                 json!({"defaults": {"flatline_time": "100000000d"}}),
                 "`dq.defaults.flatline_time`: too long",

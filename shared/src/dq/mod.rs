@@ -107,11 +107,17 @@ pub enum Check {
     Unit,
     /// State code outside the tag's state set and not a SYSTEM state → 4.
     DigitalState,
+    /// Timestamp before the tag's `ts_floor` (default 2000-01-01) → 4.
+    TsFloor,
+    /// Timestamp at least 100 times smaller, in ns since the epoch, than
+    /// the tag's newest: seconds, milliseconds or microseconds (or a
+    /// timestamp cut short) among nanosecond timestamps → 4.
+    TsPrecision,
 }
 
 impl Check {
     /// Number of checks.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     /// Every check, in index order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::Syntax,
@@ -130,6 +136,8 @@ impl Check {
         Self::Gap,
         Self::Unit,
         Self::DigitalState,
+        Self::TsFloor,
+        Self::TsPrecision,
     ];
 
     /// Stable snake-case name, as used in JSON (`"roc"` for rate of change,
@@ -152,6 +160,8 @@ impl Check {
             Self::Gap => "gap",
             Self::Unit => "unit",
             Self::DigitalState => "digital_state",
+            Self::TsFloor => "ts_floor",
+            Self::TsPrecision => "ts_precision",
         }
     }
 

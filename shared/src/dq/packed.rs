@@ -11,15 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{Check, Flag, Verdict, Withhold};
 
-// Four bits per check must fit a u64.
-const _: () = assert!(Check::COUNT * 4 <= 64);
+// Four bits per check must fit a u128.
+const _: () = assert!(Check::COUNT * 4 <= 128);
 
-/// One verdict in 14 bytes.
+/// One verdict in at most 27 bytes (postcard writes integers as varints).
+///
+/// `checks` was a `u64` while there were 16 checks. Postcard encodes `u64`
+/// and `u128` alike as LEB128 varints, so verdicts stored by that release
+/// decode unchanged (the later checks as not reported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct PackedVerdict {
     /// Four bits per check, in [`Check::ALL`] order: 0 = not reported,
     /// else the flag's code.
-    checks: u64,
+    checks: u128,
     status: u32,
     /// Bits 0–3 worst flag code, bit 4 late, bits 8–15 withhold
     /// (0 none, 1 duplicate, 16 + check index quarantine).
@@ -41,10 +45,10 @@ pub enum VerdictsError {
 }
 
 fn pack(v: &Verdict) -> PackedVerdict {
-    let mut checks = 0u64;
+    let mut checks = 0u128;
     for (i, f) in v.flags.iter().enumerate() {
         if let Some(f) = f {
-            checks |= u64::from(f.code()) << (4 * i);
+            checks |= u128::from(f.code()) << (4 * i);
         }
     }
     let withhold: u16 = match v.withhold {
@@ -93,9 +97,9 @@ pub fn encode_verdicts(verdicts: &[Verdict]) -> Vec<u8> {
 
 /// Read a block's verdicts back, at most `max` of them.
 pub fn decode_verdicts(bytes: &[u8], max: usize) -> Result<Vec<Verdict>, VerdictsError> {
-    // A packed verdict is at most 18 bytes in postcard (varints), plus the
-    // length prefix.
-    let cap = max.saturating_mul(18).saturating_add(10);
+    // A packed verdict is at most 27 bytes in postcard (varints of at most
+    // 19, 5 and 3 bytes), plus the length prefix.
+    let cap = max.saturating_mul(27).saturating_add(10);
     let raw = zstd::bulk::decompress(bytes, cap).map_err(|_| VerdictsError::Decompress)?;
     let packed: Vec<PackedVerdict> =
         postcard::from_bytes(&raw).map_err(|_| VerdictsError::Decode)?;
@@ -108,6 +112,42 @@ pub fn decode_verdicts(bytes: &[u8], max: usize) -> Result<Vec<Verdict>, Verdict
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_stored_with_16_checks_still_decode() {
+        /// The layout before `ts_floor` and `ts_precision`.
+        #[derive(Serialize)]
+        struct PackedBefore {
+            checks: u64,
+            status: u32,
+            bits: u16,
+        }
+        // syntax 1, ts_sentinel 4, digital_state 3; worst fail; late.
+        let old = PackedBefore {
+            checks: 1 | (4 << (4 * 4)) | (3 << (4 * 15)),
+            status: 0x8000_0000,
+            bits: 4 | 0x10,
+        };
+        let raw = postcard::to_allocvec(&vec![old]).expect("encodes");
+        let bytes = zstd::bulk::compress(&raw, 1).expect("compresses");
+        let got = decode_verdicts(&bytes, 1).expect("decodes");
+        let v = got.first().expect("one verdict");
+        assert_eq!(v.flag(Check::Syntax), Some(Flag::Pass));
+        assert_eq!(v.flag(Check::TsSentinel), Some(Flag::Fail));
+        assert_eq!(v.flag(Check::DigitalState), Some(Flag::Suspect));
+        assert_eq!(v.flag(Check::TsFloor), None);
+        assert_eq!(v.flag(Check::TsPrecision), None);
+        assert_eq!(
+            (v.worst, v.late, v.effective_status),
+            (Flag::Fail, true, 0x8000_0000)
+        );
+        // And the new checks, in the high bits, round-trip.
+        let mut new = Verdict::default();
+        new.set(Check::TsFloor, Flag::Fail);
+        new.set(Check::TsPrecision, Flag::Fail);
+        new.worst = Flag::Fail;
+        assert_eq!(decode_verdicts(&encode_verdicts(&[new]), 1), Ok(vec![new]));
+    }
 
     #[test]
     fn verdicts_round_trip_and_damage_is_refused() {

@@ -205,6 +205,87 @@ fn ts_sentinels_fail() {
     }
 }
 
+/// The cut influx line of the field report: `quality=192i 1764000`, the
+/// start of a 19-digit timestamp, read as 1970-01-01T00:00:00.001764Z.
+const CUT_TS: i64 = 1_764_000;
+/// 2000-01-01T00:00:00Z, the default `ts_floor`.
+const Y2000: i64 = 946_684_800 * S;
+
+#[test]
+fn ts_before_the_floor_is_bad() {
+    let mut e = quiet(&json!({"max_age": "0s"}));
+    for (ts, want) in [(CUT_TS, 4), (Y2000 - 1, 4), (-S, 4), (Y2000, 1), (T0, 1)] {
+        let (v, _) = e.check(&f(&format!("T{ts}"), ts, 12.938), T0);
+        assert_eq!(flag(&v, Check::TsFloor), Some(want), "{ts}");
+        if want == 4 {
+            assert_eq!(v.worst, Flag::Fail, "{ts}");
+            assert_eq!(v.effective_status, status::BAD, "{ts}: Bad, not Good");
+            assert_eq!(verdict_json(&v)["checks"]["ts_floor"], 4, "{ts}");
+        }
+    }
+    // Below the floor is no place in the tag's sequence: the next point is
+    // the tag's first, not "newer than 1970".
+    let (v, _) = e.check(&f("Cut", CUT_TS, 1.0), T0);
+    assert_eq!(flag(&v, Check::OutOfOrder), None);
+    let (v, _) = e.check(&f("Cut", T0, 2.0), T0);
+    assert_eq!(flag(&v, Check::OutOfOrder), Some(2), "first usable point");
+    assert_eq!(
+        flag(&v, Check::TsPrecision),
+        Some(2),
+        "no newest to compare with"
+    );
+    // A class with a history before 2000 sets its own floor.
+    let mut e = engine(json!({"defaults": {"max_age": "0s"},
+        "class": [{"match": "OLD*", "ts_floor": "1990-01-01T00:00:00Z"}]}));
+    let y1995 = 788_918_400 * S;
+    let (v, _) = e.check(&f("OLD.1", y1995, 1.0), T0);
+    assert_eq!(flag(&v, Check::TsFloor), Some(1));
+    let (v, _) = e.check(&f("NEW.1", y1995, 1.0), T0);
+    assert_eq!(flag(&v, Check::TsFloor), Some(4));
+}
+
+#[test]
+fn ts_of_a_coarser_unit_than_its_neighbours_is_bad() {
+    // The floor as low as it goes, so only the precision check can tell.
+    let mut e = quiet(&json!({"max_age": "0s", "ts_floor": "1900-01-01T00:00:00Z"}));
+    let (first, _) = e.check(&f("T", T0, 1.0), T0);
+    assert_eq!(
+        flag(&first, Check::TsPrecision),
+        Some(2),
+        "first: not evaluated"
+    );
+    assert!(verdict_json(&first)["checks"].get("ts_precision").is_none());
+    let (v, _) = e.check(&f("T", T0 + S, 1.1), T0);
+    assert_eq!(flag(&v, Check::TsPrecision), Some(1));
+    let newest = T0 + S;
+    for (what, ts, want) in [
+        ("seconds", 1_710_057_602, 4),
+        ("milliseconds", 1_710_057_602_000, 4),
+        ("microseconds", 1_710_057_602_000_000, 4),
+        ("cut short", CUT_TS, 4),
+        ("exactly 100 times smaller", newest / 100, 4),
+        ("less than 100 times smaller", newest / 100 + 1, 1),
+        ("next second", T0 + 2 * S, 1),
+    ] {
+        let (v, _) = e.check(&f("T", ts, 1.2), T0);
+        assert_eq!(flag(&v, Check::TsPrecision), Some(want), "{what}");
+        assert_eq!(flag(&v, Check::TsFloor), Some(1), "{what}: floor passes");
+        if want == 4 {
+            assert_eq!(v.effective_status, status::BAD, "{what}");
+            assert!(!v.late, "{what}: unusable, so not late either");
+        }
+    }
+    // A mis-scaled point never became the tag's newest.
+    let (v, _) = e.check(&f("T", T0 + 3 * S, 1.3), T0);
+    assert_eq!(flag(&v, Check::OutOfOrder), Some(1));
+    // A tag whose first point was the small one: the good points after it
+    // are not condemned.
+    let (_, _) = e.check(&f("U", CUT_TS, 1.0), T0);
+    let (v, _) = e.check(&f("U", T0, 1.0), T0);
+    assert_eq!(flag(&v, Check::TsPrecision), Some(1));
+    assert_eq!(v.worst, Flag::Pass);
+}
+
 #[test]
 fn dst_fold_and_gap_are_suspect() {
     let mut e = quiet(&json!({}));
@@ -904,7 +985,8 @@ fn verdict_and_event_json_shapes() {
     assert_eq!(
         verdict_json(&v),
         json!({"flag": 3, "checks": {"syntax": 1, "source_quality": 3, "ts_future": 1,
-            "ts_stale_old": 1, "ts_sentinel": 1, "out_of_order": 1, "duplicate": 1, "roc": 3}})
+            "ts_stale_old": 1, "ts_sentinel": 1, "ts_floor": 1, "ts_precision": 1,
+            "out_of_order": 1, "duplicate": 1, "roc": 3}})
     );
     // Not-evaluated checks are left out.
     let (v, _) = check(&mut e, &f("New", T0, 1.0));

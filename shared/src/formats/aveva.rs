@@ -30,7 +30,7 @@
 use chrono::NaiveDateTime;
 use csv::{ByteRecord, ReaderBuilder};
 
-use super::columns::record_line;
+use super::columns::{self, Dialect};
 use super::{
     FormatError, ParseContext, ParseOutput, Reject, RejectReason, opc_da_to_status, status,
 };
@@ -72,39 +72,25 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|_| FormatError::Shape("unreadable CSV header"))?;
-    let columns = Columns::from_header(header)?;
+        .map_err(|_| FormatError::Shape("unreadable CSV header"))?
+        .clone();
+    columns::check_header(&reader, &header, bytes, Dialect::CSV)?;
+    let columns = Columns::from_header(&header)?;
 
     let mut out = ParseOutput::default();
-    let mut record = ByteRecord::new();
-    let mut last_error_at = None;
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {
-                let line = record_line(bytes, record.position(), None);
-                match parse_row(&record, &columns, &mut clock, ctx, line) {
-                    Ok(point) => out.points.push(point),
-                    Err(reason) => out.rejects.push(Reject { line, reason }),
-                }
+    columns::for_each_record(
+        &mut reader,
+        bytes,
+        Dialect::CSV,
+        &mut out,
+        |record, line, out| {
+            match parse_row(record, &columns, &mut clock, ctx, line) {
+                Ok(point) => out.points.push(point),
+                Err(reason) => out.rejects.push(Reject { line, reason }),
             }
-            Err(e) => {
-                // Reading from a slice with `flexible` cannot fail today; if
-                // it ever does, record it, and stop only if the reader is not
-                // moving forward.
-                let line = record_line(bytes, e.position(), None);
-                out.rejects.push(Reject {
-                    line,
-                    reason: RejectReason::Malformed,
-                });
-                let at = reader.position().byte();
-                if last_error_at == Some(at) {
-                    break;
-                }
-                last_error_at = Some(at);
-            }
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -301,6 +287,16 @@ mod tests {
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/aveva_history.csv");
+
+    #[test]
+    fn a_cut_last_row_or_header_is_truncated_never_a_point() {
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            crate::formats::Format::Aveva,
+            SAMPLE,
+            &ctx(),
+            true,
+        );
+    }
     const HEADER: &str = "DateTime,TagName,Value,vValue,Quality,QualityDetail,OPCQuality\n";
 
     fn ctx() -> ParseContext {

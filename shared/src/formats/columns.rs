@@ -132,15 +132,37 @@ impl<'a> Row<'a> {
     }
 }
 
-/// Read every remaining record of `reader` (reading `bytes`, whose comment
-/// byte is `comment`), calling `each(record, line)` with the record's
-/// 1-based start line. A reader error is recorded as a `Malformed` reject
-/// and reading goes on, unless the reader is stuck at the same byte (then it
-/// stops: nothing further could be read anyway).
+/// What the reader was built with that decides where a record ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dialect {
+    /// Field delimiter (`,` unless a mapping says otherwise).
+    pub(crate) delimiter: u8,
+    /// Comment byte, for formats that have comment lines.
+    pub(crate) comment: Option<u8>,
+}
+
+impl Dialect {
+    /// Comma-separated, no comment lines.
+    pub(crate) const CSV: Self = Self {
+        delimiter: b',',
+        comment: None,
+    };
+}
+
+/// Read every remaining record of `reader` (reading `bytes` in `dialect`),
+/// calling `each(record, line)` with the record's 1-based start line. A
+/// reader error is recorded as a `Malformed` reject and reading goes on,
+/// unless the reader is stuck at the same byte (then it stops: nothing
+/// further could be read anyway).
+///
+/// A record the end of the input cut off (no newline after it, or the
+/// input ends inside its quoted field) is never handed to `each`: it is a
+/// [`RejectReason::Truncated`] reject, since its last field may be cut
+/// short (`…,192` of `…,1920`) and still read as a value.
 pub(crate) fn for_each_record(
     reader: &mut Reader<&[u8]>,
     bytes: &[u8],
-    comment: Option<u8>,
+    dialect: Dialect,
     out: &mut ParseOutput,
     mut each: impl FnMut(&ByteRecord, u64, &mut ParseOutput) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
@@ -150,13 +172,20 @@ pub(crate) fn for_each_record(
         match reader.read_byte_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let line = record_line(bytes, record.position(), comment);
-                each(&record, line, out)?;
+                let (start, line) = record_start(bytes, record.position(), dialect.comment);
+                if cut_off(bytes, start, reader.position(), dialect) {
+                    out.rejects.push(Reject {
+                        line,
+                        reason: RejectReason::Truncated,
+                    });
+                } else {
+                    each(&record, line, out)?;
+                }
             }
             Err(e) => {
                 // With `flexible` set, reading from a slice cannot fail
                 // today; if it ever does, count it and move on.
-                let line = record_line(bytes, e.position(), comment);
+                let line = record_line(bytes, e.position(), dialect.comment);
                 out.rejects.push(Reject {
                     line,
                     reason: RejectReason::Malformed,
@@ -171,14 +200,70 @@ pub(crate) fn for_each_record(
     }
 }
 
+/// After the header was read: a header the end of the input cut off is a
+/// file error, since a cut column name (`OPCQual`) would still be read as
+/// a column.
+pub(crate) fn check_header(
+    reader: &Reader<&[u8]>,
+    header: &ByteRecord,
+    bytes: &[u8],
+    dialect: Dialect,
+) -> Result<(), FormatError> {
+    let (start, line) = record_start(bytes, header.position(), dialect.comment);
+    if cut_off(bytes, start, reader.position(), dialect) {
+        return Err(FormatError::Truncated { line });
+    }
+    Ok(())
+}
+
+/// Whether the record from byte `start` that left the reader at `end` was
+/// ended by the end of the input rather than by a newline: the input does
+/// not end with one, or ends inside a quoted field (a cut right after a
+/// line break within quotes). A record followed by more input was ended by
+/// its terminator; blank trailing bytes and a comment are no record.
+fn cut_off(bytes: &[u8], start: usize, end: &Position, dialect: Dialect) -> bool {
+    let Ok(end) = usize::try_from(end.byte()) else {
+        return false;
+    };
+    if end < bytes.len() {
+        return false;
+    }
+    let record = bytes.get(start..).unwrap_or_default();
+    let record = record.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(record);
+    if record.trim_ascii().is_empty() || record.first() == dialect.comment.as_ref() {
+        return false;
+    }
+    // The quoting rules of the csv reader: a quote opens a quoted field only
+    // at the start of a field, and `""` inside one is a literal quote.
+    let (mut quoted, mut field_start) = (false, true);
+    let mut bytes_in = record.iter().peekable();
+    while let Some(&b) = bytes_in.next() {
+        if quoted {
+            if b == b'"' && bytes_in.next_if_eq(&&b'"').is_none() {
+                quoted = false;
+            }
+        } else {
+            quoted = b == b'"' && field_start;
+            field_start = b == dialect.delimiter || b == b'\n' || b == b'\r';
+        }
+    }
+    quoted || record.last() != Some(&b'\n')
+}
+
 /// The 1-based line a record really starts on.
 ///
 /// The csv reader reports a record's position as where it *started
 /// looking* for it, so a record after blank or comment lines is reported on
 /// the first of those. Step over them from that position, counting lines.
 pub(crate) fn record_line(bytes: &[u8], position: Option<&Position>, comment: Option<u8>) -> u64 {
+    record_start(bytes, position, comment).1
+}
+
+/// Where a record really starts: byte offset and 1-based line (see
+/// [`record_line`]); `(0, 0)` without a position.
+fn record_start(bytes: &[u8], position: Option<&Position>, comment: Option<u8>) -> (usize, u64) {
     let Some(position) = position else {
-        return 0;
+        return (0, 0);
     };
     let mut at = usize::try_from(position.byte()).unwrap_or(usize::MAX);
     let mut line = position.line();
@@ -195,7 +280,7 @@ pub(crate) fn record_line(bytes: &[u8], position: Option<&Position>, comment: Op
                 at += i + 1;
                 line += 1;
             }
-            _ => return line,
+            _ => return (at, line),
         }
     }
 }
@@ -245,7 +330,10 @@ mod tests {
         for_each_record(
             &mut reader,
             bytes,
-            Some(b'*'),
+            Dialect {
+                delimiter: b',',
+                comment: Some(b'*'),
+            },
             &mut out,
             |record, line, _| {
                 seen.push((record.get(0).map(<[u8]>::to_vec), line));
@@ -269,6 +357,91 @@ mod tests {
             ]
         );
         assert_eq!(record_line(bytes, None, None), 0);
+    }
+
+    /// Lines handed to `each`, and the rejects, for `bytes` read with
+    /// `comment` and no header.
+    fn read_all(bytes: &[u8], comment: Option<u8>) -> (Vec<u64>, Vec<Reject>) {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .comment(comment)
+            .from_reader(bytes);
+        let mut out = ParseOutput::default();
+        let mut seen = Vec::new();
+        let dialect = Dialect {
+            delimiter: b',',
+            comment,
+        };
+        for_each_record(&mut reader, bytes, dialect, &mut out, |_, line, _| {
+            seen.push(line);
+            Ok(())
+        })
+        .expect("reads");
+        (seen, out.rejects)
+    }
+
+    #[test]
+    fn a_record_the_end_of_input_cut_off_is_never_handed_over() {
+        let cut = |line| {
+            vec![Reject {
+                line,
+                reason: RejectReason::Truncated,
+            }]
+        };
+        for (bytes, seen, rejects) in [
+            // The last line has no newline (or only a CR).
+            (&b"a,b\nx,1\ny,2"[..], vec![1, 2], cut(3)),
+            (b"a,b\nx,1\ny,2\r", vec![1, 2], cut(3)),
+            (b"a,b", vec![], cut(1)),
+            // Cut right after a line break inside a quoted field.
+            (b"a,b\nx,\"q\n", vec![1], cut(2)),
+            (b"a,b\nx,\"q\"\"\n", vec![1], cut(2)),
+            (b"a,\"b\n\nc\n", vec![], cut(1)),
+            // Complete.
+            (b"a,b\nx,1\ny,2\n", vec![1, 2, 3], vec![]),
+            (b"a,b\r\nx,\"q\"\r\n", vec![1, 2], vec![]),
+            (b"a,b\nx,\"q\nr\"\n", vec![1, 2], vec![]),
+            (b"a,b\nx,\"q\"\"\"\n", vec![1, 2], vec![]),
+            (b"a,b\nx,ab\"c\n", vec![1, 2], vec![]),
+            (b"", vec![], vec![]),
+        ] {
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(read_all(bytes, None), (seen, rejects), "{text:?}");
+        }
+        // Blanks or a comment after the last newline are no record.
+        let (seen, rejects) = read_all(b"a,b\nx,1\n*cut comm", Some(b'*'));
+        assert!(rejects.is_empty() && seen.starts_with(&[1, 2]), "{seen:?}");
+        let (seen, rejects) = read_all(b"a,b\nx,1\n \t", None);
+        assert!(rejects.is_empty() && seen.starts_with(&[1, 2]), "{seen:?}");
+    }
+
+    #[test]
+    fn a_header_the_end_of_input_cut_off_is_a_file_error() {
+        for (bytes, want) in [
+            (
+                &b"DateTime,TagName,OPCQual"[..],
+                Err(FormatError::Truncated { line: 1 }),
+            ),
+            (
+                b"\n\nDateTime,\"Tag\nName",
+                Err(FormatError::Truncated { line: 3 }),
+            ),
+            (b"DateTime,TagName\n", Ok(())),
+            (b"DateTime,TagName\nx,y", Ok(())),
+        ] {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(bytes);
+            let header = reader.byte_headers().expect("header").clone();
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(
+                check_header(&reader, &header, bytes, Dialect::CSV),
+                want,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

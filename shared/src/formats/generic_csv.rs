@@ -37,7 +37,7 @@ use chrono::{DateTime, NaiveDateTime};
 use csv::ReaderBuilder;
 use serde::{Deserialize, Deserializer};
 
-use super::columns::{self, Columns, Row};
+use super::columns::{self, Columns, Dialect, Row};
 use super::pi_webapi::fraction_truncated;
 use super::{
     FormatError, ParseContext, ParseOutput, RejectReason, decimal_epoch_ns, numeric_quality,
@@ -229,21 +229,33 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|_| FormatError::Shape("unreadable CSV header"))?;
-    let columns = Columns::from_header(header, &names, &labels, &required)?;
+        .map_err(|_| FormatError::Shape("unreadable CSV header"))?
+        .clone();
+    let dialect = Dialect {
+        delimiter: map.delimiter,
+        comment: None,
+    };
+    columns::check_header(&reader, &header, bytes, dialect)?;
+    let columns = Columns::from_header(&header, &names, &labels, &required)?;
     let layout = Layout {
         ts_format: &map.ts_format,
         quality: quality_at,
         unit: unit_at,
     };
     let mut out = ParseOutput::default();
-    columns::for_each_record(&mut reader, bytes, None, &mut out, |record, line, out| {
-        let point = columns
-            .row(record)
-            .and_then(|row| parse_row(&row, &layout, clock.as_mut(), ctx, line));
-        columns::push(out, line, point);
-        Ok(())
-    })?;
+    columns::for_each_record(
+        &mut reader,
+        bytes,
+        dialect,
+        &mut out,
+        |record, line, out| {
+            let point = columns
+                .row(record)
+                .and_then(|row| parse_row(&row, &layout, clock.as_mut(), ctx, line));
+            columns::push(out, line, point);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -406,6 +418,17 @@ Time;Sensor;Reading;Q;EU;Line
 31.03.2024 03:00:02;PUMP7.Running;true;;;L2
 31.03.2024 03:00:03;BATCH.ID;B-07;1083179008;;L2
 ";
+
+    #[test]
+    fn a_cut_last_row_or_header_is_truncated_never_a_point() {
+        let c = ctx(TsFormat::Pattern("%d.%m.%Y %H:%M:%S".into()));
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            Format::GenericCsv,
+            EXPORT.as_bytes(),
+            &c,
+            true,
+        );
+    }
 
     #[test]
     fn a_mapped_export_reads_as_expected() {

@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 
 use csv::ReaderBuilder;
 
-use super::columns::{self, Columns, Row};
-use super::{FormatError, ParseContext, ParseOutput, RejectReason, status};
+use super::columns::{self, Columns, Dialect, Row};
+use super::{FormatError, ParseContext, ParseOutput, Reject, RejectReason, status};
 use crate::record::{
     NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
 };
@@ -86,33 +86,44 @@ pub fn parse_tag_table(bytes: &[u8]) -> Result<BTreeMap<i64, (String, i32)>, For
         .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|_| FormatError::Shape("unreadable tag table header"))?;
-    let columns = Columns::from_header(header, &TABLE_KNOWN, &TABLE_KNOWN, &[0, 1, 2])?;
+        .map_err(|_| FormatError::Shape("unreadable tag table header"))?
+        .clone();
+    columns::check_header(&reader, &header, bytes, Dialect::CSV)?;
+    let columns = Columns::from_header(&header, &TABLE_KNOWN, &TABLE_KNOWN, &[0, 1, 2])?;
     let mut table = BTreeMap::new();
     let mut out = ParseOutput::default();
-    columns::for_each_record(&mut reader, bytes, None, &mut out, |record, _, _| {
-        let unreadable = FormatError::Shape("unreadable tag table row");
-        let row = columns.row(record).map_err(|_| unreadable)?;
-        let id = row
-            .required(0)
-            .ok()
-            .and_then(|t| t.parse::<i64>().ok())
-            .ok_or(unreadable)?;
-        let path = row.required(1).map_err(|_| unreadable)?;
-        let datatype = row
-            .required(2)
-            .ok()
-            .and_then(|t| t.parse::<i32>().ok())
-            .ok_or(unreadable)?;
-        if table.insert(id, (path.to_owned(), datatype)).is_some() {
-            return Err(FormatError::Shape("tag table names an id twice"));
-        }
-        Ok(())
-    })?;
-    if out.rejects.is_empty() {
-        Ok(table)
-    } else {
-        Err(FormatError::Shape("unreadable tag table row"))
+    columns::for_each_record(
+        &mut reader,
+        bytes,
+        Dialect::CSV,
+        &mut out,
+        |record, _, _| {
+            let unreadable = FormatError::Shape("unreadable tag table row");
+            let row = columns.row(record).map_err(|_| unreadable)?;
+            let id = row
+                .required(0)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or(unreadable)?;
+            let path = row.required(1).map_err(|_| unreadable)?;
+            let datatype = row
+                .required(2)
+                .ok()
+                .and_then(|t| t.parse::<i32>().ok())
+                .ok_or(unreadable)?;
+            if table.insert(id, (path.to_owned(), datatype)).is_some() {
+                return Err(FormatError::Shape("tag table names an id twice"));
+            }
+            Ok(())
+        },
+    )?;
+    match out.rejects.first() {
+        None => Ok(table),
+        Some(&Reject {
+            line,
+            reason: RejectReason::Truncated,
+        }) => Err(FormatError::Truncated { line }),
+        Some(_) => Err(FormatError::Shape("unreadable tag table row")),
     }
 }
 
@@ -128,16 +139,24 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|_| FormatError::Shape("unreadable CSV header"))?;
-    let columns = Columns::from_header(header, &KNOWN, &KNOWN, &REQUIRED)?;
+        .map_err(|_| FormatError::Shape("unreadable CSV header"))?
+        .clone();
+    columns::check_header(&reader, &header, bytes, Dialect::CSV)?;
+    let columns = Columns::from_header(&header, &KNOWN, &KNOWN, &REQUIRED)?;
     let mut out = ParseOutput::default();
-    columns::for_each_record(&mut reader, bytes, None, &mut out, |record, line, out| {
-        let point = columns
-            .row(record)
-            .and_then(|row| parse_row(&row, table, ctx, line));
-        columns::push(out, line, point);
-        Ok(())
-    })?;
+    columns::for_each_record(
+        &mut reader,
+        bytes,
+        Dialect::CSV,
+        &mut out,
+        |record, line, out| {
+            let point = columns
+                .row(record)
+                .and_then(|row| parse_row(&row, table, ctx, line));
+            columns::push(out, line, point);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -260,6 +279,40 @@ mod tests {
             tag_table: Some(Arc::new(parse_tag_table(TAGS).expect("tag table"))),
             ..ParseContext::default()
         }
+    }
+
+    #[test]
+    fn a_cut_last_row_or_header_is_truncated_never_a_point() {
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            Format::Ignition,
+            SAMPLE,
+            &ctx(),
+            true,
+        );
+    }
+
+    #[test]
+    fn a_cut_tag_table_is_refused_whole() {
+        let lines = crate::formats::line_at(TAGS, 0, 0, TAGS.len());
+        let last_start = TAGS[..TAGS.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("rows")
+            + 1;
+        // A cut path (`[default]Line2/TT_1` of `…/TT_101`) would name
+        // every point of that id wrongly.
+        for cut in last_start + 1..TAGS.len() {
+            assert_eq!(
+                parse_tag_table(&TAGS[..cut]),
+                Err(FormatError::Truncated { line: lines }),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            parse_tag_table(b"id,tagpath,data"),
+            Err(FormatError::Truncated { line: 1 })
+        );
+        assert!(parse_tag_table(&TAGS[..last_start]).is_ok());
     }
 
     #[test]

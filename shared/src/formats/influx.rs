@@ -7,7 +7,10 @@
 //! ```
 //!
 //! One line is one record: `measurement[,tag=v…] field=v[,field=v…] [timestamp]`.
-//! Lines starting with `#` and blank lines are skipped. Escapes follow the
+//! Lines starting with `#` and blank lines are skipped. A last line
+//! without its newline is never parsed: the export was cut off, and a cut
+//! timestamp (`1764000` for `1764000000000000000`) would still read as
+//! one; it is rejected as `Truncated`. Escapes follow the
 //! InfluxDB reference: in the measurement, tag keys, tag values and field
 //! keys a backslash before a space, comma, `=` or backslash stands for that
 //! character (any other backslash is literal); in a string field value
@@ -49,7 +52,7 @@
 
 use super::{
     FormatError, ParseContext, ParseOutput, Reject, RejectReason, numeric_quality, status,
-    text_quality_status,
+    text_quality_status, unterminated_tail,
 };
 use crate::record::{
     NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
@@ -67,7 +70,11 @@ const TAG_KEY: &str = "tag";
 pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut out = ParseOutput::default();
-    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+    // A last line without its newline was cut off (module docs of
+    // `formats`): `… 1764000` may be the start of a longer timestamp.
+    let tail = unterminated_tail(bytes);
+    let complete = tail.map_or(bytes, |(start, _)| bytes.get(..start).unwrap_or_default());
+    for (index, raw) in complete.split(|&b| b == b'\n').enumerate() {
         let line = index as u64 + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let Ok(text) = std::str::from_utf8(raw) else {
@@ -84,6 +91,20 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         match parse_line(text, ctx, line) {
             Ok(points) => out.points.extend(points),
             Err(reason) => out.rejects.push(Reject { line, reason }),
+        }
+    }
+    if let Some((start, line)) = tail {
+        // A comment carries no record, cut or not.
+        let comment = bytes
+            .get(start..)
+            .unwrap_or_default()
+            .trim_ascii_start()
+            .starts_with(b"#");
+        if !comment {
+            out.rejects.push(Reject {
+                line,
+                reason: RejectReason::Truncated,
+            });
         }
     }
     Ok(out)
@@ -418,6 +439,12 @@ mod tests {
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/influx_lp.txt");
+    /// The sample's first six lines: its last line is a point.
+    const SAMPLE_HEAD: &str = concat!(
+        "# historian bridge output, precision=ns\n",
+        "process,site=plant1,tag=FIC101.PV value=42.17,quality=192i 1710057600000000000\n",
+        "process,site=plant1,tag=TT\\ 205.PV value=88.4,quality=64i,units=\"degC\" 1710057602000000000\n",
+    );
 
     fn ctx() -> ParseContext {
         ParseContext {
@@ -427,7 +454,7 @@ mod tests {
     }
 
     fn one(line: &str) -> Result<Vec<Point>, RejectReason> {
-        let out = parse(line.as_bytes(), &ctx()).expect("never a file error");
+        let out = parse(format!("{line}\n").as_bytes(), &ctx()).expect("never a file error");
         match out.rejects.first() {
             Some(r) => Err(r.reason),
             None => Ok(out.points),
@@ -626,6 +653,79 @@ mod tests {
         assert_eq!(p[0].native_quality, NativeQuality::OpcUa(0x4090_0000));
         let p = one("m value=1,quality=192 1").expect("parses");
         assert_eq!(p[0].native_quality, NativeQuality::OpcDa(192));
+    }
+
+    /// The field report: the last line cut inside its timestamp, no newline.
+    #[test]
+    fn a_last_line_cut_in_its_timestamp_is_truncated_never_a_point() {
+        let text = concat!(
+            "m,tag=A value=1.5,quality=192i 1764000000000000000\n",
+            "m,tag=B value=12.938,quality=192i 1764000",
+        );
+        let out = Format::InfluxLp
+            .parse(text.as_bytes(), &ctx())
+            .expect("parses");
+        let tags: Vec<_> = out.points.iter().map(|p| p.tag.as_str()).collect();
+        assert_eq!(tags, vec!["A"]);
+        assert_eq!(
+            out.rejects,
+            vec![Reject {
+                line: 2,
+                reason: RejectReason::Truncated
+            }]
+        );
+        assert_eq!(
+            RejectReason::Truncated.to_string(),
+            "last line has no newline: truncated export"
+        );
+        assert_eq!(RejectReason::Truncated.code(), "truncated");
+        // Every cut of the sample's last point line (line 6) that leaves
+        // something: never a point from it, always a `Truncated` reject.
+        let body = SAMPLE
+            .split(|&b| b == b'\n')
+            .take(5)
+            .map(<[u8]>::len)
+            .sum::<usize>()
+            + 5;
+        let line6_end = body
+            + SAMPLE[body..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .expect("line 6");
+        for cut in body + 1..line6_end {
+            let out = parse(&SAMPLE[..cut], &ctx()).expect("parses");
+            assert!(
+                out.points.iter().all(|p| p.source.line < Some(6)),
+                "cut at {cut}: {:?}",
+                out.points.last()
+            );
+            assert_eq!(
+                out.rejects,
+                vec![Reject {
+                    line: 6,
+                    reason: RejectReason::Truncated
+                }],
+                "cut at {cut}"
+            );
+        }
+        let points_last = format!("{}\n", &SAMPLE_HEAD.trim_end());
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            Format::InfluxLp,
+            points_last.as_bytes(),
+            &ctx(),
+            false,
+        );
+        // With its newline the same line is a point; a cut comment is none.
+        let whole = format!("{text}000000000000\n");
+        assert_eq!(
+            parse(whole.as_bytes(), &ctx())
+                .expect("parses")
+                .points
+                .len(),
+            2
+        );
+        let out = parse(b"m v=1 1\n# trailing comm", &ctx()).expect("parses");
+        assert_eq!((out.points.len(), out.rejects.len()), (1, 0));
     }
 
     #[test]

@@ -10,6 +10,19 @@
 //! an `Err(FormatError)`. Rejects are what the audit log reports as
 //! "rejected" records, so every input record ends up counted exactly once.
 //!
+//! **A line is complete only with its newline.** Every line- or
+//! record-oriented format (all but the PI Web API JSON document) ends each
+//! record with a line break, so a file whose last line has none was cut
+//! off: an export still being written, a copy that ran out of disk, a
+//! transfer that stopped. `quality=192i 1764000` cut from
+//! `quality=192i 1764000000000000000` still parses, as a Good point at
+//! 1970. Such a last record is therefore never parsed: it becomes a
+//! [`RejectReason::Truncated`] reject with its line, and the records before
+//! it go on as usual; a file cut inside its header is a
+//! [`FormatError::Truncated`]. A PI Web API document needs no final newline,
+//! and one cut short is not JSON, so the whole file is refused
+//! ([`FormatError::NotJson`]) and none of its items is published.
+//!
 //! Parsers do not deduplicate, reorder or judge plausibility: duplicates,
 //! out-of-order samples and range checks are the receiver's data-quality
 //! stage. They only normalise: UTC nanoseconds, an OPC UA StatusCode beside
@@ -164,6 +177,10 @@ pub enum RejectReason {
     /// `tagid` absent from `sqlth_te`).
     #[error("tag id not in the tag table")]
     UnknownTag,
+    /// The file's last record is not ended by a newline (or ends inside a
+    /// quoted CSV field): the export was cut off, so the record may be too.
+    #[error("last line has no newline: truncated export")]
+    Truncated,
 }
 
 impl RejectReason {
@@ -178,6 +195,7 @@ impl RejectReason {
             Self::NotUtf8 => "not_utf8",
             Self::Malformed => "malformed",
             Self::UnknownTag => "unknown_tag",
+            Self::Truncated => "truncated",
         }
     }
 }
@@ -221,6 +239,13 @@ pub enum FormatError {
     /// Generic CSV without a column mapping ([`ParseContext::csv_map`]).
     #[error("a CSV column mapping is required for generic CSV")]
     MappingRequired,
+    /// The file ends inside the line a parser needs whole before any record
+    /// (a CSV header, a tag table row): a truncated export.
+    #[error("line {line} has no newline: truncated export")]
+    Truncated {
+        /// 1-based line that was cut off.
+        line: u64,
+    },
 }
 
 /// Export dialects with a parser.
@@ -422,6 +447,21 @@ pub(crate) fn line_at(text: &[u8], from: usize, from_line: u64, offset: usize) -
     from_line + newlines as u64
 }
 
+/// Where the last line of `bytes` starts if it has content but no newline
+/// (the file was cut off there), with its 1-based line number; `None` if
+/// the file ends with a newline, is empty, or ends in blanks only.
+pub(crate) fn unterminated_tail(bytes: &[u8]) -> Option<(usize, u64)> {
+    let start = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |lf| lf + 1);
+    let tail = bytes.get(start..)?;
+    if tail.trim_ascii().is_empty() {
+        return None;
+    }
+    Some((start, line_at(bytes, 0, 1, start)))
+}
+
 /// `Good`, `Bad` or `Uncertain` (any case, surrounding blanks ignored) to
 /// an OPC UA StatusCode; `None` for any other text.
 pub(crate) fn text_quality_status(text: &str) -> Option<u32> {
@@ -485,6 +525,70 @@ pub(crate) fn decimal_epoch_ns(text: &str, unit_digits: u32) -> Option<(i64, boo
     let magnitude = whole.checked_mul(scale)?.checked_add(part)?;
     let ns = if negative { -magnitude } else { magnitude };
     Some((i64::try_from(ns).ok()?, truncated))
+}
+
+/// For the parsers' tests: `whole` (ending with a newline, its last line
+/// a point) cut at every byte of its last line, the newline included, gives
+/// the points of the earlier lines and a `Truncated` reject for that line,
+/// never a point from it. With `header`, every cut inside the first line is
+/// a [`FormatError::Truncated`] file error.
+#[cfg(test)]
+pub(crate) fn assert_cut_last_line_is_never_a_point(
+    format: Format,
+    whole: &[u8],
+    ctx: &ParseContext,
+    header: bool,
+) {
+    assert!(
+        whole.ends_with(b"\n"),
+        "{format}: sample must end with a newline"
+    );
+    let all = format.parse(whole, ctx).expect("the whole file parses");
+    let start = whole
+        .get(..whole.len() - 1)
+        .and_then(|body| body.iter().rposition(|&b| b == b'\n'))
+        .map_or(0, |lf| lf + 1);
+    let last = line_at(whole, 0, 1, start);
+    let before: Vec<&Point> = all
+        .points
+        .iter()
+        .filter(|p| p.source.line < Some(last))
+        .collect();
+    assert!(
+        all.points.len() > before.len(),
+        "{format}: the whole last line must be a point, or the test proves nothing"
+    );
+    let truncated = Reject {
+        line: last,
+        reason: RejectReason::Truncated,
+    };
+    for cut in start + 1..whole.len() {
+        let out = format
+            .parse(&whole[..cut], ctx)
+            .unwrap_or_else(|e| panic!("{format}, cut at {cut}: {e}"));
+        let points: Vec<&Point> = out.points.iter().collect();
+        assert_eq!(points, before, "{format}, cut at {cut}: points");
+        assert_eq!(
+            out.rejects.last(),
+            Some(&truncated),
+            "{format}, cut at {cut}"
+        );
+        let cuts = out
+            .rejects
+            .iter()
+            .filter(|r| r.reason == RejectReason::Truncated);
+        assert_eq!(cuts.count(), 1, "{format}, cut at {cut}");
+    }
+    if header {
+        let first_lf = whole.iter().position(|&b| b == b'\n').unwrap_or(0);
+        for cut in 1..=first_lf {
+            assert_eq!(
+                format.parse(&whole[..cut], ctx),
+                Err(FormatError::Truncated { line: 1 }),
+                "{format}: header cut at {cut}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

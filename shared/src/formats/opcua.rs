@@ -10,7 +10,8 @@
 //!
 //! Each line is its own record: a line that is not a JSON object of this
 //! shape is a reject and the next line is read as usual. Blank lines are
-//! skipped. The tag is the `NodeId` string as written.
+//! skipped. A last line without its newline is a `Truncated` reject, never
+//! parsed: the file was cut off there. The tag is the `NodeId` string as written.
 //!
 //! - **Time.** `SourceTimestamp` (RFC 3339, UTC) is the sample's time; a
 //!   line without one is rejected, because the server's receive time is not
@@ -46,7 +47,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::pi_webapi::{fraction_truncated, parse_number, scan};
-use super::{FormatError, ParseContext, ParseOutput, Reject, RejectReason, status};
+use super::{
+    FormatError, ParseContext, ParseOutput, Reject, RejectReason, status, unterminated_tail,
+};
 use crate::record::{
     NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
 };
@@ -81,7 +84,10 @@ const MAX_PICOSECONDS: u16 = 9999;
 pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut out = ParseOutput::default();
-    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+    // A last line without its newline was cut off: never parsed.
+    let tail = unterminated_tail(bytes);
+    let complete = tail.map_or(bytes, |(start, _)| bytes.get(..start).unwrap_or_default());
+    for (index, raw) in complete.split(|&b| b == b'\n').enumerate() {
         let line = index as u64 + 1;
         let result = std::str::from_utf8(raw)
             .map_err(|_| RejectReason::NotUtf8)
@@ -94,6 +100,12 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
             },
             Err(reason) => out.rejects.push(Reject { line, reason }),
         }
+    }
+    if let Some((_, line)) = tail {
+        out.rejects.push(Reject {
+            line,
+            reason: RejectReason::Truncated,
+        });
     }
     Ok(out)
 }
@@ -355,7 +367,7 @@ mod tests {
     }
 
     fn line(dv: &str) -> Result<Point, RejectReason> {
-        let json = format!(r#"{{"NodeId":"ns=2;s=X","DataValue":{{{dv}}}}}"#);
+        let json = format!("{{\"NodeId\":\"ns=2;s=X\",\"DataValue\":{{{dv}}}}}\n");
         let out = parse(json.as_bytes(), &ctx()).expect("never a file error");
         match (out.points.into_iter().next(), out.rejects.first()) {
             (Some(p), None) => Ok(p),
@@ -436,6 +448,50 @@ mod tests {
         assert_eq!(p[5].tag, "nsu=urn:plant1:line2;s=PUMP7.Running");
         assert_eq!(p[5].value, Value::Bool(true));
         assert_eq!(p[5].status, status::GOOD);
+    }
+
+    #[test]
+    fn a_last_line_without_newline_is_truncated_never_a_point() {
+        crate::formats::assert_cut_last_line_is_never_a_point(Format::OpcUa, SAMPLE, &ctx(), false);
+        let whole = SAMPLE;
+        let all = parse(whole, &ctx()).expect("parses");
+        let last = all.points.last().expect("points").clone();
+        let lines = crate::formats::line_at(whole, 0, 0, whole.len());
+        // Every cut inside the last line, even one that leaves valid JSON
+        // with a shorter value, and the whole line without its newline.
+        let start = whole[..whole.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("several lines")
+            + 1;
+        for cut in start + 1..whole.len() {
+            let out = parse(&whole[..cut], &ctx()).expect("never a file error");
+            assert_eq!(
+                out.points.len(),
+                all.points.len() - 1,
+                "cut at {cut}: the cut line is not a point"
+            );
+            assert!(!out.points.contains(&last), "cut at {cut}");
+            assert_eq!(
+                out.rejects.last(),
+                Some(&Reject {
+                    line: lines,
+                    reason: RejectReason::Truncated
+                }),
+                "cut at {cut}"
+            );
+        }
+        // Cut right after a newline: nothing is truncated; trailing blanks
+        // are no line.
+        let out = parse(&whole[..start], &ctx()).expect("parses");
+        assert!(
+            out.rejects
+                .iter()
+                .all(|r| r.reason != RejectReason::Truncated)
+        );
+        let mut padded = whole.to_vec();
+        padded.extend_from_slice(b"  \t");
+        assert_eq!(parse(&padded, &ctx()), Ok(all));
     }
 
     #[test]

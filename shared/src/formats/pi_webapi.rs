@@ -543,6 +543,26 @@ mod tests {
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/pi_webapi_recorded.json");
 
+    /// A whole JSON document needs no final newline, and one cut short is
+    /// not JSON: refused whole, never partly published.
+    #[test]
+    fn a_cut_document_is_refused_whole_and_a_whole_one_needs_no_newline() {
+        let ctx = ParseContext {
+            file: Some("TT101.PV.json".into()),
+            ..ParseContext::default()
+        };
+        let all = parse(SAMPLE, &ctx).expect("parses");
+        assert!(!all.points.is_empty());
+        let body = SAMPLE.trim_ascii_end();
+        for cut in 1..body.len() {
+            match parse(&SAMPLE[..cut], &ctx) {
+                Err(FormatError::NotJson { .. } | FormatError::NotUtf8) => {}
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        assert_eq!(parse(body, &ctx), Ok(all));
+    }
+
     fn ctx(tag: Option<&str>) -> ParseContext {
         ParseContext {
             file: Some("pi_webapi_recorded.json".into()),

@@ -39,7 +39,7 @@
 use chrono::NaiveDateTime;
 use csv::ReaderBuilder;
 
-use super::columns::{self, Columns, Row};
+use super::columns::{self, Columns, Dialect, Row};
 use super::{
     FormatError, ParseContext, ParseOutput, RejectReason, decimal_epoch_ns,
     pi_system_state_to_status, status,
@@ -75,8 +75,10 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|_| FormatError::Shape("unreadable CSV header"))?;
-    let columns = Columns::from_header(header, &KNOWN, &KNOWN, &REQUIRED)?;
+        .map_err(|_| FormatError::Shape("unreadable CSV header"))?
+        .clone();
+    columns::check_header(&reader, &header, bytes, Dialect::CSV)?;
+    let columns = Columns::from_header(&header, &KNOWN, &KNOWN, &REQUIRED)?;
     if !columns.has(TIME_NUM) {
         if !columns.has(TIME) {
             return Err(FormatError::MissingColumn("TIME"));
@@ -87,13 +89,19 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
     }
     let mut clock = ctx.tz.map(LocalClock::new);
     let mut out = ParseOutput::default();
-    columns::for_each_record(&mut reader, bytes, None, &mut out, |record, line, out| {
-        let point = columns
-            .row(record)
-            .and_then(|row| parse_row(&row, clock.as_mut(), ctx, line));
-        columns::push(out, line, point);
-        Ok(())
-    })?;
+    columns::for_each_record(
+        &mut reader,
+        bytes,
+        Dialect::CSV,
+        &mut out,
+        |record, line, out| {
+            let point = columns
+                .row(record)
+                .and_then(|row| parse_row(&row, clock.as_mut(), ctx, line));
+            columns::push(out, line, point);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -305,6 +313,16 @@ FT300.TOT,Int32,12034,10-Mar-24 03:10:00.0000,1710058200,0,,
             name: name.into(),
             system,
         }
+    }
+
+    #[test]
+    fn a_cut_last_row_or_header_is_truncated_never_a_point() {
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            Format::PiArc,
+            LISTING.as_bytes(),
+            &ctx(),
+            true,
+        );
     }
 
     #[test]

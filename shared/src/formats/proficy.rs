@@ -42,7 +42,7 @@
 use chrono::NaiveDateTime;
 use csv::{ByteRecord, ReaderBuilder};
 
-use super::columns::{self, Columns, Row};
+use super::columns::{self, Columns, Dialect, Row};
 use super::{FormatError, ParseContext, ParseOutput, Reject, RejectReason, text_quality_status};
 use crate::localtime::LocalClock;
 use crate::record::{NativeQuality, Point, PointFlags, SourceRef, SourceSystem, Value};
@@ -98,7 +98,10 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
     columns::for_each_record(
         &mut reader,
         bytes,
-        Some(b'*'),
+        Dialect {
+            delimiter: b',',
+            comment: Some(b'*'),
+        },
         &mut out,
         |record, line, out| {
             if record.iter().all(|f| f.trim_ascii().is_empty()) {
@@ -229,6 +232,16 @@ mod tests {
     use proptest::prelude::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../../tests/fixtures/proficy_filecollector.csv");
+
+    #[test]
+    fn a_cut_last_row_is_truncated_never_a_point() {
+        crate::formats::assert_cut_last_line_is_never_a_point(
+            Format::Proficy,
+            SAMPLE,
+            &ctx(),
+            false,
+        );
+    }
     const HEAD: &str = "[Data]\nTagname,TimeStamp,Value,DataQuality\n";
 
     fn ctx() -> ParseContext {

@@ -227,6 +227,14 @@ async fn tcp(
 
 /// Follow a file like `tail -F`: new lines as they are appended, from the
 /// start again when it is truncated or replaced (rotation).
+///
+/// A line is complete only with its newline. The last line of the file,
+/// while it has none, is held (a writer may be in the middle of it, or
+/// flush in blocks) and parsed once its newline arrives. If the file is
+/// replaced or truncated first, or the sender stops, that line can no
+/// longer be completed here: it is counted as rejected (`truncated`) and
+/// logged, never parsed, since a cut JSON line can still parse as a
+/// different, shorter event.
 async fn follow(
     cfg: FollowConfig,
     sink: Sink,
@@ -238,12 +246,14 @@ async fn follow(
     };
     let mut dedup = EveDeduper::new(4096);
     let mut pos: Option<(u64, u64)> = None; // (inode, offset)
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = SyslogFramer::new(Framing::LfTerminated, cfg.max_line_bytes);
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut first = true;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => {
+                return end_of_lines(&mut lines, &cfg, &sink, "the sender stopped");
+            }
             _ = tick.tick() => {}
         }
         let Ok(meta) = std::fs::metadata(&cfg.path) else {
@@ -253,7 +263,13 @@ async fn follow(
         let offset = match pos {
             Some((i, off)) if i == ino && off <= len => off,
             Some(_) => {
-                partial.clear();
+                end_of_lines(
+                    &mut lines,
+                    &cfg,
+                    &sink,
+                    "the file was replaced or truncated",
+                )?;
+                lines = SyslogFramer::new(Framing::LfTerminated, cfg.max_line_bytes);
                 0
             }
             None if first && !cfg.from_start => len,
@@ -274,28 +290,160 @@ async fn follow(
             continue;
         }
         pos = Some((ino, offset + chunk.len() as u64));
-        partial.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
-            let line = &partial[start..start + nl];
-            start += nl + 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        let mut input = chunk.as_slice();
+        loop {
+            let taken = lines.handle_bytes(input);
+            input = input.get(taken..).unwrap_or_default();
+            while let Some(line) = lines.poll_frame() {
+                let parsed = match line {
+                    Ok(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Ok(line) => match cfg.format {
+                        FollowFormat::SuricataEve => parse_eve(line, &ctx.now())
+                            .and_then(|a| dedup.handle_alert(&a).map(|()| a)),
+                        FollowFormat::OpcuaAlarmsJsonl => parse_opcua_ac(line, &ctx.now()),
+                    },
+                    Err(e) => Err(e),
+                };
+                sink.take(parsed)?;
             }
-            let parsed = match cfg.format {
-                FollowFormat::SuricataEve => {
-                    parse_eve(line, &ctx.now()).and_then(|a| dedup.handle_alert(&a).map(|()| a))
-                }
-                FollowFormat::OpcuaAlarmsJsonl => parse_opcua_ac(line, &ctx.now()),
-            };
-            sink.take(parsed)?;
+            if input.is_empty() {
+                break;
+            }
         }
-        partial.drain(..start);
-        if partial.len() > cfg.max_line_bytes {
-            sink.take(Err(AlertError::TooLong {
-                limit: cfg.max_line_bytes,
-            }))?;
-            partial.clear();
+    }
+}
+
+/// The followed file's lines end here (`why`): a last line still without
+/// its newline is reported as truncated, never parsed.
+fn end_of_lines(
+    lines: &mut SyslogFramer,
+    cfg: &FollowConfig,
+    sink: &Sink,
+    why: &'static str,
+) -> Result<(), StageError> {
+    let held = lines.buffered_bytes();
+    lines.handle_eof();
+    while let Some(item) = lines.poll_frame() {
+        // Every complete line was handed out as it arrived: only the cut
+        // one (or the rest of an oversized one) is left.
+        if let Err(e) = item {
+            if matches!(e, AlertError::Truncated(_)) {
+                tracing::warn!(
+                    file = %cfg.path.display(),
+                    bytes = held,
+                    why,
+                    "Followed file's last line has no newline: not sent (truncated)."
+                );
+            }
+            sink.take(Err(e))?;
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use weir_shared::config::AlertQueueConfig;
+
+    const EVE: &str = include_str!("../../../tests/fixtures/suricata_eve.jsonl");
+    /// Bound on every wait: generous, never part of an assertion.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// The fixture's first EVE alert, made distinct by its flow id.
+    fn eve_line(flow: u64) -> String {
+        let first = EVE.lines().next().expect("fixture has lines");
+        let mut v: serde_json::Value = serde_json::from_str(first).expect("fixture line is JSON");
+        v["flow_id"] = flow.into();
+        v.to_string()
+    }
+
+    fn append(path: &std::path::Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open to append");
+        std::io::Write::write_all(&mut f, bytes).expect("append");
+    }
+
+    fn count(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let waited = tokio::time::timeout(PATIENCE, async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_followed_files_last_line_is_held_then_parsed_whole_or_refused_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("eve.json");
+        let second = eve_line(2);
+        std::fs::write(&path, format!("{}\n{}", eve_line(1), &second[..40])).expect("write");
+        let telemetry = Arc::new(Telemetry::default());
+        let cancel = CancellationToken::new();
+        let (to_batch, _from_sources) = tokio::sync::mpsc::channel(64);
+        let mut tasks = JoinSet::new();
+        let queue = AlertQueueConfig {
+            path: dir.path().join("queue.redb"),
+            max_bytes: 1 << 20,
+        };
+        let intake =
+            overflow::start(&queue, &telemetry, &cancel, &to_batch, &mut tasks).expect("queue");
+        let sink = Sink {
+            intake,
+            telemetry: telemetry.clone(),
+            name: "eve".into(),
+        };
+        let cfg = FollowConfig {
+            name: "eve".into(),
+            path: path.clone(),
+            format: FollowFormat::SuricataEve,
+            from_start: true,
+            poll_interval: Duration::from_millis(10),
+            max_line_bytes: 64 * 1024,
+        };
+        let follower = tokio::spawn(follow(cfg, sink, cancel.clone()));
+        let (t, r) = (&telemetry.alerts, &telemetry.alerts_rejected);
+
+        // The cut second line is held, neither parsed nor refused.
+        until("the first alert", || count(t) == 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!((count(t), count(r)), (1, 0), "held while being written");
+        // Its writer finishes it: one whole alert.
+        append(&path, format!("{}\n", &second[40..]).as_bytes());
+        until("the completed second alert", || count(t) == 2).await;
+        assert_eq!(count(r), 0);
+
+        // Rotated while a line is cut: that line is refused, the new file
+        // read from its start.
+        append(&path, &eve_line(3).as_bytes()[..50]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!((count(t), count(r)), (2, 0), "held");
+        let next = dir.path().join("eve.json.new");
+        std::fs::write(&next, format!("{}\n", eve_line(4))).expect("write");
+        std::fs::rename(&next, &path).expect("rotate");
+        until("the rotated file's alert", || {
+            count(t) == 3 && count(r) == 1
+        })
+        .await;
+
+        // Stopped while a line is cut: refused too.
+        append(&path, &eve_line(5).as_bytes()[..30]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!((count(t), count(r)), (3, 1), "held");
+        cancel.cancel();
+        follower.await.expect("joins").expect("follow ends cleanly");
+        assert_eq!((count(t), count(r)), (3, 2));
     }
 }
