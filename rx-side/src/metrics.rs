@@ -163,9 +163,11 @@ const COUNTERS: [(&str, &str, Field); 24] = [
 
 /// `weir_rx_drops_total{reason}`: datagrams, symbols, blocks and
 /// heartbeats refused before delivery.
-const DROPS: [(&str, Field); 16] = [
+const DROPS: [(&str, Field); 18] = [
     ("crc", |s| s.drop_crc),
     ("malformed", |s| s.drop_malformed),
+    ("forged", |s| s.drop_forged),
+    ("unverified", |s| s.drop_unverified),
     ("resolved", |s| s.drop_resolved),
     ("too_old", |s| s.drop_too_old),
     ("geometry", |s| s.drop_geometry),

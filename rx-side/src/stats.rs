@@ -51,8 +51,15 @@ counters! {
     bytes,
     /// Dropped: CRC mismatch (corruption on the way).
     drop_crc,
-    /// Dropped: not a Weir v1 datagram (magic, version, kind, lane, flags, length).
+    /// Dropped: not a Weir v2 datagram (magic, version, kind, lane, flags, length).
     drop_malformed,
+    /// Dropped at `verify`: the datagram tag failed (forged, or sealed
+    /// under another key or for another header).
+    drop_forged,
+    /// Dropped at `verify`: the datagram named a session whose datagram
+    /// key could not be derived yet (derivations are rate-limited, so a
+    /// flood of invented session ids cannot burn the CPU).
+    drop_unverified,
     /// Dropped: symbol of a block already delivered or declared lost.
     drop_resolved,
     /// Dropped: symbol older than the replay window.
@@ -65,7 +72,8 @@ counters! {
     drop_pending_full,
     /// Dropped: more symbols than a block can use.
     drop_excess,
-    /// Blocks or heartbeats naming a key id that is not loaded.
+    /// Datagrams (at `verify`) or blocks and heartbeats naming a key id
+    /// that is not loaded.
     drop_unknown_key,
     /// Blocks or heartbeats that failed authentication.
     drop_auth,
@@ -78,7 +86,8 @@ counters! {
     /// Blocks or heartbeats of a session older than the newest accepted
     /// one of its sender (`ledger.allow_older_sessions`).
     drop_old_session,
-    /// Blocks or heartbeats under a retired key id (`keys.retired_key_ids`).
+    /// Datagrams (at `verify`) or blocks and heartbeats under a retired
+    /// key id (`keys.retired_key_ids`).
     drop_retired_key,
     /// Records written down as lost in the gap ledger (known counts).
     records_lost,

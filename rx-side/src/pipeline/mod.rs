@@ -1,7 +1,7 @@
 //! The receiver pipeline: stages, the messages between them, and `run`.
 //!
 //! ```text
-//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
+//!  recv ──RecvBatch──> verify (datagram tags) ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
 //!                                            decode ──Solve──> solve (`limits.solve_workers` threads) ──Solved──> decode
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
@@ -87,7 +87,9 @@ pub struct RecvBatch {
     held: budget::Held,
 }
 
-/// Datagrams that passed the CRC and header checks.
+/// Datagrams that passed the CRC, header and datagram-tag checks; their
+/// payloads decrypted in place (a symbol of a sealed block, or a sealed
+/// heartbeat).
 #[derive(Debug)]
 pub struct Verified {
     buf: Vec<u8>,
@@ -394,7 +396,8 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         budget::Budget::new(RECEIVE_BUDGET),
         recv_tx,
     ));
-    tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
+    let gate = verify::Verifier::new(now(), keyring.clone(), &cfg.raw.keys.retired_key_ids);
+    tasks.spawn(verify::run(gate, stats.clone(), recv_rx, ver_tx));
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     let (dq_tx, dq_reload, refused) =
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
