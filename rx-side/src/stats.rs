@@ -110,6 +110,9 @@ counters! {
     blocks_lost,
     /// Pending blocks expired without completing.
     pending_expired,
+    /// Pending blocks given up so that another session had its fair share
+    /// of the pending table (`limits.max_pending_blocks`).
+    pending_evicted,
     /// Sender sessions evicted by `limits.max_sessions`.
     sessions_evicted,
     /// Heartbeats accepted.

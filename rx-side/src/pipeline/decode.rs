@@ -501,6 +501,9 @@ fn report_lost(core: &mut Core, out: &Out<'_>, last: bool) {
         .pending_expired
         .store(s.pending_expired, std::sync::atomic::Ordering::Relaxed);
     stats
+        .pending_evicted
+        .store(s.pending_evicted, std::sync::atomic::Ordering::Relaxed);
+    stats
         .sessions_evicted
         .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
     let t = now();
