@@ -111,7 +111,12 @@ fn wire_stage(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(h.datagram_len() as u64));
     g.bench_function("emit_parse_datagram", |b| {
         b.iter(|| {
-            wire::emit_into(black_box(&h), black_box(&payload), &[0; wire::TAG_LEN], &mut slot);
+            wire::emit_into(
+                black_box(&h),
+                black_box(&payload),
+                &[0; wire::TAG_LEN],
+                &mut slot,
+            );
             let (parsed, body) = wire::parse(black_box(&slot)).expect("own datagram");
             black_box((parsed.payload_id, body.len()))
         });
@@ -136,7 +141,10 @@ fn wire_stage(c: &mut Criterion) {
                 .zip(symbols.chunks_exact(usize::from(ss)))
                 .enumerate()
             {
-                let h = Header { payload_id: i as u32, ..h };
+                let h = Header {
+                    payload_id: i as u32,
+                    ..h
+                };
                 wire::emit_into(&h, black_box(sym), &[0; wire::TAG_LEN], slot);
             }
         });
@@ -148,7 +156,10 @@ fn wire_stage(c: &mut Criterion) {
                 .zip(symbols.chunks_exact(usize::from(ss)))
                 .enumerate()
             {
-                let h = Header { payload_id: i as u32, ..h };
+                let h = Header {
+                    payload_id: i as u32,
+                    ..h
+                };
                 dkey.emit_into(&h, black_box(sym), slot).expect("seal");
             }
         });

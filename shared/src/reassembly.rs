@@ -1393,7 +1393,10 @@ mod tests {
         let hog = SessionId([1; 16]);
         let sym = [0u8; SYM as usize];
         let refused = (0..1000)
-            .filter(|&seq| r.take_symbol(t0, &partial(hog, Lane::Bulk, seq), &sym).is_err())
+            .filter(|&seq| {
+                r.take_symbol(t0, &partial(hog, Lane::Bulk, seq), &sym)
+                    .is_err()
+            })
             .count();
         assert_eq!(refused, 1000 - 56);
         // The alert lane still has its 8 slots: another session's alert
@@ -1435,10 +1438,14 @@ mod tests {
         // Alone, a session may use every bulk slot.
         for seq in 0..56 {
             let t = t0 + Duration::from_millis(seq);
-            assert!(matches!(r.take_symbol(t, &partial(hog, Lane::Bulk, seq), &sym), Ok(None)));
+            assert!(matches!(
+                r.take_symbol(t, &partial(hog, Lane::Bulk, seq), &sym),
+                Ok(None)
+            ));
         }
         assert_eq!(
-            r.take_symbol(t0, &partial(hog, Lane::Bulk, 56), &sym).map(|_| ()),
+            r.take_symbol(t0, &partial(hog, Lane::Bulk, 56), &sym)
+                .map(|_| ()),
             Err(DropReason::PendingFull)
         );
         // Another session's blocks still complete: each takes the slot of
@@ -1466,7 +1473,10 @@ mod tests {
         // The newcomer's blocks complete.
         let mut delivered = 0;
         for &seq in &admitted {
-            for (h, s) in datagrams(real, Lane::Bulk, seq, &block(seq), 0).iter().skip(1) {
+            for (h, s) in datagrams(real, Lane::Bulk, seq, &block(seq), 0)
+                .iter()
+                .skip(1)
+            {
                 if let Ok(Some(Ready::Block(b))) = r.take_symbol(t1, h, s) {
                     assert_eq!(b.sealed, block(seq));
                     delivered += 1;

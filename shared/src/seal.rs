@@ -345,7 +345,12 @@ fn datagram_nonce(header: &Header) -> Nonce {
 impl DatagramKey {
     /// Write a whole datagram into `slot` (exactly `header.datagram_len()`
     /// bytes): header, `payload` sealed in place, its tag, the CRC.
-    pub fn emit_into(&self, header: &Header, payload: &[u8], slot: &mut [u8]) -> Result<(), SealError> {
+    pub fn emit_into(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        slot: &mut [u8],
+    ) -> Result<(), SealError> {
         if slot.len() != header.datagram_len() || payload.len() != header.payload_len() {
             return Err(SealError::Seal);
         }
@@ -600,7 +605,8 @@ mod tests {
         let mut dg = dg.to_vec();
         let (head, body) = dg.split_at_mut(HEADER_LEN);
         let head: [u8; HEADER_LEN] = (&*head).try_into().map_err(|_| SealError::Open)?;
-        key.open(&h, &head, &mut body[..n + TAG_LEN]).map(|p| p.to_vec())
+        key.open(&h, &head, &mut body[..n + TAG_LEN])
+            .map(|p| p.to_vec())
     }
 
     fn symbol(session: SessionId, lane: Lane, seq: u64, esi: u32) -> Header {
@@ -625,7 +631,11 @@ mod tests {
         let mut dg = Vec::new();
         key.emit_datagram(&h, &payload, &mut dg).expect("seal");
         assert_eq!(dg.len(), h.datagram_len());
-        assert_ne!(&dg[HEADER_LEN..HEADER_LEN + 64], &payload[..], "sealed on the wire");
+        assert_ne!(
+            &dg[HEADER_LEN..HEADER_LEN + 64],
+            &payload[..],
+            "sealed on the wire"
+        );
         assert_eq!(open_datagram(&key, &dg), Ok(payload.clone()));
         // The session key's datagram key is the same key.
         assert_eq!(
@@ -636,14 +646,32 @@ mod tests {
         // the identity moved: session, key id, kind, lane, seq, ESI,
         // source block, lengths), with a valid CRC: refused.
         let others = [
-            Header { session: SessionId([4; 16]), ..h },
-            Header { key_id: KeyId(8), ..h },
-            Header { lane: Lane::Alert, ..h },
+            Header {
+                session: SessionId([4; 16]),
+                ..h
+            },
+            Header {
+                key_id: KeyId(8),
+                ..h
+            },
+            Header {
+                lane: Lane::Alert,
+                ..h
+            },
             Header { seq: 10, ..h },
-            Header { seq: 9 + (1 << 48), ..h },
+            Header {
+                seq: 9 + (1 << 48),
+                ..h
+            },
             Header { payload_id: 5, ..h },
-            Header { payload_id: 4 | (1 << 24), ..h },
-            Header { transfer_len: 5001, ..h },
+            Header {
+                payload_id: 4 | (1 << 24),
+                ..h
+            },
+            Header {
+                transfer_len: 5001,
+                ..h
+            },
             Header {
                 kind: Kind::Heartbeat,
                 transfer_len: 64,
@@ -658,7 +686,11 @@ mod tests {
             let mut moved = Vec::new();
             crate::wire::emit_datagram(&other, &dg[HEADER_LEN..HEADER_LEN + 64], &tag, &mut moved);
             assert!(crate::wire::parse(&moved).is_ok(), "{other:?} parses");
-            assert_eq!(open_datagram(&key, &moved), Err(SealError::Open), "{other:?}");
+            assert_eq!(
+                open_datagram(&key, &moved),
+                Err(SealError::Open),
+                "{other:?}"
+            );
         }
         // Another PSK, or another session's key from the same PSK.
         let wrong = Psk::new(KeyId(7), [0x43; KEY_LEN]).datagram_key(s);
@@ -679,7 +711,13 @@ mod tests {
     fn datagram_keys_change_with_the_generation_and_both_sides_agree() {
         let s = SessionId([6; 16]);
         let (tx, rx) = (key().datagram_key(s), key().datagram_key(s));
-        for seq in [0, REKEY_BLOCKS - 1, REKEY_BLOCKS, 5 * REKEY_BLOCKS + 1, u64::MAX] {
+        for seq in [
+            0,
+            REKEY_BLOCKS - 1,
+            REKEY_BLOCKS,
+            5 * REKEY_BLOCKS + 1,
+            u64::MAX,
+        ] {
             let h = symbol(s, Lane::Alert, seq, 0);
             let mut dg = Vec::new();
             tx.emit_datagram(&h, &[9; 64], &mut dg).expect("seal");
@@ -687,11 +725,10 @@ mod tests {
             // Generation 0's key opens only generation 0's datagrams.
             let mut body = dg[HEADER_LEN..HEADER_LEN + 64 + TAG_LEN].to_vec();
             let head: [u8; HEADER_LEN] = dg[..HEADER_LEN].try_into().expect("head");
-            let by_gen0 = rx
-                .0
-                .gen0
-                .open_in_place(datagram_nonce(&h), Aad::from(&head), &mut body)
-                .is_ok();
+            let by_gen0 =
+                rx.0.gen0
+                    .open_in_place(datagram_nonce(&h), Aad::from(&head), &mut body)
+                    .is_ok();
             assert_eq!(by_gen0, seq < REKEY_BLOCKS, "seq {seq}");
         }
     }

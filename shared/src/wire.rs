@@ -307,7 +307,12 @@ pub fn put_crc(datagram: &mut [u8]) {
 /// given: a real sender writes through
 /// [`crate::seal::DatagramKey::emit_datagram`], which seals the payload and
 /// makes the tag; this one is for tests and fuzzing.
-pub fn emit_datagram(header: &Header, payload: &[u8], tag: &[u8; TAG_LEN], out: &mut Vec<u8>) -> usize {
+pub fn emit_datagram(
+    header: &Header,
+    payload: &[u8],
+    tag: &[u8; TAG_LEN],
+    out: &mut Vec<u8>,
+) -> usize {
     out.clear();
     out.resize(HEADER_LEN + payload.len() + TAG_LEN + CRC_LEN, 0);
     emit_into(header, payload, tag, out);

@@ -41,7 +41,9 @@ use weir_shared::fec::{BlockEncoder, repair_symbols, source_symbols};
 use weir_shared::lane::Lane;
 use weir_shared::reassembly::{BlockKey, Reassembler, ReassemblyLimits};
 use weir_shared::seal::{DatagramKey, Psk};
-use weir_shared::wire::{CRC_LEN, HEADER_LEN, Header, KeyId, Kind, OVERHEAD, Role, SessionId, parse};
+use weir_shared::wire::{
+    CRC_LEN, HEADER_LEN, Header, KeyId, Kind, OVERHEAD, Role, SessionId, parse,
+};
 
 struct Counting;
 

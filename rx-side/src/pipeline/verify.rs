@@ -271,8 +271,14 @@ pub async fn run(
         add(&stats.drop_malformed, malformed);
         let after = gate.unlogged;
         add(&stats.drop_forged, after.forged - before.forged);
-        add(&stats.drop_unknown_key, after.unknown_key - before.unknown_key);
-        add(&stats.drop_retired_key, after.retired_key - before.retired_key);
+        add(
+            &stats.drop_unknown_key,
+            after.unknown_key - before.unknown_key,
+        );
+        add(
+            &stats.drop_retired_key,
+            after.retired_key - before.retired_key,
+        );
         add(&stats.drop_unverified, after.unverified - before.unverified);
         if let Some(s) = gate.poll_summary(t) {
             tracing::warn!(
@@ -287,12 +293,7 @@ pub async fn run(
             tracing::debug!(crc, malformed, "Datagrams dropped by verify.");
         }
         charge_cpu(&stats.link_cpu_ns, cpu);
-        if !items.is_empty()
-            && to_decode
-                .send(Verified { buf, items, held })
-                .await
-                .is_err()
-        {
+        if !items.is_empty() && to_decode.send(Verified { buf, items, held }).await.is_err() {
             return Err(StageError::Closed("verify"));
         }
     }
@@ -348,10 +349,16 @@ mod tests {
         let t = Instant::now();
         let mut v = gate(t);
         let s = SessionId::new(1, Role::Daemon, 5, [1; 4]);
-        assert_eq!(check(&mut v, t, datagram(KEY, &header(s, 1))), Ok(vec![7; 64]));
+        assert_eq!(
+            check(&mut v, t, datagram(KEY, &header(s, 1))),
+            Ok(vec![7; 64])
+        );
         assert_eq!(v.cached(), 1);
         // From the cache now.
-        assert_eq!(check(&mut v, t, datagram(KEY, &header(s, 2))), Ok(vec![7; 64]));
+        assert_eq!(
+            check(&mut v, t, datagram(KEY, &header(s, 2))),
+            Ok(vec![7; 64])
+        );
     }
 
     #[test]
