@@ -707,6 +707,49 @@ mod tests {
         );
     }
 
+    /// Every datagram of a session has its own nonce: the same payload
+    /// under any other kind, lane, seq or payload id gives another
+    /// keystream (a repeated nonce would give the same ciphertext).
+    #[test]
+    fn each_datagram_of_a_session_has_its_own_nonce() {
+        let s = SessionId([7; 16]);
+        let key = key().datagram_key(s);
+        let body = |h: &Header| {
+            let mut dg = Vec::new();
+            key.emit_datagram(h, &[0; 64], &mut dg).expect("seal");
+            dg[HEADER_LEN..HEADER_LEN + 64].to_vec()
+        };
+        let h = symbol(s, Lane::Bulk, 3, 0);
+        let mut seen = std::collections::HashSet::new();
+        for other in [
+            h,
+            Header { payload_id: 1, ..h },
+            Header {
+                payload_id: 1 << 24,
+                ..h
+            },
+            Header {
+                lane: Lane::Alert,
+                ..h
+            },
+            Header { seq: 4, ..h },
+            Header {
+                seq: 3 + (1 << 40),
+                ..h
+            },
+            Header {
+                kind: Kind::Heartbeat,
+                transfer_len: 64,
+                symbol_size: 0,
+                ..h
+            },
+        ] {
+            assert!(seen.insert(body(&other)), "{other:?} repeats a keystream");
+        }
+        // A repeat (`repeat_after`) is the same datagram, byte for byte.
+        assert_eq!(body(&h), body(&h));
+    }
+
     #[test]
     fn datagram_keys_change_with_the_generation_and_both_sides_agree() {
         let s = SessionId([6; 16]);
