@@ -331,12 +331,12 @@ mod tests {
         out
     }
 
-    fn check(v: &mut Verifier, t: Instant, mut d: Vec<u8>) -> Result<Vec<u8>, Refusal> {
-        let (h, _) = parse(&d).expect("parses");
-        let n = d.len() - CRC_LEN;
-        let (head, body) = d[..n].split_at_mut(HEADER_LEN);
+    fn check(v: &mut Verifier, t: Instant, mut dgram: Vec<u8>) -> Result<Vec<u8>, Refusal> {
+        let (header, _) = parse(&dgram).expect("parses");
+        let end = dgram.len() - CRC_LEN;
+        let (head, body) = dgram[..end].split_at_mut(HEADER_LEN);
         let head: [u8; HEADER_LEN] = head.try_into().expect("head");
-        v.check(t, &h, &head, body)?;
+        v.check(t, &header, &head, body)?;
         Ok(body[..body.len() - TAG_LEN].to_vec())
     }
 
