@@ -1,12 +1,12 @@
 //! Criterion micro-benchmarks of the sans-IO stages in `weir-shared`.
 //!
 //! ```text
-//!  tx: parse (every format) ─> frame encode (postcard + zstd 1) ─> seal ─> FEC encode ─> wire emit ─> pace
-//!  rx: wire parse + CRC ─> FEC decode (0 %, 5 % loss) ─> open ─> frame decode ─> MQTT topic + JSON
+//!  tx: parse (every format) ─> frame encode (postcard + zstd 1) ─> seal ─> FEC encode ─> wire emit (+ datagram tag) ─> pace
+//!  rx: wire parse + CRC ─> datagram tag ─> FEC decode (0 %, 5 % loss) ─> open ─> frame decode ─> MQTT topic + JSON
 //! ```
 //!
 //! Sizes are the ones the pipeline sees with the default configuration:
-//! 1500-byte MTU (1424-byte symbols, 1470-byte datagrams), 256 KiB bulk
+//! 1500-byte MTU (1408-byte symbols, 1470-byte datagrams), 256 KiB bulk
 //! batches, 25 % repair. Every benchmark reports bytes per second, so the
 //! stages can be compared with each other and with the link rate; which
 //! bytes are counted is said beside each one. Samples are few and short
@@ -98,7 +98,10 @@ fn session_key() -> SessionKey {
     Psk::new(KeyId(1), [0x5a; KEY_LEN]).session_key(SessionId([7; 16]))
 }
 
-/// Header emit + CRC + parse of one symbol datagram, and the CRC alone.
+/// Header emit + CRC + parse of one symbol datagram, and the CRC alone;
+/// then the same with the datagram tag (protocol v2): every datagram of a
+/// 256 KiB block sealed as the sender writes it, and checked and
+/// decrypted in place as `verify` does. Bytes counted: the block's.
 fn wire_stage(c: &mut Criterion) {
     let ss = symbol_size();
     let h = header(ss, BLOCK_BYTES as u32);
@@ -108,14 +111,80 @@ fn wire_stage(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(h.datagram_len() as u64));
     g.bench_function("emit_parse_datagram", |b| {
         b.iter(|| {
-            wire::emit_into(black_box(&h), black_box(&payload), &mut slot);
+            wire::emit_into(
+                black_box(&h),
+                black_box(&payload),
+                &[0; wire::TAG_LEN],
+                &mut slot,
+            );
             let (parsed, body) = wire::parse(black_box(&slot)).expect("own datagram");
             black_box((parsed.payload_id, body.len()))
         });
     });
-    wire::emit_into(&h, &payload, &mut slot);
+    wire::emit_into(&h, &payload, &[0; wire::TAG_LEN], &mut slot);
     g.bench_function("crc32_datagram", |b| {
         b.iter(|| crc32fast::hash(black_box(&slot)));
+    });
+    // A block's worth of datagrams: emitted with and without the tag,
+    // and parsed with and without checking it.
+    let key = session_key();
+    let dkey = key.datagram();
+    let n = BLOCK_BYTES.div_ceil(usize::from(ss));
+    let dlen = h.datagram_len();
+    let symbols = random_bytes(n * usize::from(ss), 3);
+    let mut buf = vec![0u8; n * dlen];
+    g.throughput(Throughput::Bytes(BLOCK_BYTES as u64));
+    g.bench_function("emit_256KiB_untagged", |b| {
+        b.iter(|| {
+            for (i, (slot, sym)) in buf
+                .chunks_exact_mut(dlen)
+                .zip(symbols.chunks_exact(usize::from(ss)))
+                .enumerate()
+            {
+                let h = Header {
+                    payload_id: i as u32,
+                    ..h
+                };
+                wire::emit_into(&h, black_box(sym), &[0; wire::TAG_LEN], slot);
+            }
+        });
+    });
+    g.bench_function("emit_256KiB_tagged", |b| {
+        b.iter(|| {
+            for (i, (slot, sym)) in buf
+                .chunks_exact_mut(dlen)
+                .zip(symbols.chunks_exact(usize::from(ss)))
+                .enumerate()
+            {
+                let h = Header {
+                    payload_id: i as u32,
+                    ..h
+                };
+                dkey.emit_into(&h, black_box(sym), slot).expect("seal");
+            }
+        });
+    });
+    let tagged = buf.clone();
+    g.bench_function("parse_256KiB_untagged", |b| {
+        b.iter(|| {
+            for d in tagged.chunks_exact(dlen) {
+                black_box(wire::parse(black_box(d)).is_ok());
+            }
+        });
+    });
+    g.bench_function("parse_open_256KiB_tagged", |b| {
+        b.iter_batched_ref(
+            || tagged.clone(),
+            |work| {
+                for d in work.chunks_exact_mut(dlen) {
+                    let (h, _) = wire::parse(d).expect("own datagram");
+                    let (head, body) = d[..dlen - wire::CRC_LEN].split_at_mut(wire::HEADER_LEN);
+                    let head: &[u8; wire::HEADER_LEN] = (&*head).try_into().expect("header");
+                    black_box(dkey.open(&h, head, body).expect("authentic").len());
+                }
+            },
+            BatchSize::LargeInput,
+        );
     });
     g.finish();
 }

@@ -582,7 +582,7 @@ fn tx_config(
 destination = "{destination}"
 bind = "127.0.0.1:0"
 rate_mbps = {rate:?}
-# 1474 - 28 (IPv4, UDP) - 46 (Weir header, CRC): 1400-byte symbols.
+# 1474 - 28 (IPv4, UDP) - 62 (Weir header, datagram tag, CRC): 1384-byte symbols.
 mtu_bytes = 1474
 {burst}
 
@@ -705,7 +705,7 @@ pub fn junk_flood(secs: f64, seed: u64) -> anyhow::Result<(f64, u64)> {
 
 fn flood(to: SocketAddr, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
     use weir_shared::lane::Lane;
-    use weir_shared::wire::{Header, KeyId, Kind, OVERHEAD, Role, SessionId, emit_into};
+    use weir_shared::wire::{Header, KeyId, Kind, OVERHEAD, Role, SessionId, TAG_LEN, emit_into};
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let sym = 1400u16;
@@ -728,7 +728,9 @@ fn flood(to: SocketAddr, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
                     symbol_size: sym,
                     payload_id: rng.random_range(0..3000),
                 };
-                emit_into(&h, &payload, &mut slot);
+                // A valid CRC but no key: refused at the datagram tag.
+                let tag: [u8; TAG_LEN] = rng.random();
+                emit_into(&h, &payload, &tag, &mut slot);
             }
             if socket.send_to(&slot, to).is_ok() {
                 sent += 1;
@@ -743,9 +745,11 @@ fn flood(to: SocketAddr, seed: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
 pub struct Stages {
     /// AES-256-GCM seal.
     pub seal: f64,
-    /// RaptorQ encode with a cached plan, 10 % repair, into datagrams.
+    /// RaptorQ encode with a cached plan, 10 % repair, into datagrams
+    /// (each sealed under the datagram key).
     pub encode: f64,
-    /// CRC32 of every datagram (receiver's check).
+    /// CRC32, parse and datagram tag of every datagram (the receiver's
+    /// `verify`).
     pub crc: f64,
     /// Decode of a clean block (all source symbols).
     pub decode_clean: f64,
@@ -764,7 +768,7 @@ pub fn stages(runs: usize) -> anyhow::Result<Stages> {
     use weir_shared::fec::{BlockDecoder, BlockEncoder, repair_symbols, source_symbols};
     use weir_shared::lane::Lane;
     use weir_shared::seal::Psk;
-    use weir_shared::wire::{Header, KeyId, Kind, OVERHEAD, Role, SessionId, emit_into};
+    use weir_shared::wire::{CRC_LEN, HEADER_LEN, Header, KeyId, Kind, OVERHEAD, Role, SessionId};
 
     const BLOCK: usize = 256 * 1024;
     const BLOCKS: usize = 64;
@@ -827,15 +831,12 @@ pub fn stages(runs: usize) -> anyhow::Result<Stages> {
         let mut slots = buf.chunks_exact_mut(dlen);
         enc.encode(&sealed, repair, |payload_id, s| {
             if let Some(slot) = slots.next() {
-                emit_into(
-                    &Header {
-                        payload_id,
-                        transfer_len: len,
-                        ..header
-                    },
-                    s,
-                    slot,
-                );
+                let h = Header {
+                    payload_id,
+                    transfer_len: len,
+                    ..header
+                };
+                key.datagram().emit_into(&h, s, slot).expect("seal");
             }
         })
         .expect("encode");
@@ -844,13 +845,24 @@ pub fn stages(runs: usize) -> anyhow::Result<Stages> {
     let r10 = repair_symbols(k, 100, 2);
     encode_into(&mut enc, r10, &mut buf);
     let encode = time(&mut || encode_into(&mut enc, r10, &mut buf));
-    let clean = buf.clone();
-    let crc = time(&mut || {
-        for d in clean.chunks_exact(dlen) {
-            std::hint::black_box(weir_shared::wire::parse(d).is_ok());
+    // What `verify` does: every datagram's CRC, header and tag checked,
+    // its payload decrypted in place.
+    let verify = |work: &mut [u8]| {
+        for d in work.chunks_exact_mut(dlen) {
+            let (h, _) = weir_shared::wire::parse(d).expect("own datagram");
+            let (head, body) = d[..dlen - CRC_LEN].split_at_mut(HEADER_LEN);
+            let head: &[u8; HEADER_LEN] = (&*head).try_into().expect("header");
+            std::hint::black_box(key.datagram().open(&h, head, body).is_ok());
         }
+    };
+    let tagged = buf.clone();
+    let mut clean = tagged.clone();
+    let crc = time(&mut || {
+        clean.copy_from_slice(&tagged);
+        verify(&mut clean);
     });
-    // Parsed beforehand: the decode figures are the decoder's alone.
+    // Parsed beforehand (from the datagrams as sent; `verify` leaves
+    // their CRCs behind): the decode figures are the decoder's alone.
     let parsed = |buf: &[u8], keep: &dyn Fn(usize) -> bool| -> Vec<(u32, std::ops::Range<usize>)> {
         buf.chunks_exact(dlen)
             .enumerate()
@@ -871,7 +883,7 @@ pub fn stages(runs: usize) -> anyhow::Result<Stages> {
         }
         panic!("block not rebuilt");
     };
-    let clean_symbols = parsed(&clean, &|_| true);
+    let clean_symbols = parsed(&tagged, &|_| true);
     let decode_clean = time(&mut || decode(&clean, &clean_symbols));
     let r25 = repair_symbols(k, 250, 2);
     let mut lossy_buf = Vec::new();
@@ -879,6 +891,7 @@ pub fn stages(runs: usize) -> anyhow::Result<Stages> {
     let n = lossy_buf.len() / dlen;
     let keep: Vec<bool> = (0..n).map(|_| !rng.random_bool(0.05)).collect();
     let lossy_symbols = parsed(&lossy_buf, &|i| keep[i]);
+    verify(&mut lossy_buf);
     let decode_lossy = time(&mut || decode(&lossy_buf, &lossy_symbols));
     Ok(Stages {
         seal,
@@ -1186,12 +1199,12 @@ pub fn run(opts: &Options) -> anyhow::Result<PathBuf> {
     for (name, v, budget, side) in [
         ("seal (AES-256-GCM)", stages.seal, 3.0, "tx"),
         (
-            "encode (RaptorQ, 10 % repair, into datagrams)",
+            "encode (RaptorQ, 10 % repair, into tagged datagrams)",
             stages.encode,
             3.0,
             "tx",
         ),
-        ("CRC + parse", stages.crc, 1.5, "rx"),
+        ("CRC + parse + datagram tag", stages.crc, 1.5, "rx"),
         ("decode, clean", stages.decode_clean, 1.5, "rx"),
         (
             "decode, 5 % loss, 25 % repair",

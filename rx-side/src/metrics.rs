@@ -163,9 +163,11 @@ const COUNTERS: [(&str, &str, Field); 24] = [
 
 /// `weir_rx_drops_total{reason}`: datagrams, symbols, blocks and
 /// heartbeats refused before delivery.
-const DROPS: [(&str, Field); 17] = [
+const DROPS: [(&str, Field); 20] = [
     ("crc", |s| s.drop_crc),
     ("malformed", |s| s.drop_malformed),
+    ("forged", |s| s.drop_forged),
+    ("unverified", |s| s.drop_unverified),
     ("resolved", |s| s.drop_resolved),
     ("too_old", |s| s.drop_too_old),
     ("geometry", |s| s.drop_geometry),
@@ -173,6 +175,7 @@ const DROPS: [(&str, Field); 17] = [
     ("pending_full", |s| s.drop_pending_full),
     ("excess", |s| s.drop_excess),
     ("pending_expired", |s| s.pending_expired),
+    ("pending_evicted", |s| s.pending_evicted),
     ("unknown_key", |s| s.drop_unknown_key),
     ("retired_key", |s| s.drop_retired_key),
     ("auth", |s| s.drop_auth),

@@ -51,8 +51,15 @@ counters! {
     bytes,
     /// Dropped: CRC mismatch (corruption on the way).
     drop_crc,
-    /// Dropped: not a Weir v1 datagram (magic, version, kind, lane, flags, length).
+    /// Dropped: not a Weir v2 datagram (magic, version, kind, lane, flags, length).
     drop_malformed,
+    /// Dropped at `verify`: the datagram tag failed (forged, or sealed
+    /// under another key or for another header).
+    drop_forged,
+    /// Dropped at `verify`: the datagram named a session whose datagram
+    /// key could not be derived yet (derivations are rate-limited, so a
+    /// flood of invented session ids cannot burn the CPU).
+    drop_unverified,
     /// Dropped: symbol of a block already delivered or declared lost.
     drop_resolved,
     /// Dropped: symbol older than the replay window.
@@ -65,7 +72,8 @@ counters! {
     drop_pending_full,
     /// Dropped: more symbols than a block can use.
     drop_excess,
-    /// Blocks or heartbeats naming a key id that is not loaded.
+    /// Datagrams (at `verify`) or blocks and heartbeats naming a key id
+    /// that is not loaded.
     drop_unknown_key,
     /// Blocks or heartbeats that failed authentication.
     drop_auth,
@@ -83,7 +91,8 @@ counters! {
     /// clock), or a block of a session the book has no record of that
     /// started longer ago and has not yet sent a fresh heartbeat.
     drop_stale,
-    /// Blocks or heartbeats under a retired key id (`keys.retired_key_ids`).
+    /// Datagrams (at `verify`) or blocks and heartbeats under a retired
+    /// key id (`keys.retired_key_ids`).
     drop_retired_key,
     /// Records written down as lost in the gap ledger (known counts).
     records_lost,
@@ -106,6 +115,9 @@ counters! {
     blocks_lost,
     /// Pending blocks expired without completing.
     pending_expired,
+    /// Pending blocks given up so that another session had its fair share
+    /// of the pending table (`limits.max_pending_blocks`).
+    pending_evicted,
     /// Sender sessions evicted by `limits.max_sessions`.
     sessions_evicted,
     /// Heartbeats accepted.

@@ -1665,12 +1665,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symbol_size_for_default_mtu_is_1424() {
-        assert_eq!(symbol_size_for_mtu(1500, false), Some(1424));
-        assert_eq!(symbol_size_for_mtu(1500, true), Some(1400));
-        assert_eq!(symbol_size_for_mtu(9000, false), Some(8920));
-        assert_eq!(symbol_size_for_mtu(138, false), Some(64));
-        assert_eq!(symbol_size_for_mtu(137, false), None);
+    fn symbol_size_for_default_mtu_is_1408() {
+        // 1500 - 28 (IPv4, UDP) - 62 (header, datagram tag, CRC) = 1410,
+        // rounded down to the RaptorQ alignment: the datagram stays 1470.
+        assert_eq!(symbol_size_for_mtu(1500, false), Some(1408));
+        assert_eq!(symbol_size_for_mtu(1500, true), Some(1384));
+        assert_eq!(symbol_size_for_mtu(9000, false), Some(8904));
+        assert_eq!(symbol_size_for_mtu(154, false), Some(64));
+        assert_eq!(symbol_size_for_mtu(153, false), None);
         assert_eq!(symbol_size_for_mtu(100, false), None);
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lane::{LANES, Lane};
 use crate::seal::{SealError, SessionKey, sealed_len};
-use crate::wire::{Header, KeyId, Kind, SessionId, emit_datagram};
+use crate::wire::{Header, KeyId, Kind, SessionId};
 
 /// Sender counters carried in every heartbeat (monotonic within a session).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +130,8 @@ pub enum HeartbeatError {
     TooLarge,
 }
 
-/// Seal `hb` into a complete datagram in `out`.
+/// Seal `hb` into a complete datagram in `out` (sealed with the block key,
+/// then tagged with the datagram key like every datagram).
 pub fn seal_heartbeat(
     key: &SessionKey,
     key_id: KeyId,
@@ -155,11 +156,12 @@ pub fn seal_heartbeat(
         payload_id: 0,
     };
     key.seal(Kind::Heartbeat, Lane::Alert, seq, &header.aad(), &mut body)?;
-    emit_datagram(&header, &body, out);
+    key.datagram().emit_datagram(&header, &body, out)?;
     Ok(())
 }
 
-/// Authenticate and decode a heartbeat datagram's payload.
+/// Authenticate and decode a heartbeat datagram's payload (its datagram
+/// tag already checked and removed by `verify`).
 pub fn open_heartbeat(
     key: &SessionKey,
     header: &Header,
@@ -192,7 +194,21 @@ fn decode_body(plain: &[u8]) -> Result<Heartbeat, HeartbeatError> {
 mod tests {
     use super::*;
     use crate::seal::Psk;
-    use crate::wire::parse;
+    use crate::wire::{HEADER_LEN, parse};
+
+    /// Check a datagram's tag as `verify` does; the header and payload.
+    fn untag(key: &SessionKey, dg: &[u8]) -> (Header, Vec<u8>) {
+        let (h, p) = parse(dg).expect("parse");
+        let n = p.len();
+        let mut dg = dg.to_vec();
+        let (head, body) = dg.split_at_mut(HEADER_LEN);
+        let head: [u8; HEADER_LEN] = head.try_into().expect("header");
+        let plain = key
+            .datagram()
+            .open(&h, &head, &mut body[..n + crate::wire::TAG_LEN])
+            .expect("datagram tag");
+        (h, plain.to_vec())
+    }
 
     #[test]
     fn heartbeat_roundtrips_and_tamper_fails() {
@@ -216,10 +232,10 @@ mod tests {
         };
         let mut dg = Vec::new();
         seal_heartbeat(&key, KeyId(1), session, 7, &hb, &mut dg).expect("seal");
-        let (h, p) = parse(&dg).expect("parse");
-        assert_eq!(open_heartbeat(&key, &h, p), Ok(hb));
+        let (h, p) = untag(&key, &dg);
+        assert_eq!(open_heartbeat(&key, &h, &p), Ok(hb));
         let forged = Header { seq: 8, ..h };
-        assert!(open_heartbeat(&key, &forged, p).is_err());
+        assert!(open_heartbeat(&key, &forged, &p).is_err());
     }
 
     fn full(health: Option<TxHealth>) -> Heartbeat {
@@ -265,8 +281,8 @@ mod tests {
             let hb = full(health);
             let mut dg = Vec::new();
             seal_heartbeat(&key, KeyId(1), session, 3, &hb, &mut dg).expect("seal");
-            let (h, p) = parse(&dg).expect("parse");
-            assert_eq!(open_heartbeat(&key, &h, p), Ok(hb));
+            let (h, p) = untag(&key, &dg);
+            assert_eq!(open_heartbeat(&key, &h, &p), Ok(hb));
         }
         // The largest heartbeat with its trailer still fits one datagram.
         let mut dg = Vec::new();

@@ -28,7 +28,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::fec::{BlockDecoder, FecError, Step, symbol_esi};
+use crate::fec::{BlockDecoder, FecError, Step, check_geometry, symbol_esi};
 use crate::lane::{LANES, Lane};
 use crate::wire::{Header, KeyId, SessionId};
 
@@ -240,12 +240,62 @@ pub struct ReassemblyStats {
     pub blocks_lost: u64,
     /// Sessions evicted by the session cap.
     pub sessions_evicted: u64,
+    /// Pending blocks given up to let another session have its fair share
+    /// of the pending table.
+    pub pending_evicted: u64,
+}
+
+/// How the pending table is shared: blocks per (session, lane), per lane,
+/// and sessions per lane.
+#[derive(Debug, Default)]
+struct Shares {
+    held: HashMap<(SessionId, Lane), usize>,
+    lane: [usize; LANES],
+    sessions: [usize; LANES],
+}
+
+impl Shares {
+    fn add(&mut self, key: BlockKey) {
+        let n = self.held.entry((key.session, key.lane)).or_insert(0);
+        if *n == 0 {
+            self.sessions[key.lane.index()] += 1;
+        }
+        *n += 1;
+        self.lane[key.lane.index()] += 1;
+    }
+
+    fn remove(&mut self, key: BlockKey) {
+        let id = (key.session, key.lane);
+        let Some(n) = self.held.get_mut(&id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.held.remove(&id);
+            self.sessions[key.lane.index()] -= 1;
+        }
+        self.lane[key.lane.index()] -= 1;
+    }
+
+    fn of(&self, session: SessionId, lane: Lane) -> usize {
+        self.held.get(&(session, lane)).copied().unwrap_or(0)
+    }
+
+    /// The session holding the most pending blocks of `lane`.
+    fn most(&self, lane: Lane) -> Option<(SessionId, usize)> {
+        self.held
+            .iter()
+            .filter(|((_, l), _)| *l == lane)
+            .max_by_key(|(_, n)| **n)
+            .map(|((s, _), n)| (*s, *n))
+    }
 }
 
 /// The receiver's reassembly core. Sans-IO: the caller passes `now`.
 pub struct Reassembler {
     limits: ReassemblyLimits,
     pending: HashMap<BlockKey, Pending>,
+    shares: Shares,
     sessions: HashMap<SessionId, SessionState>,
     lost: VecDeque<LostRange>,
     stats: ReassemblyStats,
@@ -257,6 +307,7 @@ impl Reassembler {
         Self {
             limits,
             pending: HashMap::new(),
+            shares: Shares::default(),
             sessions: HashMap::new(),
             lost: VecDeque::new(),
             stats: ReassemblyStats::default(),
@@ -343,18 +394,22 @@ impl Reassembler {
             }
             p
         } else {
-            if self.pending.len() >= self.limits.max_pending_blocks {
-                self.expire(now);
-                if self.pending.len() >= self.limits.max_pending_blocks {
-                    return Err(DropReason::PendingFull);
-                }
-            }
+            // Geometry first (cheap), so an impossible block never takes
+            // another block's slot.
+            check_geometry(
+                header.transfer_len,
+                header.symbol_size,
+                self.limits.max_block_bytes,
+            )
+            .map_err(DropReason::Geometry)?;
+            self.admit(now, key)?;
             let decoder = BlockDecoder::new(
                 header.transfer_len,
                 header.symbol_size,
                 self.limits.max_block_bytes,
             )
             .map_err(DropReason::Geometry)?;
+            self.shares.add(key);
             self.pending.entry(key).or_insert(Pending {
                 k: decoder.source_symbols(),
                 decoder: Some(decoder),
@@ -384,7 +439,7 @@ impl Reassembler {
         Ok(match step {
             Step::Wait => None,
             Step::Block(sealed) => {
-                let p = self.pending.remove(&key).ok_or(DropReason::Resolved)?;
+                let p = self.remove_pending(key).ok_or(DropReason::Resolved)?;
                 let decoder = p.decoder.ok_or(DropReason::Resolved)?;
                 Some(Ready::Block(completed(p.header, &decoder, sealed)))
             }
@@ -411,7 +466,7 @@ impl Reassembler {
             block,
         } = done;
         if let Some(sealed) = block {
-            self.pending.remove(&key);
+            self.remove_pending(key);
             return Some(Ready::Block(completed(header, &decoder, sealed)));
         }
         let p = self.pending.get_mut(&key)?;
@@ -666,9 +721,79 @@ impl Reassembler {
     fn expire(&mut self, now: Instant) {
         let timeout = self.limits.block_timeout;
         let before = self.pending.len();
-        self.pending
-            .retain(|_, p| now.saturating_duration_since(p.first_seen) < timeout);
+        let shares = &mut self.shares;
+        self.pending.retain(|k, p| {
+            let keep = now.saturating_duration_since(p.first_seen) < timeout;
+            if !keep {
+                shares.remove(*k);
+            }
+            keep
+        });
         self.stats.pending_expired += (before - self.pending.len()) as u64;
+    }
+
+    fn remove_pending(&mut self, key: BlockKey) -> Option<Pending> {
+        let p = self.pending.remove(&key)?;
+        self.shares.remove(key);
+        Some(p)
+    }
+
+    /// Pending-table slots of a lane: the alert lane has its own
+    /// `max_pending_blocks / 8` (at least one), the bulk lane the rest, so
+    /// no amount of bulk blocks can take an alert's place, nor the
+    /// reverse.
+    fn lane_slots(&self, lane: Lane) -> usize {
+        let max = self.limits.max_pending_blocks;
+        let alert = (max / 8).clamp(1, max.max(1));
+        match lane {
+            Lane::Alert => alert,
+            Lane::Bulk => max.saturating_sub(alert).max(1),
+        }
+    }
+
+    fn has_room(&self, lane: Lane) -> bool {
+        self.shares.lane[lane.index()] < self.lane_slots(lane)
+            && self.pending.len() < self.limits.max_pending_blocks
+    }
+
+    /// Room for a new pending block `key`. Within its lane's slots every
+    /// session pending there has a fair share (the slots over the number
+    /// of such sessions, the newcomer included): when the lane is full, a
+    /// session under its share takes the slot of the oldest block of the
+    /// session holding the most, if that one is over its share; else the
+    /// block is refused. So a key holder whose sender leaves blocks
+    /// half-sent (or a flood it makes) cannot keep another session out.
+    fn admit(&mut self, now: Instant, key: BlockKey) -> Result<(), DropReason> {
+        if self.has_room(key.lane) {
+            return Ok(());
+        }
+        self.expire(now);
+        if self.has_room(key.lane) {
+            return Ok(());
+        }
+        let slots = self.lane_slots(key.lane);
+        let mine = self.shares.of(key.session, key.lane);
+        let sessions = self.shares.sessions[key.lane.index()] + usize::from(mine == 0);
+        let fair = slots / sessions.max(1);
+        if mine >= fair {
+            return Err(DropReason::PendingFull);
+        }
+        let Some((hog, held)) = self.shares.most(key.lane) else {
+            return Err(DropReason::PendingFull);
+        };
+        if held <= fair {
+            return Err(DropReason::PendingFull);
+        }
+        let victim = self
+            .pending
+            .iter()
+            .filter(|(k, _)| k.session == hog && k.lane == key.lane)
+            .min_by_key(|(_, p)| p.first_seen)
+            .map(|(k, _)| *k)
+            .ok_or(DropReason::PendingFull)?;
+        self.remove_pending(victim);
+        self.stats.pending_evicted += 1;
+        Ok(())
     }
 
     fn pending_min(&self, session: SessionId, lane: Lane) -> Option<u64> {
@@ -1341,12 +1466,132 @@ mod tests {
                 full += 1;
             }
         }
-        assert_eq!(r.pending_len(), 64);
-        assert_eq!(full, 10_000 - 64);
+        // The bulk lane's slots: 64 less the alert lane's 8.
+        assert_eq!(r.pending_len(), 56);
+        assert_eq!(full, 10_000 - 56);
+        assert_eq!(r.stats().pending_evicted, 0, "one block each: all fair");
         // After the timeout the table frees itself.
         r.poll_timeouts(t0 + Duration::from_secs(3));
         assert_eq!(r.pending_len(), 0);
-        assert_eq!(r.stats().pending_expired, 64);
+        assert_eq!(r.stats().pending_expired, 56);
+    }
+
+    /// A symbol of block `seq` of `session` on `lane` that never
+    /// completes it (the first of 800 source symbols).
+    fn partial(session: SessionId, lane: Lane, seq: u64) -> Header {
+        Header {
+            kind: Kind::Symbol,
+            key_id: KeyId(1),
+            lane,
+            session,
+            seq,
+            transfer_len: 100_000,
+            symbol_size: SYM,
+            payload_id: 0,
+        }
+    }
+
+    #[test]
+    fn a_bulk_flood_never_takes_the_alert_lanes_slots_nor_the_reverse() {
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let hog = SessionId([1; 16]);
+        let sym = [0u8; SYM as usize];
+        let refused = (0..1000)
+            .filter(|&seq| {
+                r.take_symbol(t0, &partial(hog, Lane::Bulk, seq), &sym)
+                    .is_err()
+            })
+            .count();
+        assert_eq!(refused, 1000 - 56);
+        // The alert lane still has its 8 slots: another session's alert
+        // blocks complete.
+        let real = SessionId([2; 16]);
+        for seq in 0..8 {
+            let mut done = None;
+            for (h, s) in datagrams(real, Lane::Alert, seq, &block(seq), 100) {
+                if let Ok(Some(Ready::Block(b))) = r.take_symbol(t0, &h, &s) {
+                    let key = BlockKey {
+                        session: real,
+                        lane: Lane::Alert,
+                        seq,
+                    };
+                    r.confirm(t0, key, KeyId(1));
+                    done = Some(b);
+                }
+            }
+            assert_eq!(done.map(|b| b.sealed), Some(block(seq)), "alert {seq}");
+        }
+        // And a flood of alert blocks stays within its 8.
+        let alert_hog = SessionId([3; 16]);
+        let refused = (0..100)
+            .filter(|&seq| {
+                r.take_symbol(t0, &partial(alert_hog, Lane::Alert, seq), &sym)
+                    .is_err()
+            })
+            .count();
+        assert_eq!(refused, 100 - 8);
+        assert_eq!(r.pending_len(), 64);
+    }
+
+    #[test]
+    fn a_session_hogging_the_table_yields_a_fair_share_to_another() {
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let hog = SessionId([1; 16]);
+        let sym = [0u8; SYM as usize];
+        // Alone, a session may use every bulk slot.
+        for seq in 0..56 {
+            let t = t0 + Duration::from_millis(seq);
+            assert!(matches!(
+                r.take_symbol(t, &partial(hog, Lane::Bulk, seq), &sym),
+                Ok(None)
+            ));
+        }
+        assert_eq!(
+            r.take_symbol(t0, &partial(hog, Lane::Bulk, 56), &sym)
+                .map(|_| ()),
+            Err(DropReason::PendingFull)
+        );
+        // Another session's blocks still complete: each takes the slot of
+        // the hog's oldest block while the hog is over its share.
+        let real = SessionId([2; 16]);
+        let t1 = t0 + Duration::from_millis(500);
+        let admitted: Vec<u64> = (0..40)
+            .filter(|&seq| {
+                let dg = datagrams(real, Lane::Bulk, seq, &block(seq), 0);
+                matches!(r.take_symbol(t1, &dg[0].0, &dg[0].1), Ok(None))
+            })
+            .collect();
+        // Half each: the newcomer's 28 in place of the hog's 28 oldest;
+        // beyond its half it is refused like anyone.
+        assert_eq!(admitted, (0..28).collect::<Vec<_>>());
+        assert_eq!(r.stats().pending_evicted, 28);
+        assert_eq!(r.pending_len(), 56);
+        assert!(
+            r.pending
+                .keys()
+                .filter(|k| k.session == hog)
+                .all(|k| k.seq >= 28),
+            "the hog's newest blocks are the ones left"
+        );
+        // The newcomer's blocks complete.
+        let mut delivered = 0;
+        for &seq in &admitted {
+            for (h, s) in datagrams(real, Lane::Bulk, seq, &block(seq), 0)
+                .iter()
+                .skip(1)
+            {
+                if let Ok(Some(Ready::Block(b))) = r.take_symbol(t1, h, s) {
+                    assert_eq!(b.sealed, block(seq));
+                    delivered += 1;
+                }
+            }
+        }
+        assert_eq!(delivered, 28);
+        // The hog's blocks expire at block_timeout like any.
+        r.poll_timeouts(t1 + Duration::from_secs(3));
+        assert_eq!(r.pending_len(), 0);
     }
 
     #[test]

@@ -18,19 +18,34 @@
 //! session uses `HKDF(...).expand("weir/v1 data" ‖ "/rekey" ‖ g)` for
 //! `g > 0` (generation 0 is the session key above). Both sides derive it
 //! from the sequence number alone, so nothing is signalled on the wire.
+//!
+//! **Datagram tags (protocol v2).** Every datagram also carries a 16-byte
+//! AES-256-GCM tag of its own ([`DatagramKey`]), so the receiver can refuse
+//! a forged datagram before it costs a pending block: the payload is
+//! sealed in place under the session's *datagram* key
+//! (`HKDF(...).expand("weir/v2 datagram")`, re-keyed like the block key
+//! with `"/rekey" ‖ g`), with the whole 42-byte header as associated data
+//! and the nonce `kind ‖ lane ‖ payload id (u32) ‖ low 48 bits of seq`.
+//! Its own label gives it its own nonce space: a block nonce and a
+//! datagram nonce can never meet under one key. Within a key generation
+//! the sequence numbers differ only in their low [`REKEY_SHIFT`] bits, so
+//! 48 of them keep every `(seq, payload id)` of a lane and kind apart.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
 use crate::lane::Lane;
-use crate::wire::{AAD_LEN, KeyId, Kind, SessionId};
+use crate::wire::{AAD_LEN, HEADER_LEN, Header, KeyId, Kind, SessionId, put_crc};
 
 /// Length of a pre-shared key.
 pub const KEY_LEN: usize = 32;
-/// Length of the authentication tag appended to every sealed payload.
-pub const TAG_LEN: usize = 16;
+/// Length of the authentication tag appended to every sealed payload (and
+/// to every datagram's payload, [`crate::wire::TAG_LEN`]).
+pub const TAG_LEN: usize = crate::wire::TAG_LEN;
 /// HKDF info label; changing the protocol's crypto means changing it.
 const HKDF_INFO: &[u8] = b"weir/v1 data";
+/// HKDF info label of the datagram keys (protocol v2).
+const HKDF_DATAGRAM: &[u8] = b"weir/v2 datagram";
 /// Label of later key generations.
 const HKDF_REKEY: &[u8] = b"/rekey";
 /// A session moves to a new key every `2^REKEY_SHIFT` sequence numbers.
@@ -147,28 +162,31 @@ impl Psk {
         })
     }
 
-    /// Derive the session key for `session`.
+    fn prk(&self, session: SessionId) -> hkdf::Prk {
+        hkdf::Salt::new(hkdf::HKDF_SHA256, &session.0).extract(&self.secret)
+    }
+
+    /// Derive the session key for `session` (block AEAD and datagram tags).
     pub fn session_key(&self, session: SessionId) -> SessionKey {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &session.0);
-        let prk = salt.extract(&self.secret);
-        let gen0 = derive(&prk, 0);
+        let prk = self.prk(session);
         SessionKey {
-            prk,
-            gen0,
-            later: std::sync::Mutex::new(None),
+            datagram: DatagramKey(Schedule::new(prk.clone(), HKDF_DATAGRAM)),
+            blocks: Schedule::new(prk, HKDF_INFO),
         }
+    }
+
+    /// Derive only the datagram key of `session`: what the receiver's
+    /// `verify` stage needs to check a datagram's tag.
+    pub fn datagram_key(&self, session: SessionId) -> DatagramKey {
+        DatagramKey(Schedule::new(self.prk(session), HKDF_DATAGRAM))
     }
 }
 
-/// The AES key of generation `generation` of a session.
-fn derive(prk: &hkdf::Prk, generation: u64) -> LessSafeKey {
+/// The AES key of generation `generation` of a session, for one label.
+fn derive(prk: &hkdf::Prk, label: &'static [u8], generation: u64) -> LessSafeKey {
     let g = generation.to_be_bytes();
-    let later = [HKDF_INFO, HKDF_REKEY, &g];
-    let info: &[&[u8]] = if generation == 0 {
-        &[HKDF_INFO]
-    } else {
-        &later
-    };
+    let later = [label, HKDF_REKEY, &g];
+    let info: &[&[u8]] = if generation == 0 { &[label] } else { &later };
     let mut key = [0u8; KEY_LEN];
     // `expand` and `fill` only fail when the requested length exceeds
     // 255 hash lengths; 32 bytes never does.
@@ -194,13 +212,54 @@ fn parse_hex32(s: &str) -> Option<[u8; KEY_LEN]> {
     Some(out)
 }
 
-/// The AES-256-GCM keys of one session: generation 0, and the latest
-/// later generation used (derived when the sequence number crosses into
-/// it, [`REKEY_SHIFT`]).
-pub struct SessionKey {
+/// The AES-256-GCM keys of one label of one session: generation 0, and
+/// the latest later generation used (derived when the sequence number
+/// crosses into it, [`REKEY_SHIFT`]).
+struct Schedule {
     prk: hkdf::Prk,
+    label: &'static [u8],
     gen0: LessSafeKey,
     later: std::sync::Mutex<Option<(u64, LessSafeKey)>>,
+}
+
+impl Schedule {
+    fn new(prk: hkdf::Prk, label: &'static [u8]) -> Self {
+        Self {
+            gen0: derive(&prk, label, 0),
+            prk,
+            label,
+            later: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Run `f` with the key of `seq`'s generation.
+    fn with_generation<T>(&self, seq: u64, f: impl FnOnce(&LessSafeKey) -> T) -> T {
+        let generation = seq >> REKEY_SHIFT;
+        if generation == 0 {
+            return f(&self.gen0);
+        }
+        let Ok(mut later) = self.later.lock() else {
+            // A poisoned lock only means another thread panicked mid-call;
+            // derive afresh.
+            return f(&derive(&self.prk, self.label, generation));
+        };
+        match &*later {
+            Some((g, k)) if *g == generation => f(k),
+            _ => {
+                let k = derive(&self.prk, self.label, generation);
+                let out = f(&k);
+                *later = Some((generation, k));
+                out
+            }
+        }
+    }
+}
+
+/// The keys of one session: the block AEAD's (content encryption) and the
+/// datagram tags' ([`DatagramKey`]).
+pub struct SessionKey {
+    blocks: Schedule,
+    datagram: DatagramKey,
 }
 
 impl std::fmt::Debug for SessionKey {
@@ -218,26 +277,9 @@ fn nonce(kind: Kind, lane: Lane, seq: u64) -> Nonce {
 }
 
 impl SessionKey {
-    /// Run `f` with the key of `seq`'s generation.
-    fn with_generation<T>(&self, seq: u64, f: impl FnOnce(&LessSafeKey) -> T) -> T {
-        let generation = seq >> REKEY_SHIFT;
-        if generation == 0 {
-            return f(&self.gen0);
-        }
-        let Ok(mut later) = self.later.lock() else {
-            // A poisoned lock only means another thread panicked mid-call;
-            // derive afresh.
-            return f(&derive(&self.prk, generation));
-        };
-        match &*later {
-            Some((g, k)) if *g == generation => f(k),
-            _ => {
-                let k = derive(&self.prk, generation);
-                let out = f(&k);
-                *later = Some((generation, k));
-                out
-            }
-        }
+    /// The session's datagram key (tags on every datagram).
+    pub fn datagram(&self) -> &DatagramKey {
+        &self.datagram
     }
 
     /// Encrypt `buf` in place and append the tag.
@@ -250,6 +292,7 @@ impl SessionKey {
         buf: &mut Vec<u8>,
     ) -> Result<(), SealError> {
         let tag = self
+            .blocks
             .with_generation(seq, |k| {
                 k.seal_in_place_separate_tag(nonce(kind, lane, seq), Aad::from(aad), buf)
             })
@@ -267,10 +310,94 @@ impl SessionKey {
         aad: &[u8; AAD_LEN],
         buf: &'a mut [u8],
     ) -> Result<&'a mut [u8], SealError> {
-        self.with_generation(seq, |k| {
-            k.open_in_place(nonce(kind, lane, seq), Aad::from(aad), buf)
-        })
-        .map_err(|_| SealError::Open)
+        self.blocks
+            .with_generation(seq, |k| {
+                k.open_in_place(nonce(kind, lane, seq), Aad::from(aad), buf)
+            })
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// The key of one session's datagram tags: every datagram's payload is
+/// sealed under it with the whole header as associated data, so the
+/// receiver can check a datagram alone, before it reaches reassembly.
+pub struct DatagramKey(Schedule);
+
+impl std::fmt::Debug for DatagramKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatagramKey(..)")
+    }
+}
+
+/// A datagram's nonce: `kind ‖ lane ‖ payload id ‖ low 48 bits of seq`.
+/// Unique per datagram within a key: the key changes with `seq >>
+/// REKEY_SHIFT`, so inside one generation the low bits tell every
+/// sequence number apart.
+fn datagram_nonce(header: &Header) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0] = header.kind as u8;
+    n[1] = header.lane as u8;
+    n[2..6].copy_from_slice(&header.payload_id.to_be_bytes());
+    n[6..].copy_from_slice(&header.seq.to_be_bytes()[2..]);
+    Nonce::assume_unique_for_key(n)
+}
+
+impl DatagramKey {
+    /// Write a whole datagram into `slot` (exactly `header.datagram_len()`
+    /// bytes): header, `payload` sealed in place, its tag, the CRC.
+    pub fn emit_into(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        slot: &mut [u8],
+    ) -> Result<(), SealError> {
+        if slot.len() != header.datagram_len() || payload.len() != header.payload_len() {
+            return Err(SealError::Seal);
+        }
+        let (head, rest) = slot.split_at_mut(HEADER_LEN);
+        let mut h = [0u8; HEADER_LEN];
+        header.emit(&mut h);
+        head.copy_from_slice(&h);
+        let (body, rest) = rest.split_at_mut(payload.len());
+        body.copy_from_slice(payload);
+        let tag = self
+            .0
+            .with_generation(header.seq, |k| {
+                k.seal_in_place_separate_tag(datagram_nonce(header), Aad::from(&h), body)
+            })
+            .map_err(|_| SealError::Seal)?;
+        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+        put_crc(slot);
+        Ok(())
+    }
+
+    /// [`DatagramKey::emit_into`] a cleared `out`; returns the length.
+    pub fn emit_datagram(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, SealError> {
+        out.clear();
+        out.resize(header.datagram_len(), 0);
+        self.emit_into(header, payload, out)?;
+        Ok(out.len())
+    }
+
+    /// Check the tag of a parsed datagram and decrypt its payload in
+    /// place. `head` is the datagram's header as received (the associated
+    /// data), `body` its payload followed by its tag; returns the payload.
+    pub fn open<'a>(
+        &self,
+        header: &Header,
+        head: &[u8; HEADER_LEN],
+        body: &'a mut [u8],
+    ) -> Result<&'a mut [u8], SealError> {
+        self.0
+            .with_generation(header.seq, |k| {
+                k.open_in_place(datagram_nonce(header), Aad::from(head), body)
+            })
+            .map_err(|_| SealError::Open)
     }
 }
 
@@ -338,7 +465,6 @@ pub const fn sealed_len(len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Header, KeyId};
     use proptest::prelude::*;
 
     fn header(seq: u64, len: u32) -> Header {
@@ -416,6 +542,7 @@ mod tests {
             // Generation 0's key does not open a later generation's block.
             let mut with_gen0 = buf.clone();
             let opened_by_gen0 = tx
+                .blocks
                 .gen0
                 .open_in_place(
                     nonce(Kind::Symbol, Lane::Bulk, seq),
@@ -470,7 +597,211 @@ mod tests {
         );
     }
 
+    /// Check a datagram as the receiver does: parse, then the tag with
+    /// `key`; the plaintext payload.
+    fn open_datagram(key: &DatagramKey, dg: &[u8]) -> Result<Vec<u8>, SealError> {
+        let (h, p) = crate::wire::parse(dg).map_err(|_| SealError::Open)?;
+        let n = p.len();
+        let mut dg = dg.to_vec();
+        let (head, body) = dg.split_at_mut(HEADER_LEN);
+        let head: [u8; HEADER_LEN] = (&*head).try_into().map_err(|_| SealError::Open)?;
+        key.open(&h, &head, &mut body[..n + TAG_LEN])
+            .map(|p| p.to_vec())
+    }
+
+    fn symbol(session: SessionId, lane: Lane, seq: u64, esi: u32) -> Header {
+        Header {
+            kind: Kind::Symbol,
+            key_id: KeyId(7),
+            lane,
+            session,
+            seq,
+            transfer_len: 5000,
+            symbol_size: 64,
+            payload_id: esi,
+        }
+    }
+
+    #[test]
+    fn a_datagram_opens_with_its_own_key_and_header_only() {
+        let s = SessionId([3; 16]);
+        let h = symbol(s, Lane::Bulk, 9, 4);
+        let key = key().datagram_key(s);
+        let payload: Vec<u8> = (0..64).collect();
+        let mut dg = Vec::new();
+        key.emit_datagram(&h, &payload, &mut dg).expect("seal");
+        assert_eq!(dg.len(), h.datagram_len());
+        assert_ne!(
+            &dg[HEADER_LEN..HEADER_LEN + 64],
+            &payload[..],
+            "sealed on the wire"
+        );
+        assert_eq!(open_datagram(&key, &dg), Ok(payload.clone()));
+        // The session key's datagram key is the same key.
+        assert_eq!(
+            open_datagram(self::key().session_key(s).datagram(), &dg),
+            Ok(payload.clone())
+        );
+        // The same payload and tag under another header (each field of
+        // the identity moved: session, key id, kind, lane, seq, ESI,
+        // source block, lengths), with a valid CRC: refused.
+        let others = [
+            Header {
+                session: SessionId([4; 16]),
+                ..h
+            },
+            Header {
+                key_id: KeyId(8),
+                ..h
+            },
+            Header {
+                lane: Lane::Alert,
+                ..h
+            },
+            Header { seq: 10, ..h },
+            Header {
+                seq: 9 + (1 << 48),
+                ..h
+            },
+            Header { payload_id: 5, ..h },
+            Header {
+                payload_id: 4 | (1 << 24),
+                ..h
+            },
+            Header {
+                transfer_len: 5001,
+                ..h
+            },
+            Header {
+                kind: Kind::Heartbeat,
+                transfer_len: 64,
+                symbol_size: 0,
+                payload_id: 0,
+                ..h
+            },
+        ];
+        for other in others {
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(crate::wire::tag_of(&dg).expect("tag"));
+            let mut moved = Vec::new();
+            crate::wire::emit_datagram(&other, &dg[HEADER_LEN..HEADER_LEN + 64], &tag, &mut moved);
+            assert!(crate::wire::parse(&moved).is_ok(), "{other:?} parses");
+            assert_eq!(
+                open_datagram(&key, &moved),
+                Err(SealError::Open),
+                "{other:?}"
+            );
+        }
+        // Another PSK, or another session's key from the same PSK.
+        let wrong = Psk::new(KeyId(7), [0x43; KEY_LEN]).datagram_key(s);
+        assert_eq!(open_datagram(&wrong, &dg), Err(SealError::Open));
+        let other_session = self::key().datagram_key(SessionId([5; 16]));
+        assert_eq!(open_datagram(&other_session, &dg), Err(SealError::Open));
+        // The block key is not the datagram key.
+        let mut as_block = dg[HEADER_LEN..HEADER_LEN + 64 + TAG_LEN].to_vec();
+        assert!(
+            self::key()
+                .session_key(s)
+                .open(h.kind, h.lane, h.seq, &h.aad(), &mut as_block)
+                .is_err()
+        );
+    }
+
+    /// Every datagram of a session has its own nonce: the same payload
+    /// under any other kind, lane, seq or payload id gives another
+    /// keystream (a repeated nonce would give the same ciphertext).
+    #[test]
+    fn each_datagram_of_a_session_has_its_own_nonce() {
+        let s = SessionId([7; 16]);
+        let key = key().datagram_key(s);
+        let body = |h: &Header| {
+            let mut dg = Vec::new();
+            key.emit_datagram(h, &[0; 64], &mut dg).expect("seal");
+            dg[HEADER_LEN..HEADER_LEN + 64].to_vec()
+        };
+        let h = symbol(s, Lane::Bulk, 3, 0);
+        let mut seen = std::collections::HashSet::new();
+        for other in [
+            h,
+            Header { payload_id: 1, ..h },
+            Header {
+                payload_id: 1 << 24,
+                ..h
+            },
+            Header {
+                lane: Lane::Alert,
+                ..h
+            },
+            Header { seq: 4, ..h },
+            Header {
+                seq: 3 + (1 << 40),
+                ..h
+            },
+            Header {
+                kind: Kind::Heartbeat,
+                transfer_len: 64,
+                symbol_size: 0,
+                ..h
+            },
+        ] {
+            assert!(seen.insert(body(&other)), "{other:?} repeats a keystream");
+        }
+        // A repeat (`repeat_after`) is the same datagram, byte for byte.
+        assert_eq!(body(&h), body(&h));
+    }
+
+    #[test]
+    fn datagram_keys_change_with_the_generation_and_both_sides_agree() {
+        let s = SessionId([6; 16]);
+        let (tx, rx) = (key().datagram_key(s), key().datagram_key(s));
+        for seq in [
+            0,
+            REKEY_BLOCKS - 1,
+            REKEY_BLOCKS,
+            5 * REKEY_BLOCKS + 1,
+            u64::MAX,
+        ] {
+            let h = symbol(s, Lane::Alert, seq, 0);
+            let mut dg = Vec::new();
+            tx.emit_datagram(&h, &[9; 64], &mut dg).expect("seal");
+            assert_eq!(open_datagram(&rx, &dg), Ok(vec![9; 64]), "seq {seq}");
+            // Generation 0's key opens only generation 0's datagrams.
+            let mut body = dg[HEADER_LEN..HEADER_LEN + 64 + TAG_LEN].to_vec();
+            let head: [u8; HEADER_LEN] = dg[..HEADER_LEN].try_into().expect("head");
+            let by_gen0 =
+                rx.0.gen0
+                    .open_in_place(datagram_nonce(&h), Aad::from(&head), &mut body)
+                    .is_ok();
+            assert_eq!(by_gen0, seq < REKEY_BLOCKS, "seq {seq}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_bit_flip_anywhere_in_a_datagram_is_refused(
+            payload in proptest::collection::vec(any::<u8>(), 64),
+            seq in any::<u64>(),
+            esi in 0u32..(1 << 24),
+            bit in any::<usize>(),
+        ) {
+            let s = SessionId([8; 16]);
+            let key = key().datagram_key(s);
+            let h = symbol(s, Lane::Bulk, seq, esi);
+            let mut dg = Vec::new();
+            key.emit_datagram(&h, &payload, &mut dg).expect("seal");
+            prop_assert_eq!(open_datagram(&key, &dg), Ok(payload));
+            let bit = bit % (dg.len() * 8);
+            dg[bit / 8] ^= 1 << (bit % 8);
+            // With the CRC mended too, so only the tag can catch it.
+            let mut mended = dg.clone();
+            crate::wire::put_crc(&mut mended);
+            prop_assert!(open_datagram(&key, &dg).is_err());
+            prop_assert!(
+                open_datagram(&key, &mended).is_err() || bit >= (dg.len() - crate::wire::CRC_LEN) * 8,
+                "bit {} passed with a mended CRC", bit
+            );
+        }
+
         #[test]
         fn any_bit_flip_in_aad_or_ciphertext_fails_open(
             plain in proptest::collection::vec(any::<u8>(), 0..300),

@@ -1,17 +1,20 @@
-//! Datagram framing, protocol v1.
+//! Datagram framing, protocol v2.
 //!
-//! One UDP datagram is a fixed 42-byte header, a payload, and a CRC32 of
-//! everything before it. The CRC only catches accidental corruption (a bad
-//! NIC, a flaky diode) cheaply, before any decoding work; authenticity comes
-//! from the AEAD in [`crate::seal`], which covers the block-level header
-//! fields as associated data.
+//! One UDP datagram is a fixed 42-byte header, a payload, a 16-byte
+//! datagram tag, and a CRC32 of everything before it. The CRC only catches
+//! accidental corruption (a bad NIC, a flaky diode) cheaply; the tag
+//! ([`crate::seal::DatagramKey`]: AES-256-GCM under the session's datagram
+//! key, the whole header as associated data) proves the datagram came from
+//! a key holder, so the receiver refuses forgeries before they cost a
+//! pending block. The block AEAD in [`crate::seal`] stays the content
+//! encryption, covering the block-level header fields as associated data.
 //!
 //! ```text
 //!  0      2      3      4        6      7      8                24           32          36        38          42
-//!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-------+
-//!  |magic | ver  | kind | key id | lane | flags|   session id   |  sequence  | transfer  | symbol  | payload   | payload | CRC32 |
-//!  | "WR" | 0x01 |      |  u16   |  u8  |  0   | (see SessionId)|    u64     |  len u32  | size u16| id (u32)  |         |       |
-//!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-------+
+//!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-----+-------+
+//!  |magic | ver  | kind | key id | lane | flags|   session id   |  sequence  | transfer  | symbol  | payload   | payload | tag | CRC32 |
+//!  | "WR" | 0x02 |      |  u16   |  u8  |  0   | (see SessionId)|    u64     |  len u32  | size u16| id (u32)  | (sealed)| 16  |       |
+//!  +------+------+------+--------+------+------+----------------+------------+-----------+---------+-----------+---------+-----+-------+
 //! ```
 //!
 //! All integers are big-endian. The only way to read a datagram is
@@ -23,13 +26,15 @@ use crate::lane::Lane;
 /// Magic bytes opening every Weir datagram.
 pub const MAGIC: [u8; 2] = *b"WR";
 /// Protocol version carried in byte 2.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 42;
+/// Length of the datagram tag after the payload.
+pub const TAG_LEN: usize = 16;
 /// Length of the CRC trailer.
 pub const CRC_LEN: usize = 4;
-/// Total per-datagram overhead: header and CRC.
-pub const OVERHEAD: usize = HEADER_LEN + CRC_LEN;
+/// Total per-datagram overhead: header, tag and CRC.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN + CRC_LEN;
 /// Bytes of the header covered by the AEAD as associated data: everything
 /// but the per-symbol payload id.
 pub const AAD_LEN: usize = 38;
@@ -255,7 +260,10 @@ impl Header {
 }
 
 /// Parse one datagram: CRC first (cheapest rejection of line noise), then
-/// header fields, then the payload length the header announces.
+/// header fields, then the payload length the header announces. Returns
+/// the header and the payload as on the wire (still sealed under the
+/// datagram key; its tag follows it, [`tag_of`]). Parsing proves nothing
+/// about who sent it: that is the tag's job, checked in `verify`.
 pub fn parse(buf: &[u8]) -> Result<(Header, &[u8]), WireError> {
     if buf.len() < OVERHEAD {
         return Err(WireError::Truncated(buf.len()));
@@ -265,46 +273,66 @@ pub fn parse(buf: &[u8]) -> Result<(Header, &[u8]), WireError> {
     if crc32fast::hash(body) != wire_crc {
         return Err(WireError::Crc);
     }
-    let (head, payload) = body
+    let (head, rest) = body
         .split_first_chunk::<HEADER_LEN>()
         .ok_or(WireError::Truncated(buf.len()))?;
     let header = Header::from_bytes(head)?;
-    if payload.len() != header.payload_len() {
+    let actual = rest.len().saturating_sub(TAG_LEN);
+    if actual != header.payload_len() {
         return Err(WireError::Length {
             expected: header.payload_len(),
-            actual: payload.len(),
+            actual,
         });
     }
-    Ok((header, payload))
+    Ok((header, &rest[..actual]))
 }
 
-/// Write a whole datagram (header, payload, CRC) into `out`, which is
-/// cleared first. Returns the datagram length.
-pub fn emit_datagram(header: &Header, payload: &[u8], out: &mut Vec<u8>) -> usize {
+/// The datagram tag of a datagram [`parse`] accepted.
+pub fn tag_of(buf: &[u8]) -> Option<&[u8]> {
+    let end = buf.len().checked_sub(CRC_LEN)?;
+    buf.get(end.checked_sub(TAG_LEN)?..end)
+}
+
+/// Write the CRC trailer of a datagram whose other bytes are in place.
+pub fn put_crc(datagram: &mut [u8]) {
+    let Some(n) = datagram.len().checked_sub(CRC_LEN) else {
+        return;
+    };
+    let (body, crc) = datagram.split_at_mut(n);
+    crc.copy_from_slice(&crc32fast::hash(body).to_be_bytes());
+}
+
+/// Write a whole datagram (header, payload, `tag`, CRC) into `out`, which
+/// is cleared first; returns the datagram length. The bytes go out as
+/// given: a real sender writes through
+/// [`crate::seal::DatagramKey::emit_datagram`], which seals the payload and
+/// makes the tag; this one is for tests and fuzzing.
+pub fn emit_datagram(
+    header: &Header,
+    payload: &[u8],
+    tag: &[u8; TAG_LEN],
+    out: &mut Vec<u8>,
+) -> usize {
     out.clear();
-    let mut head = [0u8; HEADER_LEN];
-    header.emit(&mut head);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(out);
-    out.extend_from_slice(&crc.to_be_bytes());
+    out.resize(HEADER_LEN + payload.len() + TAG_LEN + CRC_LEN, 0);
+    emit_into(header, payload, tag, out);
     out.len()
 }
 
-/// Write a whole datagram into a fixed slot of exactly
-/// `header.datagram_len()` bytes; used by the encoder to fill GSO batches
-/// without intermediate buffers.
-pub fn emit_into(header: &Header, payload: &[u8], slot: &mut [u8]) {
+/// [`emit_datagram`] into a slot of exactly `HEADER_LEN + payload.len() +
+/// TAG_LEN + CRC_LEN` bytes (shorter: the slot is left as it is).
+pub fn emit_into(header: &Header, payload: &[u8], tag: &[u8; TAG_LEN], slot: &mut [u8]) {
+    if slot.len() != HEADER_LEN + payload.len() + TAG_LEN + CRC_LEN {
+        return;
+    }
     let (head, rest) = slot.split_at_mut(HEADER_LEN);
     let mut h = [0u8; HEADER_LEN];
     header.emit(&mut h);
     head.copy_from_slice(&h);
-    let (pl, crc) = rest.split_at_mut(payload.len());
+    let (pl, rest) = rest.split_at_mut(payload.len());
     pl.copy_from_slice(payload);
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(head);
-    hasher.update(pl);
-    crc[..CRC_LEN].copy_from_slice(&hasher.finalize().to_be_bytes());
+    rest[..TAG_LEN].copy_from_slice(tag);
+    put_crc(slot);
 }
 
 #[cfg(test)]
@@ -340,13 +368,14 @@ mod tests {
         fn header_roundtrips(h in arb_header(), fill in any::<u8>()) {
             let payload = vec![fill; h.payload_len()];
             let mut buf = Vec::new();
-            emit_datagram(&h, &payload, &mut buf);
+            emit_datagram(&h, &payload, &[fill ^ 0x5a; TAG_LEN], &mut buf);
             prop_assert_eq!(buf.len(), h.datagram_len());
             let (parsed, pl) = parse(&buf).expect("own datagram parses");
             prop_assert_eq!(parsed, h);
             prop_assert_eq!(pl, &payload[..]);
+            prop_assert_eq!(tag_of(&buf), Some(&[fill ^ 0x5a; TAG_LEN][..]));
             let mut slot = vec![0u8; h.datagram_len()];
-            emit_into(&h, &payload, &mut slot);
+            emit_into(&h, &payload, &[fill ^ 0x5a; TAG_LEN], &mut slot);
             prop_assert_eq!(slot, buf);
         }
 
@@ -359,7 +388,7 @@ mod tests {
         fn any_bit_flip_is_caught(h in arb_header(), bit in any::<usize>()) {
             let payload = vec![7u8; h.payload_len()];
             let mut buf = Vec::new();
-            emit_datagram(&h, &payload, &mut buf);
+            emit_datagram(&h, &payload, &[1; TAG_LEN], &mut buf);
             let bit = bit % (buf.len() * 8);
             buf[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(parse(&buf).is_err());
@@ -367,9 +396,9 @@ mod tests {
     }
 
     #[test]
-    fn header_is_42_bytes_and_overhead_46() {
+    fn header_is_42_bytes_and_overhead_62() {
         assert_eq!(HEADER_LEN, 42);
-        assert_eq!(OVERHEAD, 46);
+        assert_eq!(OVERHEAD, 62);
     }
 
     #[test]
@@ -385,7 +414,7 @@ mod tests {
             payload_id: 0,
         };
         let mut buf = Vec::new();
-        emit_datagram(&h, &[0u8; 10], &mut buf);
+        emit_datagram(&h, &[0u8; 10], &[0; TAG_LEN], &mut buf);
         assert_eq!(
             parse(&buf),
             Err(WireError::Length {

@@ -2,7 +2,8 @@
 //!
 //! What is asserted, and why it is the right bound:
 //!
-//! - **Receiver, clean link** (`wire::parse` with its CRC check, then
+//! - **Receiver, clean link** (`wire::parse` with its CRC check, the
+//!   datagram tag checked and the payload decrypted in place, then
 //!   `Reassembler::handle_symbol`, then `confirm` when a block completes):
 //!   every datagram of a block except its first allocates *nothing*,
 //!   including the one that completes the block (the decoder hands back
@@ -15,8 +16,9 @@
 //!   first attempt falls short (RaptorQ sometimes needs `K + 1`, `K + 2`).
 //! - **Junk** (bad CRC, truncated, wrong version, a symbol of a block
 //!   already delivered): nothing, so a flood costs counters only.
-//! - **Sender**: writing a block's datagrams (`wire::emit_into`, header
-//!   and CRC into a slot of the block's GSO buffer) allocates nothing per
+//! - **Sender**: writing a block's datagrams (`DatagramKey::emit_into`:
+//!   header, sealed payload, tag and CRC into a slot of the block's GSO
+//!   buffer) allocates nothing per
 //!   datagram. `BlockEncoder::encode` with a cached plan allocates inside
 //!   raptorq 2.0, whose `SourceBlockEncoder` keeps each source and repair
 //!   symbol in a `Vec` of its own: that count is per block, is
@@ -38,7 +40,10 @@ use rand::{Rng, SeedableRng};
 use weir_shared::fec::{BlockEncoder, repair_symbols, source_symbols};
 use weir_shared::lane::Lane;
 use weir_shared::reassembly::{BlockKey, Reassembler, ReassemblyLimits};
-use weir_shared::wire::{Header, KeyId, Kind, OVERHEAD, Role, SessionId, emit_into, parse};
+use weir_shared::seal::{DatagramKey, Psk};
+use weir_shared::wire::{
+    CRC_LEN, HEADER_LEN, Header, KeyId, Kind, OVERHEAD, Role, SessionId, parse,
+};
 
 struct Counting;
 
@@ -135,19 +140,37 @@ fn encoded_block(enc: &mut BlockEncoder, seq: u64, k: u32, ratio_permille: u32) 
     let dlen = OVERHEAD + usize::from(SYM);
     let mut buf = vec![0u8; (k + repair) as usize * dlen];
     let mut slots = buf.chunks_exact_mut(dlen);
+    let key = datagram_key();
     enc.encode(&block, repair, |payload_id, symbol| {
         let slot = slots.next().expect("one slot per symbol");
-        emit_into(
+        key.emit_into(
             &Header {
                 payload_id,
                 ..header(seq, len)
             },
             symbol,
             slot,
-        );
+        )
+        .expect("seal");
     })
     .expect("encode");
     buf
+}
+
+fn datagram_key() -> DatagramKey {
+    Psk::new(KeyId(1), [0x33; 32]).datagram_key(session())
+}
+
+/// What `verify` does: copy the datagram into the batch buffer
+/// (`scratch`), parse it, check its tag and decrypt the payload in place.
+fn verify<'a>(key: &DatagramKey, scratch: &'a mut [u8], dgram: &[u8]) -> (Header, &'a [u8]) {
+    scratch.copy_from_slice(dgram);
+    let (h, _) = parse(scratch).expect("valid datagram");
+    let n = scratch.len() - CRC_LEN;
+    let (head, body) = scratch[..n].split_at_mut(HEADER_LEN);
+    let head: &[u8; HEADER_LEN] = (&*head).try_into().expect("header");
+    let plain = key.open(&h, head, body).expect("authentic");
+    (h, plain)
 }
 
 /// What one block cost the receiver, datagram by datagram.
@@ -175,12 +198,14 @@ fn receive(
         ..BlockCost::default()
     };
     let mut first = true;
+    let key = datagram_key();
+    let mut scratch = vec![0u8; dlen];
     for (i, dgram) in buf.chunks_exact(dlen).enumerate() {
         if !keep(i) || cost.completed {
             continue;
         }
         let before = allocations();
-        let (h, symbol) = parse(dgram).expect("valid datagram");
+        let (h, symbol) = verify(&key, &mut scratch, dgram);
         let done = r.handle_symbol(now, &h, symbol).expect("accepted");
         let spent = allocations() - before;
         if first {
@@ -284,15 +309,26 @@ fn junk_and_replayed_datagrams_do_not_allocate() {
     let mut noise = vec![0u8; dlen];
     let mut bad_crc = delivered[..dlen].to_vec();
     bad_crc[50] ^= 1;
+    let key = datagram_key();
+    let mut scratch = vec![0u8; dlen];
+    // Valid CRC, forged tag: refused by the tag check.
+    let mut forged = delivered[..dlen].to_vec();
+    forged[HEADER_LEN] ^= 1;
+    weir_shared::wire::put_crc(&mut forged);
     let before = allocations();
     for _ in 0..1000 {
         rng.fill(&mut noise[..]);
         assert!(parse(&noise).is_err());
         assert!(parse(&bad_crc).is_err());
         assert!(parse(&noise[..10]).is_err());
+        scratch.copy_from_slice(&forged);
+        let (h, _) = parse(&scratch).expect("parses");
+        let (head, body) = scratch[..dlen - CRC_LEN].split_at_mut(HEADER_LEN);
+        let head: &[u8; HEADER_LEN] = (&*head).try_into().expect("header");
+        assert!(key.open(&h, head, body).is_err());
         // A replayed symbol of the block already delivered.
         for dgram in delivered.chunks_exact(dlen).take(8) {
-            let (h, symbol) = parse(dgram).expect("valid");
+            let (h, symbol) = verify(&key, &mut scratch, dgram);
             assert!(r.handle_symbol(now, &h, symbol).is_err());
         }
     }
@@ -314,6 +350,7 @@ fn sender_emits_datagrams_without_allocating() {
         // Allocations between two emitted datagrams, and in all.
         let mut between = Vec::with_capacity((k + repair) as usize);
         let mut last: Option<u64> = None;
+        let key = datagram_key();
         let start = allocations();
         enc.encode(&block, repair, |payload_id, symbol| {
             let now = allocations();
@@ -321,14 +358,15 @@ fn sender_emits_datagrams_without_allocating() {
                 between.push(now - l);
             }
             let slot = slots.next().expect("one slot per symbol");
-            emit_into(
+            key.emit_into(
                 &Header {
                     payload_id,
                     ..header(1, len)
                 },
                 symbol,
                 slot,
-            );
+            )
+            .expect("seal");
             last = Some(allocations());
         })
         .expect("encode");

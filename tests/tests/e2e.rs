@@ -281,9 +281,10 @@ fn wrong_key_publishes_nothing_and_is_counted() {
     );
     assert_eq!(stats["records"], 0);
     assert!(
-        stats["drop_auth"].as_u64() >= Some(2),
-        "blocks and heartbeats refused by the AEAD gate: {stats}"
+        stats["drop_forged"].as_u64() >= Some(2),
+        "symbols and heartbeats refused at their datagram tag: {stats}"
     );
+    assert_eq!(stats["blocks_ok"], 0, "{stats}");
 }
 
 #[test]
@@ -300,7 +301,7 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
 
     // Replay every captured datagram, then corrupted copies of them: one
     // with a flipped bit (CRC catches it) and one with a flipped bit and a
-    // recomputed CRC (only the AEAD or the replay window can catch it).
+    // recomputed CRC (the datagram tag catches it).
     let captured = pair.link.capture.lock().expect("capture").clone();
     let out = UdpSocket::bind("127.0.0.1:0").expect("socket");
     let target = SocketAddr::from(([127, 0, 0, 1], pair.rx_port));
@@ -328,6 +329,11 @@ fn replayed_and_corrupted_datagrams_publish_nothing_new() {
     assert!(
         crc >= n,
         "every bit-flipped datagram counted as a CRC drop: {crc} < {n}"
+    );
+    let forged = stats["drop_forged"].as_u64().unwrap_or(0);
+    assert!(
+        forged >= n,
+        "every forged copy refused at its datagram tag: {forged} < {n}; {stats}"
     );
     let stale = [
         "drop_resolved",

@@ -6,16 +6,23 @@
 //! taking the real sender's data:
 //!
 //! * junk of every kind (random bytes of every length up to 9000, headers
-//!   with a valid CRC and bad fields, impossible block geometry, garbage
-//!   symbols, forged sessions and heartbeats, blocks sealed with the wrong
-//!   key, unknown key ids, a flood of partial blocks filling the pending
-//!   table), then a real `weir-tx` transfer that arrives whole;
+//!   with a valid CRC and bad fields, datagrams with a valid CRC but no
+//!   valid datagram tag: forged sessions and heartbeats, blocks sealed with
+//!   the wrong key; unknown key ids; and, from a key holder whose sender is
+//!   broken, impossible block geometry, garbage blocks, a flood of partial
+//!   blocks filling the pending table), then a real `weir-tx` transfer
+//!   that arrives whole;
+//! * an unkeyed flood of valid-CRC datagrams at 10 000 a second during a
+//!   real transfer: no record lost, bounded memory, no log line per
+//!   datagram;
 //! * captured traffic of an earlier sender session replayed into the
 //!   receiver, while it still runs and after it restarted;
 //! * empty datagrams (ignored: a known counting bug).
 //!
 //! The junk is made with `weir_shared`'s own wire, seal and FEC code, so
-//! it passes exactly the checks it is meant to pass.
+//! it passes exactly the checks it is meant to pass. Without the key, a
+//! datagram with a valid CRC is refused at its datagram tag (`verify`):
+//! only a key holder's datagrams reach reassembly.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -30,7 +37,7 @@ use serde_json::Value as Json;
 use weir_shared::fec::BlockEncoder;
 use weir_shared::lane::Lane;
 use weir_shared::seal::{Psk, sealed_len};
-use weir_shared::wire::{Header, KeyId, Kind, SessionId, emit_datagram, parse};
+use weir_shared::wire::{Header, KeyId, Kind, SessionId, TAG_LEN, emit_datagram, parse};
 use weir_tests::{
     Broker, Impairment, LossyLink, Process, Site, Subscriber, aveva_export, aveva_export_row,
     free_udp_addr, latest_status, point_payloads, rss_kib, send_paced, start_rx, start_tx, stop_rx,
@@ -42,11 +49,13 @@ const WRONG_KEY: [u8; 32] = [0xa5; 32];
 const KEY_ID: u16 = 1;
 const UNKNOWN_KEY_ID: u16 = 999;
 /// The symbol size a 1500-byte MTU gives.
-const SYMBOL: u16 = 1424;
+const SYMBOL: u16 = 1408;
 /// `limits.max_block_bytes` of the example receiver config.
 const MAX_BLOCK: u32 = 1 << 20;
 /// `limits.max_pending_blocks` of the example receiver config.
 const MAX_PENDING: u64 = 64;
+/// Its slots for bulk blocks: all but the alert lane's eighth.
+const BULK_SLOTS: u64 = MAX_PENDING - MAX_PENDING / 8;
 /// Datagrams per burst, and the pause after each: about 30 000 datagrams
 /// a second, which a debug-build receiver keeps up with.
 const BURST: usize = 32;
@@ -118,11 +127,32 @@ fn symbol_header(
     }
 }
 
+/// A datagram with a valid tag under the loaded key (`KEY`), whatever its
+/// header says: what a key holder's broken sender could send.
 fn datagram(header: &Header, payload: &[u8]) -> Vec<u8> {
+    keyed(KEY, header, payload)
+}
+
+/// A datagram whose tag is made with `secret` (under the header's key id).
+fn keyed(secret: [u8; 32], header: &Header, payload: &[u8]) -> Vec<u8> {
+    let key = Psk::new(header.key_id, secret).datagram_key(header.session);
     let mut out = Vec::new();
-    emit_datagram(header, payload, &mut out);
+    key.emit_datagram(header, payload, &mut out)
+        .expect("datagram sealed");
     out
 }
+
+/// A datagram with a valid CRC and a random tag: what anyone without the
+/// key can make.
+fn unkeyed(rng: &mut StdRng, header: &Header, payload: &[u8]) -> Vec<u8> {
+    let tag: [u8; TAG_LEN] = rng.random();
+    let mut out = Vec::new();
+    emit_datagram(header, payload, &tag, &mut out);
+    out
+}
+
+/// The session of the key holder whose sender is broken.
+const BROKEN: SessionId = SessionId([0xb0; 16]);
 
 fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -180,7 +210,7 @@ fn random_junk(rng: &mut StdRng) -> [Junk; 2] {
         .collect();
     [
         Junk::new("random, shorter than a header", &["drop_malformed"], short),
-        Junk::new("random, 46..=9000 bytes", &["drop_crc"], long),
+        Junk::new("random, 62..=9000 bytes", &["drop_crc"], long),
     ]
 }
 
@@ -191,8 +221,9 @@ fn malformed_junk(rng: &mut StdRng) -> Junk {
     let mut out = Vec::new();
     for i in 0..50u64 {
         let h = symbol_header(KEY_ID, random_session(rng), i, 4096, SYMBOL);
-        let good = datagram(&h, &random_bytes(rng, usize::from(SYMBOL)));
-        for (at, value) in [(0, b'X'), (2, 2), (3, 9), (6, 7), (7, 1)] {
+        let payload = random_bytes(rng, usize::from(SYMBOL));
+        let good = unkeyed(rng, &h, &payload);
+        for (at, value) in [(0, b'X'), (2, 1), (3, 9), (6, 7), (7, 1)] {
             let mut d = good.clone();
             d[at] = value;
             fix_crc(&mut d);
@@ -208,21 +239,23 @@ fn malformed_junk(rng: &mut StdRng) -> Junk {
             symbol_size: 0,
             ..h
         };
-        out.push(datagram(&hb, &random_bytes(rng, 64)));
+        let body = random_bytes(rng, 64);
+        out.push(unkeyed(rng, &hb, &body));
     }
     Junk::new("valid CRC, bad header field", &["drop_malformed"], out)
 }
 
-/// Well-formed symbols of impossible blocks: empty, longer than
-/// `max_block_bytes` up to `u32::MAX`, a symbol size of 0, unaligned, or
-/// 65 456 bytes, more source symbols than RaptorQ allows.
+/// Well-formed symbols of impossible blocks, from a key holder: empty,
+/// longer than `max_block_bytes` up to `u32::MAX`, a symbol size of 0,
+/// unaligned, or 65 440 bytes (the largest that fits a UDP datagram with
+/// the 62 bytes of overhead), more source symbols than RaptorQ allows.
 fn geometry_junk(rng: &mut StdRng) -> Junk {
     let cases: [(u32, u16); 8] = [
         (0, SYMBOL),
         (MAX_BLOCK + 1, SYMBOL),
         (u32::MAX - 1, SYMBOL),
         (u32::MAX, 9000),
-        (u32::MAX, 65_456),
+        (u32::MAX, 65_440),
         (4096, 0),
         (4096, 1001),
         (MAX_BLOCK, 8),
@@ -230,7 +263,7 @@ fn geometry_junk(rng: &mut StdRng) -> Junk {
     let mut out = Vec::new();
     for i in 0..40u64 {
         for (len, size) in cases {
-            let h = symbol_header(KEY_ID, random_session(rng), i, len, size);
+            let h = symbol_header(KEY_ID, BROKEN, i, len, size);
             out.push(datagram(&h, &random_bytes(rng, usize::from(size))));
         }
     }
@@ -238,9 +271,10 @@ fn geometry_junk(rng: &mut StdRng) -> Junk {
 }
 
 /// Symbols naming a source block other than 0 (refused by the FEC
-/// decoder), then symbols of that same block whose length disagrees.
+/// decoder), then symbols of that same block whose length disagrees; from
+/// a key holder.
 fn inconsistent_junk(rng: &mut StdRng) -> [Junk; 2] {
-    let session = random_session(rng);
+    let session = BROKEN;
     let h = symbol_header(KEY_ID, session, 7, 64 * 1024, SYMBOL);
     let sbn = (0..50u32)
         .map(|esi| {
@@ -266,25 +300,28 @@ fn inconsistent_junk(rng: &mut StdRng) -> [Junk; 2] {
     ]
 }
 
-/// One symbol sent 200 times to one block of 47 source symbols: past its
-/// budget of 2K + 16 symbols, the rest are refused.
+/// One symbol sent 200 times to one block of 47 source symbols, by a key
+/// holder: past its budget of 2K + 16 symbols, the rest are refused.
 fn excess_junk(rng: &mut StdRng) -> Junk {
-    let h = symbol_header(KEY_ID, random_session(rng), 3, 64 * 1024, SYMBOL);
+    let h = symbol_header(KEY_ID, BROKEN, 3, 64 * 1024, SYMBOL);
     let d = datagram(&h, &random_bytes(rng, usize::from(SYMBOL)));
     let k = (64 * 1024u64).div_ceil(u64::from(SYMBOL));
     let budget = 2 * k + 16;
     Junk::new("one symbol, 200 times", &["drop_excess"], vec![d; 200]).blocks(200 - budget)
 }
 
-/// Whole blocks of garbage symbols (they rebuild, so only the AEAD can
-/// refuse them), garbage heartbeats, and the same under a key id no key
-/// has.
-fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
+/// Whole blocks of garbage symbols and garbage heartbeats with a valid CRC
+/// and forged sessions: refused at the datagram tag (or, for sessions no
+/// key was derived for yet, by the derivation rate limit). The same under
+/// a key id no key has. And a key holder's garbage blocks: they rebuild,
+/// so only the block AEAD can refuse them.
+fn garbage_junk(rng: &mut StdRng) -> [Junk; 4] {
     let mut one = Vec::new();
     let mut unknown = Vec::new();
     for seq in 0..400u64 {
         let h = symbol_header(KEY_ID, random_session(rng), seq, 1000, SYMBOL);
-        one.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
+        let body = random_bytes(rng, usize::from(SYMBOL));
+        one.push(unkeyed(rng, &h, &body));
         let hb = Header {
             kind: Kind::Heartbeat,
             lane: Lane::Alert,
@@ -292,39 +329,74 @@ fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
             symbol_size: 0,
             ..h
         };
-        one.push(datagram(&hb, &random_bytes(rng, 80)));
+        let body = random_bytes(rng, 80);
+        one.push(unkeyed(rng, &hb, &body));
         if seq % 4 == 0 {
             let h = Header {
                 key_id: KeyId(UNKNOWN_KEY_ID),
                 ..h
             };
-            unknown.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
+            let body = random_bytes(rng, usize::from(SYMBOL));
+            unknown.push(unkeyed(rng, &h, &body));
             let hb = Header {
                 key_id: KeyId(UNKNOWN_KEY_ID),
                 ..hb
             };
-            unknown.push(datagram(&hb, &random_bytes(rng, 80)));
+            let body = random_bytes(rng, 80);
+            unknown.push(unkeyed(rng, &hb, &body));
         }
     }
-    // Four source symbols each: rebuilt without decoding, then refused.
+    // Four source symbols each, forged: refused datagram by datagram.
     let mut four = Vec::new();
+    // Four source symbols each, from a key holder: rebuilt without
+    // decoding, then refused by the block AEAD.
+    let mut keyed_four = Vec::new();
     for i in 0..100u64 {
-        let h = symbol_header(KEY_ID, random_session(rng), i, 4 * 1424, SYMBOL);
+        let h = symbol_header(
+            KEY_ID,
+            random_session(rng),
+            i,
+            4 * u32::from(SYMBOL),
+            SYMBOL,
+        );
+        let broken = symbol_header(KEY_ID, BROKEN, 1000 + i, 4 * u32::from(SYMBOL), SYMBOL);
         for esi in 0..4 {
-            let h = Header {
-                payload_id: esi,
-                ..h
-            };
-            four.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
+            let body = random_bytes(rng, usize::from(SYMBOL));
+            four.push(unkeyed(
+                rng,
+                &Header {
+                    payload_id: esi,
+                    ..h
+                },
+                &body,
+            ));
+            let body = random_bytes(rng, usize::from(SYMBOL));
+            keyed_four.push(datagram(
+                &Header {
+                    payload_id: esi,
+                    ..broken
+                },
+                &body,
+            ));
         }
     }
     [
         Junk::new(
-            "garbage blocks and heartbeats, forged sessions",
-            &["drop_auth"],
+            "garbage blocks and heartbeats, forged sessions, no key",
+            &["drop_forged", "drop_unverified"],
             one,
         ),
-        Junk::new("garbage blocks of four symbols", &["drop_auth"], four).blocks(100),
+        Junk::new(
+            "garbage blocks of four symbols, no key",
+            &["drop_forged", "drop_unverified"],
+            four,
+        ),
+        Junk::new(
+            "garbage blocks of four symbols from a key holder",
+            &["drop_auth"],
+            keyed_four,
+        )
+        .blocks(100),
         Junk::new(
             "blocks and heartbeats under an unknown key id",
             &["drop_unknown_key"],
@@ -333,9 +405,9 @@ fn garbage_junk(rng: &mut StdRng) -> [Junk; 3] {
     ]
 }
 
-/// Garbage blocks and heartbeats at the top of the sequence space, under
-/// the loaded key id and an unknown one: refused as out of range or by
-/// the AEAD, never wrapped around.
+/// A key holder's garbage blocks and heartbeats at the top of the sequence
+/// space, under the loaded key id and an unknown one: refused as out of
+/// range or by the AEAD, never wrapped around.
 fn huge_seq_junk(rng: &mut StdRng) -> Junk {
     let mut out = Vec::new();
     for seq in [u64::MAX, u64::MAX - 1, u64::MAX - 2, 1 << 63, 1 << 48] {
@@ -343,7 +415,7 @@ fn huge_seq_junk(rng: &mut StdRng) -> Junk {
             for lane in [Lane::Alert, Lane::Bulk] {
                 let h = Header {
                     lane,
-                    ..symbol_header(key_id, random_session(rng), seq, 1000, SYMBOL)
+                    ..symbol_header(key_id, BROKEN, seq, 1000, SYMBOL)
                 };
                 out.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
                 let hb = Header {
@@ -363,8 +435,9 @@ fn huge_seq_junk(rng: &mut StdRng) -> Junk {
     )
 }
 
-/// Real blocks and heartbeat envelopes, sealed and FEC-encoded the way
-/// `weir-tx` does it, but with another secret under the loaded key's id.
+/// Real blocks and heartbeat envelopes, sealed, FEC-encoded and tagged the
+/// way `weir-tx` does it, but with another secret under the loaded key's
+/// id: refused at the datagram tag.
 fn wrong_key_junk(rng: &mut StdRng) -> Junk {
     let psk = Psk::new(KeyId(KEY_ID), WRONG_KEY);
     let mut encoder = BlockEncoder::new(SYMBOL, MAX_BLOCK).expect("encoder");
@@ -386,7 +459,7 @@ fn wrong_key_junk(rng: &mut StdRng) -> Junk {
         // Source symbols only: the block rebuilds exactly once.
         encoder
             .encode(&body, 0, |payload_id, symbol| {
-                out.push(datagram(&Header { payload_id, ..h }, symbol));
+                out.push(keyed(WRONG_KEY, &Header { payload_id, ..h }, symbol));
             })
             .expect("encode");
         let mut hb_body = random_bytes(rng, 60);
@@ -399,14 +472,19 @@ fn wrong_key_junk(rng: &mut StdRng) -> Junk {
         };
         key.seal(Kind::Heartbeat, Lane::Alert, seq, &hb.aad(), &mut hb_body)
             .expect("seal");
-        out.push(datagram(&hb, &hb_body));
+        out.push(keyed(WRONG_KEY, &hb, &hb_body));
     }
-    Junk::new("sealed with a wrong key", &["drop_auth"], out).blocks(2 * blocks)
+    Junk::new(
+        "sealed with a wrong key",
+        &["drop_forged", "drop_unverified"],
+        out,
+    )
 }
 
-/// `MAX_PENDING` blocks of 1 MiB, each one symbol short of rebuilding:
-/// the most reassembly memory the example limits let a stranger pin
-/// (until `block_timeout`).
+/// `MAX_PENDING` blocks of 1 MiB from key holders, each one symbol short
+/// of rebuilding: the most reassembly memory the example limits let a
+/// key holder pin (until `block_timeout`). The bulk lane has 56 of the 64
+/// slots; each block is its own session, so none takes another's slot.
 fn memory_flood(rng: &mut StdRng) -> Junk {
     let k = MAX_BLOCK.div_ceil(u32::from(SYMBOL));
     let mut out = Vec::new();
@@ -420,16 +498,18 @@ fn memory_flood(rng: &mut StdRng) -> Junk {
             out.push(datagram(&h, &random_bytes(rng, usize::from(SYMBOL))));
         }
     }
-    // Each block is refused whole (the table is full) or expires.
+    // Each block is refused whole (the table is full) or expires; a few
+    // symbols may meet an empty derivation bucket first.
     Junk::new(
         "64 partial 1 MiB blocks",
-        &["drop_pending_full", "pending_expired"],
+        &["drop_pending_full", "pending_expired", "drop_unverified"],
         out,
     )
     .blocks(MAX_PENDING)
 }
 
-/// Thousands of distinct blocks, one symbol each, while the table is full.
+/// Thousands of distinct blocks from key holders, one symbol each, while
+/// the table is full: a derivation each, most refused by the rate limit.
 fn distinct_flood(rng: &mut StdRng) -> Junk {
     let out = (0..5000u64)
         .map(|seq| {
@@ -439,7 +519,7 @@ fn distinct_flood(rng: &mut StdRng) -> Junk {
         .collect();
     Junk::new(
         "5000 distinct partial blocks",
-        &["drop_pending_full", "pending_expired"],
+        &["drop_pending_full", "pending_expired", "drop_unverified"],
         out,
     )
 }
@@ -569,7 +649,8 @@ fn legit_transfer(site: &Site, rig: &Rig, rows: [usize; 2]) -> (LossyLink, Proce
         rig.rx.log_text()
     );
     // Garbage symbols carrying the real session id, far ahead of its
-    // blocks: refused by the AEAD, and they must not move its windows.
+    // blocks, without the key: refused at the datagram tag, and they must
+    // not move its windows.
     let session = {
         let cap = link.capture.lock().expect("capture");
         parse(&cap[0])
@@ -582,13 +663,16 @@ fn legit_transfer(site: &Site, rig: &Rig, rows: [usize; 2]) -> (LossyLink, Proce
         .iter()
         .flat_map(|&seq| {
             let h = symbol_header(KEY_ID, session, seq, 1000, SYMBOL);
-            let d = datagram(&h, &random_bytes(&mut rng, usize::from(SYMBOL)));
-            let alert = datagram(
+            let body = random_bytes(&mut rng, usize::from(SYMBOL));
+            let d = unkeyed(&mut rng, &h, &body);
+            let body = random_bytes(&mut rng, usize::from(SYMBOL));
+            let alert = unkeyed(
+                &mut rng,
                 &Header {
                     lane: Lane::Alert,
                     ..h
                 },
-                &random_bytes(&mut rng, usize::from(SYMBOL)),
+                &body,
             );
             [d, alert]
         })
@@ -623,7 +707,7 @@ fn junk_datagrams_are_counted_publish_nothing_and_leave_the_receiver_working() {
     // The flood's pending blocks expire after block_timeout (5 s).
     let expired = wait_until(Duration::from_secs(15), || {
         latest_status(&rig.sub)
-            .is_some_and(|s| s["counters"]["pending_expired"].as_u64() >= Some(MAX_PENDING))
+            .is_some_and(|s| s["counters"]["pending_expired"].as_u64() >= Some(BULK_SLOTS))
     });
     assert!(
         expired,
@@ -713,6 +797,8 @@ fn check_counters(c: &Json, junk: &[Junk], sent: u64, kernel_drops: u64) {
         "drop_pending_full",
         "drop_auth",
         "drop_unknown_key",
+        "drop_forged",
+        "drop_unverified",
     ] {
         assert!(counter(c, name) > 0, "{name} counted: {c}");
     }
@@ -741,9 +827,9 @@ fn check_counters(c: &Json, junk: &[Junk], sent: u64, kernel_drops: u64) {
     );
 }
 
-/// The flood pins 64 blocks of 736 symbols (about 67 MB of symbols); the
-/// example limits allow at most about 2 × 64 × 1 MiB of reassembly state
-/// (README, config comments). Measured on a debug build: 12 MiB idle, 79
+/// The flood pins 56 blocks (the bulk lane's slots) of 744 symbols (about
+/// 58 MB of symbols); the example limits allow at most about 2 × 64 ×
+/// 1 MiB of reassembly state (README, config comments). Measured on a debug build: 12 MiB idle, 79
 /// MiB at the peak.
 fn check_memory(idle_kib: u64, peak_kib: u64) {
     let growth = peak_kib.saturating_sub(idle_kib) / 1024;
@@ -935,4 +1021,214 @@ fn empty_datagrams_are_counted() {
     let c = stop_rx(&mut rig.rx);
     assert_eq!(counter(&c, "datagrams"), sent, "{c}");
     assert_eq!(counter(&c, "drop_malformed"), sent, "{c}");
+}
+
+// ---------------------------------------------------------------------
+// An unkeyed flood during a real transfer
+// ---------------------------------------------------------------------
+
+/// Datagrams the flood sends per millisecond: 10 000 a second.
+const FLOOD_PER_MS: usize = 10;
+
+/// Send unkeyed datagrams with valid CRCs at 10 000 a second until `stop`:
+/// half with random session ids (1 MiB blocks, symbols and heartbeats, both
+/// lanes), half copying a real datagram's header (its session id, lane,
+/// length, a sequence number near its own) once `capture` holds one, with
+/// random payloads and tags. Returns how many were sent.
+fn unkeyed_flood(
+    to: SocketAddr,
+    capture: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+        let mut rng = StdRng::seed_from_u64(0xf100d);
+        let mut real: Option<Header> = None;
+        let mut sent = 0u64;
+        let start = Instant::now();
+        let mut tick = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            if real.is_none() {
+                let cap = capture.lock().expect("capture");
+                real = cap
+                    .iter()
+                    .filter_map(|d| parse(d).ok().map(|(h, _)| h))
+                    .find(|h| h.kind == Kind::Symbol);
+            }
+            for i in 0..FLOOD_PER_MS {
+                let h = match real {
+                    Some(r) if i % 2 == 1 => Header {
+                        lane: if rng.random_bool(0.5) {
+                            Lane::Alert
+                        } else {
+                            r.lane
+                        },
+                        seq: r.seq + rng.random_range(0..64),
+                        payload_id: rng.random_range(0..64),
+                        ..r
+                    },
+                    _ => {
+                        let h = symbol_header(
+                            KEY_ID,
+                            random_session(&mut rng),
+                            rng.random_range(0..1 << 20),
+                            MAX_BLOCK,
+                            SYMBOL,
+                        );
+                        match rng.random_range(0..4) {
+                            0 => Header {
+                                kind: Kind::Heartbeat,
+                                lane: Lane::Alert,
+                                transfer_len: 120,
+                                symbol_size: 0,
+                                ..h
+                            },
+                            1 => Header {
+                                lane: Lane::Alert,
+                                ..h
+                            },
+                            _ => h,
+                        }
+                    }
+                };
+                let body = random_bytes(&mut rng, h.payload_len());
+                let d = unkeyed(&mut rng, &h, &body);
+                if sock.send_to(&d, to).is_ok() {
+                    sent += 1;
+                }
+            }
+            tick += 1;
+            let next = start + Duration::from_millis(u64::from(tick));
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        sent
+    })
+}
+
+/// The acceptance test of datagram authentication: during a real
+/// transfer, anyone without the key sends 10 000 valid-CRC datagrams a
+/// second (random sessions, and copies of the real session's headers).
+/// Every row is published exactly once, nothing is written down as lost,
+/// the receiver's memory stays near idle, and the log holds no line per
+/// datagram: the flood is refused at `verify`, counted as `drop_forged`
+/// or `drop_unverified`, with at most a summary line every few seconds.
+#[test]
+fn an_unkeyed_flood_during_a_transfer_costs_no_record() {
+    let site = Site::new();
+    let mut rig = start_rig(&site);
+    let idle = rss_kib(rig.rx.id()).expect("rx RSS");
+    let link = LossyLink::start(rig.rx_addr, Impairment::clean(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = RssPeak::start(rig.rx.id());
+    let t0 = Instant::now();
+    let flood = unkeyed_flood(rig.rx_addr, link.capture.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let mut cfg = site.tx_config(link.input, &rig.key);
+    cfg["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(8 * 1024);
+    cfg["link"]["rate_mbps"] = toml::Value::Float(4.0);
+    let mut tx = start_tx(&site, &site.write_toml("tx.toml", &cfg), "tx.log");
+    let files = 4;
+    let rows = 4000;
+    for day in 1..=files {
+        site.drop_file(
+            "aveva",
+            &format!("day{day}.csv"),
+            aveva_export(day, rows).as_bytes(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let total = files as usize * rows;
+    let complete = rig.sub.wait_for(Duration::from_mins(1), |m| {
+        m.iter().filter(|r| r.topic.starts_with("uns/")).count() >= total
+    });
+    // The flood goes on past the last block and the sender's last
+    // heartbeats, then stops.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().expect("flood thread");
+    let flood_secs = t0.elapsed().as_secs();
+    let peak = peak.finish();
+    assert!(
+        complete,
+        "every row arrived; rx log:\n{}",
+        rig.rx.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let _ = tx.terminate(Duration::from_secs(15));
+    let kernel_drops = udp_socket_drops(rig.rx_addr.port()).unwrap_or(0);
+    let c = stop_rx(&mut rig.rx);
+    println!(
+        "flood: {sent} datagrams in {flood_secs} s ({kernel_drops} kernel drops); rx RSS idle {idle} KiB, peak {peak} KiB; counters {c}"
+    );
+    assert!(
+        sent >= 8_000 * flood_secs.saturating_sub(1),
+        "the flood kept its rate: {sent} in {flood_secs} s"
+    );
+
+    // Zero records cost: every row exactly once, nothing lost.
+    let published = check_points_once(&rig.sub);
+    assert_eq!(published.len(), total, "every row published exactly once");
+    assert!(rig.sub.on(GAPS).is_empty(), "no gap reported");
+    for name in ["records_lost", "blocks_lost", "gap_entries", "blocks_shed"] {
+        assert_eq!(counter(&c, name), 0, "{name}: {c}");
+    }
+    let gaps = std::fs::read_to_string(site.path(&format!(
+        "weir-rx-hostile-{}-gaps.jsonl",
+        std::process::id()
+    )))
+    .unwrap_or_default();
+    assert!(gaps.trim().is_empty(), "gap ledger: {gaps}");
+
+    // Refused at verify, none of it in reassembly or the AEAD gate.
+    let refused = counter(&c, "drop_forged") + counter(&c, "drop_unverified");
+    assert!(
+        refused + kernel_drops >= sent,
+        "every flood datagram refused at verify: {refused} < {sent}: {c}"
+    );
+    for name in [
+        "drop_auth",
+        "drop_pending_full",
+        "drop_inconsistent",
+        "pending_expired",
+    ] {
+        assert_eq!(counter(&c, name), 0, "{name}: {c}");
+    }
+
+    // Bounded memory: the flood costs nothing the idle receiver does not
+    // hold, beyond the transfer itself.
+    let growth_mib = peak.saturating_sub(idle) / 1024;
+    assert!(
+        growth_mib < 32,
+        "rx RSS grew {growth_mib} MiB under the flood (idle {idle} KiB, peak {peak} KiB)"
+    );
+
+    check_quiet_log(&rig.rx.log_text(), flood_secs);
+}
+
+/// No line per datagram or per block: at most a summary of the refusals
+/// every five seconds, and nothing from the AEAD gate.
+fn check_quiet_log(log: &str, flood_secs: u64) {
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("Datagrams refused at verify"))
+        .count() as u64;
+    let gate = log
+        .lines()
+        .filter(|l| {
+            l.contains("AEAD gate") || (l.contains("pipeline::decode") && l.contains("WARN"))
+        })
+        .count();
+    let noisy = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count() as u64;
+    assert!(
+        summaries >= 1
+            && summaries <= flood_secs / 5 + 2
+            && gate == 0
+            && noisy <= flood_secs / 5 + 8,
+        "{summaries} refusal summaries, {gate} gate lines, {noisy} warnings in {flood_secs} s of flood:\n{log}"
+    );
 }

@@ -204,8 +204,17 @@ fn both_endpoints_serve_strict_text_and_real_values() {
     }
     // Drops: one counter, one series per reason, none on a clean link.
     let drops: Vec<_> = rxm.find("weir_rx_drops_total", &[]).collect();
-    assert_eq!(drops.len(), 16, "{drops:?}");
-    for reason in ["crc", "malformed", "auth", "replay", "unknown_key"] {
+    assert_eq!(drops.len(), 19, "{drops:?}");
+    for reason in [
+        "crc",
+        "malformed",
+        "forged",
+        "unverified",
+        "pending_evicted",
+        "auth",
+        "replay",
+        "unknown_key",
+    ] {
         assert_eq!(
             v(&rxm, "weir_rx_drops_total", &[("reason", reason)]),
             0.0,

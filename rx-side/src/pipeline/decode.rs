@@ -692,6 +692,9 @@ fn report_lost(core: &mut Core, out: &Out<'_>) {
         .pending_expired
         .store(s.pending_expired, std::sync::atomic::Ordering::Relaxed);
     stats
+        .pending_evicted
+        .store(s.pending_evicted, std::sync::atomic::Ordering::Relaxed);
+    stats
         .sessions_evicted
         .store(s.sessions_evicted, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut l) = out.link.lock()

@@ -196,10 +196,12 @@ impl Evidence {
 }
 
 /// The drop counters, by reason.
-fn drops(s: &RxSnapshot) -> [(&'static str, u64); 18] {
+fn drops(s: &RxSnapshot) -> [(&'static str, u64); 20] {
     [
         ("crc", s.drop_crc),
         ("malformed", s.drop_malformed),
+        ("forged", s.drop_forged),
+        ("unverified", s.drop_unverified),
         ("resolved", s.drop_resolved),
         ("too_old", s.drop_too_old),
         ("geometry", s.drop_geometry),

@@ -1,7 +1,7 @@
 //! The receiver pipeline: stages, the messages between them, and `run`.
 //!
 //! ```text
-//!  recv ──RecvBatch──> verify ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
+//!  recv ──RecvBatch──> verify (datagram tags) ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
 //!                                            decode ──Solve──> solve (`limits.solve_workers` threads) ──Solved──> decode
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
 //!    publish ──acked entries, rewinds──> outbox
@@ -87,7 +87,9 @@ pub struct RecvBatch {
     held: budget::Held,
 }
 
-/// Datagrams that passed the CRC and header checks.
+/// Datagrams that passed the CRC, header and datagram-tag checks; their
+/// payloads decrypted in place (a symbol of a sealed block, or a sealed
+/// heartbeat).
 #[derive(Debug)]
 pub struct Verified {
     buf: Vec<u8>,
@@ -390,8 +392,6 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let stats = new_stats(&cfg, &keyring, local_addr, &store)?;
     let link = Arc::new(Mutex::new(LinkState::default()));
     let cancel = CancellationToken::new();
-    let (recv_tx, recv_rx) = mpsc::channel(64);
-    let (ver_tx, ver_rx) = mpsc::channel(64);
     let (item_tx, item_rx) = mpsc::channel(1024);
     let (ephemeral_tx, ephemeral_rx) = mpsc::channel(64);
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
@@ -406,14 +406,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let status_events = item_tx.clone();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(recv::run(
-        socket,
-        stats.clone(),
-        cancel.clone(),
-        budget::Budget::new(RECEIVE_BUDGET),
-        recv_tx,
-    ));
-    tasks.spawn(verify::run(stats.clone(), recv_rx, ver_tx));
+    let ver_rx = spawn_link(&mut tasks, socket, (&cfg, &keyring), &stats, &cancel);
     let files_tx = files::start(&cfg, &mut tasks, &topics, &stats, &item_tx)?;
     let (dq_tx, dq_reload, refused) =
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
@@ -477,6 +470,29 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         tasks,
         dq_reload: DqReload(Arc::new(dq_reload)),
     })
+}
+
+/// The link stages: `recv`, and `verify` checking every datagram's tag
+/// with the loaded keys (retired ones refused); returns verify's output.
+fn spawn_link(
+    tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
+    socket: tokio::net::UdpSocket,
+    (cfg, keyring): (&ValidRx, &Keyring),
+    stats: &Arc<RxStats>,
+    cancel: &CancellationToken,
+) -> mpsc::Receiver<Verified> {
+    let (recv_tx, recv_rx) = mpsc::channel(64);
+    let (ver_tx, ver_rx) = mpsc::channel(64);
+    tasks.spawn(recv::run(
+        socket,
+        stats.clone(),
+        cancel.clone(),
+        budget::Budget::new(RECEIVE_BUDGET),
+        recv_tx,
+    ));
+    let gate = verify::Verifier::new(now(), keyring.clone(), &cfg.raw.keys.retired_key_ids);
+    tasks.spawn(verify::run(gate, stats.clone(), recv_rx, ver_tx));
+    ver_rx
 }
 
 /// The decode stage's core: reassembly limits, the AEAD gate with the

@@ -3,7 +3,9 @@
 //!
 //! Datagrams are built from fuzzed fields (a valid CRC would otherwise
 //! stop almost every input at the door) and go through `wire::parse` like
-//! received ones. RaptorQ solves are held back and handed in later, in any
+//! received ones. The datagram tag is not checked here (it is the
+//! `verify` stage's, before reassembly): the reassembler must hold up
+//! against whatever a key holder sends. RaptorQ solves are held back and handed in later, in any
 //! order, as the receiver's solve workers do. Small limits keep each run
 //! fast; the property is that nothing panics or hangs, the pending-block
 //! and session tables never outgrow their limits, and every rebuilt block
@@ -147,6 +149,7 @@ fn datagram(
     d.extend_from_slice(&sym.to_be_bytes());
     d.extend_from_slice(&pid.to_be_bytes());
     d.extend((0..sym).map(|i| fill.wrapping_add(i as u8)));
+    d.extend_from_slice(&[fill; wire::TAG_LEN]);
     let crc = crc32fast::hash(&d);
     d.extend_from_slice(&crc.to_be_bytes());
     d

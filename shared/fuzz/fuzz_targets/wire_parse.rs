@@ -19,11 +19,13 @@ fuzz_target!(|data: &[u8]| {
         if let Ok((header, payload)) = wire::parse(buf) {
             assert_eq!(header.payload_len(), payload.len());
             assert_eq!(header.datagram_len(), buf.len());
+            let mut tag = [0u8; wire::TAG_LEN];
+            tag.copy_from_slice(wire::tag_of(buf).expect("a parsed datagram has a tag"));
             let mut out = Vec::new();
-            wire::emit_datagram(&header, payload, &mut out);
+            wire::emit_datagram(&header, payload, &tag, &mut out);
             assert_eq!(out, buf, "emit_datagram(parse(x)) != x");
             let mut slot = vec![0u8; header.datagram_len()];
-            wire::emit_into(&header, payload, &mut slot);
+            wire::emit_into(&header, payload, &tag, &mut slot);
             assert_eq!(slot, buf, "emit_into(parse(x)) != x");
             let aad = header.aad();
             assert_eq!(aad[..], buf[..wire::AAD_LEN]);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  SealedBlock ──> one worker per core (own encoder, own plan cache) ──> in arrival order
-//!              ──(K source + R repair symbols, header + CRC each)──> EncodedBlock ──> pace (per lane)
+//!              ──(K source + R repair symbols; header, datagram tag, CRC each)──> EncodedBlock ──> pace (per lane)
 //! ```
 //!
 //! RaptorQ encoding is the sender's heaviest work per byte, and blocks are
@@ -13,16 +13,20 @@
 //!
 //! All datagrams of a block have one length (symbols are padded), laid
 //! back to back in one buffer, so `send` can hand runs of them to the
-//! kernel in one GSO call.
+//! kernel in one GSO call. Each symbol is sealed in place under the
+//! session's datagram key as it is written ([`DatagramKey::emit_into`]):
+//! the tag lets the receiver refuse forged datagrams before reassembly.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::task::{JoinError, JoinHandle};
 use weir_shared::config::ValidLane;
-use weir_shared::fec::{BlockEncoder, FecError, repair_symbols, source_symbols};
+use weir_shared::fec::{BlockEncoder, repair_symbols, source_symbols};
 use weir_shared::lane::LANES;
-use weir_shared::wire::{Header, OVERHEAD, emit_into};
+use weir_shared::seal::{DatagramKey, SessionKey};
+use weir_shared::wire::{Header, OVERHEAD};
 
 use super::{EncodedBlock, SealedBlock, StageError};
 
@@ -30,7 +34,7 @@ use super::{EncodedBlock, SealedBlock, StageError};
 const MAX_WORKERS: usize = 8;
 
 /// A worker's encoder back, with what it made.
-type Encoded = (BlockEncoder, Result<EncodedBlock, FecError>);
+type Encoded = (BlockEncoder, Result<EncodedBlock, StageError>);
 
 /// What the stage waits for next.
 enum Event {
@@ -43,27 +47,29 @@ enum Event {
 /// Encode one block into whole datagrams.
 fn encode_block(
     encoder: &mut BlockEncoder,
+    key: &DatagramKey,
     block: SealedBlock,
     lane_cfg: ValidLane,
     symbol_size: u16,
-) -> Result<EncodedBlock, FecError> {
+) -> Result<EncodedBlock, StageError> {
     let datagram_len = OVERHEAD + usize::from(symbol_size);
     let k = source_symbols(block.header.transfer_len, symbol_size);
     let repair = repair_symbols(k, lane_cfg.repair_permille, lane_cfg.min_repair);
     let mut buf = vec![0u8; (k + repair) as usize * datagram_len];
     let mut slots = buf.chunks_exact_mut(datagram_len);
+    let mut sealed = Ok(());
     encoder.encode(&block.sealed, repair, |payload_id, symbol| {
         if let Some(slot) = slots.next() {
-            emit_into(
-                &Header {
-                    payload_id,
-                    ..block.header
-                },
-                symbol,
-                slot,
-            );
+            let h = Header {
+                payload_id,
+                ..block.header
+            };
+            if let Err(e) = key.emit_into(&h, symbol, slot) {
+                sealed = Err(e);
+            }
         }
     })?;
+    sealed?;
     Ok(EncodedBlock {
         lane: block.header.lane,
         seq: block.header.seq,
@@ -77,6 +83,7 @@ fn encode_block(
 
 /// Run until the seal channel closes and every block in work is handed on.
 pub async fn run(
+    key: Arc<SessionKey>,
     symbol_size: u16,
     max_block_bytes: u32,
     lanes: [ValidLane; LANES],
@@ -123,8 +130,9 @@ pub async fn run(
                     None => BlockEncoder::new(symbol_size, max_block_bytes)?,
                 };
                 let cfg = lanes[block.header.lane.index()];
+                let key = key.clone();
                 busy.push_back(tokio::task::spawn_blocking(move || {
-                    let r = encode_block(&mut encoder, block, cfg, symbol_size);
+                    let r = encode_block(&mut encoder, key.datagram(), block, cfg, symbol_size);
                     (encoder, r)
                 }));
             }

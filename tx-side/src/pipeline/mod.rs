@@ -636,6 +636,7 @@ fn spawn_lanes(
         };
         tasks.spawn(seal::run(sealer, frame_rx, sealed_tx));
         tasks.spawn(encode::run(
+            key.clone(),
             cfg.symbol_size,
             cfg.max_block_bytes,
             cfg.lanes,
