@@ -18,12 +18,10 @@ use weir_tests::{
     free_udp_port, mosquitto_path, start_rx, start_tx, wait_until, write_key,
 };
 
-/// A small ext4 on a loop device, mounted on a directory; it can be
-/// frozen. Dropping it thaws it first (a frozen file system holds every
-/// process writing to it, even a killed one), then unmounts it.
+/// A small ext4 on a loop device, mounted on a directory; unmounted when
+/// dropped.
 struct Disk {
     mnt: PathBuf,
-    frozen: bool,
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -53,29 +51,32 @@ impl Disk {
             .arg(mnt))?;
         Ok(Self {
             mnt: mnt.to_owned(),
-            frozen: false,
         })
-    }
-
-    fn freeze(&mut self) {
-        run(Command::new("fsfreeze").arg("-f").arg(&self.mnt)).expect("fsfreeze -f");
-        self.frozen = true;
-    }
-
-    fn thaw(&mut self) {
-        if self.frozen {
-            run(Command::new("fsfreeze").arg("-u").arg(&self.mnt)).expect("fsfreeze -u");
-            self.frozen = false;
-        }
     }
 }
 
 impl Drop for Disk {
     fn drop(&mut self) {
-        if self.frozen {
-            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mnt).status();
-        }
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+/// The disk frozen (`fsfreeze`): every write and fsync on it blocks until
+/// it is thawed, which dropping this does. Declared after the programs, so
+/// it is dropped before them: a frozen file system holds a process that
+/// writes to it, even a killed one, and dropping a program waits for it.
+struct Frozen<'a>(&'a Disk);
+
+impl<'a> Frozen<'a> {
+    fn new(disk: &'a Disk) -> Self {
+        run(Command::new("fsfreeze").arg("-f").arg(&disk.mnt)).expect("fsfreeze -f");
+        Self(disk)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0.mnt).status();
     }
 }
 
@@ -134,7 +135,7 @@ fn alerts_reach_the_broker_while_the_outbox_disk_is_frozen() {
     // Only the outbox is on the disk that freezes; the gap ledger, the
     // session book and the audit log stay on the site's.
     let mut rx_table = site.rx_config(rx_addr, &key, broker.port(), "weir-rx-alerts");
-    let mut disk = Disk::mount(&site.path("outbox.img"), &site.path("outbox-disk"))
+    let disk = Disk::mount(&site.path("outbox.img"), &site.path("outbox-disk"))
         .unwrap_or_else(|e| panic!("this test needs root for a loop-mounted ext4: {e}"));
     rx_table["outbox"]["path"] =
         toml::Value::String(disk.mnt.join("rx.redb").display().to_string());
@@ -168,12 +169,12 @@ fn alerts_reach_the_broker_while_the_outbox_disk_is_frozen() {
     // Bulk flowing through the outbox first.
     site.drop_file("aveva", "a.csv", aveva_export(1, 20_000).as_bytes());
     assert!(
-        wait_until(Duration::from_secs(60), || !sub.on("uns/").is_empty()),
+        wait_until(Duration::from_mins(1), || !sub.on("uns/").is_empty()),
         "bulk points published before the freeze:\n{}",
         rx.log_text()
     );
     // No commit can end from here on; more bulk queues up for the writer.
-    disk.freeze();
+    let frozen = Frozen::new(&disk);
     site.drop_file("aveva", "b.csv", aveva_export(2, 20_000).as_bytes());
     std::thread::sleep(Duration::from_secs(1));
     let before = committed_after(&sub, Instant::now()).expect("a status while frozen");
@@ -204,10 +205,10 @@ fn alerts_reach_the_broker_while_the_outbox_disk_is_frozen() {
 
     // Thawed: the alerts are committed, and their entries are done with
     // the publish that already happened: nothing is published twice.
-    disk.thaw();
+    drop(frozen);
     let t = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(60), || {
+        wait_until(Duration::from_mins(1), || {
             metric(metrics, "weir_rx_outbox_committed_total", &[]).is_some_and(|c| c > after as f64)
                 && metric(metrics, "weir_rx_outbox_entries", &[("table", "alert")]) == Some(0.0)
         }),
@@ -222,5 +223,4 @@ fn alerts_reach_the_broker_while_the_outbox_disk_is_frozen() {
         (n, n),
         "no alert published again from the outbox"
     );
-    drop(disk);
 }

@@ -399,6 +399,7 @@ fn spawn_reporting(
 }
 
 /// Start the receiver. Must be called inside a tokio runtime.
+#[allow(clippy::too_many_lines)] // every stage's wiring, in pipeline order
 pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let store = Arc::new(
         outbox::Outbox::open(&cfg.raw.outbox.path)

@@ -777,18 +777,18 @@ mod tests {
     use super::*;
     use crate::pipeline::outbox::Table;
 
-    struct Io {
+    struct Harness {
         io: PublishIo,
         acked: mpsc::UnboundedReceiver<EntryRef>,
         permits: Arc<Semaphore>,
     }
 
-    fn io() -> Io {
+    fn harness() -> Harness {
         let (_, urgent) = mpsc::channel(1);
         let (_, bulk) = mpsc::channel(1);
         let (_, ephemeral) = mpsc::channel(1);
         let (acked_tx, acked) = mpsc::unbounded_channel();
-        Io {
+        Harness {
             io: PublishIo {
                 urgent,
                 bulk,
@@ -820,7 +820,7 @@ mod tests {
 
     /// Alert block `seq` with one message: from memory (`at` `None`) or
     /// as committed entry `at`.
-    fn alert(io: &Io, seq: u64, at: Option<u64>) -> Delivery {
+    fn alert(io: &Harness, seq: u64, at: Option<u64>) -> Delivery {
         Delivery {
             at: at.map(entry),
             alert: Some(key(seq)),
@@ -841,13 +841,13 @@ mod tests {
             .collect()
     }
 
-    fn acked(io: &mut Io) -> Vec<EntryRef> {
+    fn acked(io: &mut Harness) -> Vec<EntryRef> {
         std::iter::from_fn(|| io.acked.try_recv().ok()).collect()
     }
 
     #[test]
     fn a_committed_alert_published_from_memory_is_done_with_that_publish() {
-        let mut io = io();
+        let mut io = harness();
         let stats = RxStats::default();
         let mut st = State::default();
         // Published from memory; its entry, committed meanwhile, joins it.
@@ -874,7 +874,7 @@ mod tests {
 
     #[test]
     fn a_failed_publish_from_memory_leaves_its_entry_to_be_published() {
-        let mut io = io();
+        let mut io = harness();
         let stats = RxStats::default();
         let mut st = State::default();
         st.take(alert(&io, 1, None), true, &io.io);
@@ -900,7 +900,7 @@ mod tests {
 
     #[test]
     fn a_copy_from_memory_behind_its_committed_entry_is_dropped() {
-        let mut io = io();
+        let mut io = harness();
         let stats = RxStats::default();
         let mut st = State::default();
         st.take(alert(&io, 1, Some(10)), true, &io.io);
@@ -913,7 +913,7 @@ mod tests {
         st.take(alert(&io, 2, None), true, &io.io);
         st.rewind(&io.io, &stats);
         st.take(alert(&io, 2, Some(11)), true, &io.io);
-        assert_eq!(queued(&st), ["alert 1", "alert 2"]);
+        assert_eq!(queued(&st), ["alert 2"], "the rewind forgot what it held");
     }
 
     #[test]
