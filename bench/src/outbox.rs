@@ -292,11 +292,13 @@ impl Rig {
                     .recv()
                     .await
                     .with_context(|| format!("reader ended after {seen} of {n} entries"))?;
+                let at =
+                    e.at.context("the outbox reader gave an entry without a key")?;
                 match &e.body {
                     Body::Event(m) if m.payload.len() == size => {}
-                    _ => bail!("entry {} read back wrong", e.at.key),
+                    _ => bail!("entry {} read back wrong", at.key),
                 }
-                acked.send(e.at).context("the outbox writer stopped")?;
+                acked.send(at).context("the outbox writer stopped")?;
                 seen += 1;
             }
             Ok(Instant::now())

@@ -87,6 +87,9 @@ pub struct Core {
     queued: Budget,
     /// Threads for RaptorQ solves (`limits.solve_workers`); 0: solved here.
     solve_workers: usize,
+    /// The alert fast path (`outbox::read_fast`): a copy of each alert
+    /// block handed to the outbox, published while it is committed.
+    fast: Option<Sender<OpenedBlock>>,
 }
 
 impl Core {
@@ -174,6 +177,7 @@ impl Core {
             evidence: super::evidence::Evidence::default(),
             queued,
             solve_workers: 0,
+            fast: None,
         })
     }
 
@@ -226,6 +230,13 @@ impl Core {
     #[must_use]
     pub fn with_files(mut self, to_files: Option<Sender<FileWork>>) -> Self {
         self.files = to_files;
+        self
+    }
+
+    /// Also hand a copy of each alert block to the fast path.
+    #[must_use]
+    pub fn with_fast_path(mut self, fast: Sender<OpenedBlock>) -> Self {
+        self.fast = Some(fast);
         self
     }
 }
@@ -459,10 +470,18 @@ fn deliver(
         held,
         summary: summary.cloned(),
     };
+    // An alert is published from memory while it is committed; a full
+    // fast path leaves it to the outbox alone.
+    let fast = core.fast.as_ref().filter(|_| key.lane == Lane::Alert);
+    let copy = fast.map(|_| opened.copy());
     match out.to_outbox.try_send(Item::Block(opened)) {
-        Ok(()) => core
-            .evidence
-            .block(key.session, key.lane, key.seq, summary, frame_len),
+        Ok(()) => {
+            core.evidence
+                .block(key.session, key.lane, key.seq, summary, frame_len);
+            if let (Some(fast), Some(copy)) = (fast, copy) {
+                let _ = fast.try_send(copy);
+            }
+        }
         Err(TrySendError::Full(_)) => shed(core, stats, t, key),
         Err(TrySendError::Closed(_)) => return Err(StageError::Closed("decode")),
     }

@@ -4,6 +4,8 @@
 //!  recv ──RecvBatch──> verify (datagram tags) ──Verified──> decode(+open) ──Item (block | gap event)──> dq ──> outbox (redb)
 //!                                            decode ──Solve──> solve (`limits.solve_workers` threads) ──Solved──> decode
 //!    outbox readers ──Entry──> validate (events, alert, bulk) ──Delivery──> publish ──> MQTT
+//!    decode ──copy of each alert block──> outbox::read_fast ──Entry──> validate ──Delivery──> publish
+//!        (an alert is published from memory while it is committed; its entry joins that publish)
 //!    publish ──acked entries, rewinds──> outbox
 //!    status ticker ──> publish (retained status, outside the outbox); link up/down ──> outbox
 //!    with [sparkplug]: validate ──points──> publish ──> sparkplug (own MQTT session) ──> spBv1.0/...
@@ -58,6 +60,10 @@ use weir_shared::seal::Keyring;
 use weir_shared::wire::{Header, SessionId};
 
 use crate::stats::RxStats;
+
+/// Alert blocks on the fast path (decode to publish, from memory) at
+/// once; beyond it an alert waits for its commit like any block.
+const FAST_WINDOW: usize = 64;
 
 /// Received datagrams waiting for decode, bytes: four full receive calls.
 /// Beyond it they wait in the kernel's socket buffer (`link.recv_buffer_bytes`).
@@ -117,12 +123,31 @@ pub struct OpenedBlock {
     summary: Option<weir_shared::ledger::BlockSummary>,
 }
 
+impl OpenedBlock {
+    /// The block without its share of the decoded-block budget.
+    fn copy(&self) -> Self {
+        Self {
+            session: self.session,
+            lane: self.lane,
+            seq: self.seq,
+            frame: self.frame.clone(),
+            verdicts: self.verdicts.clone(),
+            held: None,
+            summary: None,
+        }
+    }
+}
+
 /// The messages made from one outbox entry; the entry is done when the
 /// broker acknowledged all of them.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The entry.
-    pub at: outbox::EntryRef,
+    /// The entry (`None`: an alert-lane block published from memory while
+    /// it is being committed, see [`outbox::read_fast`]).
+    pub at: Option<outbox::EntryRef>,
+    /// The alert-lane block it was made from: `publish` lets a block's
+    /// committed entry join its publish from memory.
+    pub alert: Option<weir_shared::reassembly::BlockKey>,
     /// Its messages (may be empty).
     pub messages: Vec<Message>,
     /// Its points for the Sparkplug publisher (empty without `[sparkplug]`).
@@ -299,7 +324,9 @@ fn started_event(
 }
 
 /// One outbox reader and one validate task per table: an alert block
-/// never waits behind bulk blocks being turned into JSON.
+/// never waits behind bulk blocks being turned into JSON. The alert fast
+/// path has a validate task of its own: an alert never waits for the disk.
+#[allow(clippy::too_many_arguments)] // the stage's channel ends, named at the call site
 fn spawn_readers(
     tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
     cfg: &ValidRx,
@@ -307,8 +334,20 @@ fn spawn_readers(
     (topics, stats): (&publish::Topics, &Arc<RxStats>),
     (progress, rewind): (watch::Receiver<outbox::Progress>, watch::Receiver<u64>),
     (urgent, bulk): (Sender<Delivery>, Sender<Delivery>),
+    fast: mpsc::Receiver<OpenedBlock>,
     files: Option<&Sender<files::FileWork>>,
 ) {
+    let (entry_tx, entry_rx) = mpsc::channel(FAST_WINDOW);
+    tasks.spawn(outbox::read_fast(fast, FAST_WINDOW, entry_tx));
+    tasks.spawn(validate::run(
+        cfg.decode,
+        topics.clone(),
+        stats.clone(),
+        cfg.raw.sparkplug.is_some(),
+        entry_rx,
+        urgent.clone(),
+        None,
+    ));
     for table in outbox::Table::ALL {
         let (entry_tx, entry_rx) = mpsc::channel(cfg.raw.outbox.window_blocks);
         tasks.spawn(outbox::read(
@@ -382,6 +421,7 @@ fn spawn_reporting(
 }
 
 /// Start the receiver. Must be called inside a tokio runtime.
+#[allow(clippy::too_many_lines)] // every stage's wiring, in pipeline order
 pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let store = Arc::new(
         outbox::Outbox::open(&cfg.raw.outbox.path)
@@ -399,6 +439,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
     let (rewind_tx, rewind_rx) = watch::channel(0u64);
     let (urgent_tx, urgent_rx) = mpsc::channel(64);
     let (bulk_tx, bulk_rx) = mpsc::channel(64);
+    let (fast_tx, fast_rx) = mpsc::channel(FAST_WINDOW);
     let topics = publish::Topics::new(&cfg.raw.mqtt);
     let sparkplug = sparkplug::Shell::for_config(&cfg, &store, &link, &stats)?;
 
@@ -412,7 +453,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         start_dq(&cfg, &store, &mut tasks, (&topics, &stats), &item_tx)?;
     let (core, gap_log) = decode_core(&cfg, keyring, &store, files_tx.clone())?;
     tasks.spawn(decode::run(
-        core,
+        core.with_fast_path(fast_tx),
         stats.clone(),
         link.clone(),
         topics.clone(),
@@ -435,6 +476,7 @@ pub async fn run(cfg: ValidRx, keyring: Keyring) -> anyhow::Result<RxHandle> {
         (&topics, &stats),
         (progress_rx, rewind_rx),
         (urgent_tx, bulk_tx),
+        fast_rx,
         files_tx.as_ref(),
     );
     drop(files_tx);

@@ -1,15 +1,34 @@
 //! Stage 4, `outbox`: every authentic block is on disk before anything made
-//! from it is published, and stays there until the broker acknowledged all
+//! from it is published (alert blocks excepted: they are published while
+//! they are committed), and stays there until the broker acknowledged all
 //! of it.
 //!
 //! ```text
 //!  decode ──Item (block | event)──> writer ──group commit, fsync──> redb: alert | bulk | events
 //!                                                                     │  one reader per table:
 //!             validate (alert, bulk) <──Entry + window permit─────────┤  cursor, `window_blocks`
-//!             publish (events)       <──Entry + window permit─────────┘
+//!             validate (events)      <──Entry + window permit─────────┘
+//!  decode ──copy of each alert block──> read_fast ──Entry (no key) + permit──> validate ──> publish
 //!  publish ──acked EntryRef──> writer: deleted once `retain_acked` has passed
 //!  publish ──rewind (the broker lost its session)──> readers start again at the oldest entry
 //! ```
+//!
+//! Alerts never wait on the disk. A group commit is fsynced, and an fsync
+//! on a busy disk (the bulk lane's large groups, any other writer on the
+//! same file system) takes from milliseconds to over a second; an alert
+//! block handed over behind it would wait for all of it. So decode also
+//! hands a copy of each alert block to the fast path ([`read_fast`]),
+//! which publishes it from memory while the writer commits it. The
+//! durability promise is unchanged: the block is committed as before, and
+//! `publish` deletes its entry only once the broker acknowledged the
+//! publish from memory (its committed entry, read back, joins that
+//! publish instead of being published again; if that publish failed, the
+//! entry is published itself). A receiver killed before the commit has
+//! the block written down as lost on restart (`receiver_down`), even if
+//! the broker already had it: over-reported, never lost silently. Records
+//! keep their ids on both paths, so the rare copy published twice (the
+//! fast path's memory of [`super::publish`] forgot it, or a rewind) is a
+//! duplicate a consumer drops by `id`.
 //!
 //! Full-outbox policy: a block that would take the outbox over `max_bytes`
 //! is not stored; it is counted (`outbox_refused`) and reported as a gap
@@ -275,8 +294,9 @@ pub enum Body {
 /// reader's window until everything made from it is acknowledged.
 #[derive(Debug)]
 pub struct Entry {
-    /// Where it lives.
-    pub at: EntryRef,
+    /// Where it lives (`None`: an alert block from memory, see
+    /// [`read_fast`]).
+    pub at: Option<EntryRef>,
     /// What it holds.
     pub body: Body,
     /// Window place; dropped when the entry is done.
@@ -1163,7 +1183,12 @@ pub async fn read(
             let at = EntryRef { table, key };
             match decode_body(at, &v) {
                 Ok(body) => {
-                    if out.send(Entry { at, body, permit }).await.is_err() {
+                    let entry = Entry {
+                        at: Some(at),
+                        body,
+                        permit,
+                    };
+                    if out.send(entry).await.is_err() {
                         return Err(StageError::Closed("outbox"));
                     }
                 }
@@ -1187,6 +1212,33 @@ pub async fn read(
             }
         }
     }
+}
+
+/// The alert lane's fast path: the alert blocks decode handed to the
+/// writer, as they were handed over, into `out` while the writer commits
+/// them, at most `window` not yet done at once. Their committed entries
+/// follow through [`read`]; `publish` publishes whichever comes first and
+/// lets the entry join (see the module docs).
+pub async fn read_fast(
+    mut from_decode: Receiver<OpenedBlock>,
+    window: usize,
+    out: Sender<Entry>,
+) -> Result<(), StageError> {
+    let sem = Arc::new(Semaphore::new(window));
+    while let Some(block) = from_decode.recv().await {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let entry = Entry {
+            at: None,
+            body: Body::Block(block),
+            permit,
+        };
+        if out.send(entry).await.is_err() {
+            return Err(StageError::Closed("outbox fast path"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

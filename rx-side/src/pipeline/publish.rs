@@ -4,6 +4,8 @@
 //! ```text
 //!  Delivery (urgent: events, alert lane; then bulk) ──publish_tracked──> broker ──PUBACK──> count down
 //!      entry fully acknowledged ──EntryRef──> outbox (deleted after `retain_acked`)
+//!  alert block from memory (the fast path) ──publish──> broker; its committed entry, read back, joins it:
+//!      acknowledged already: done at once; still in flight: done with it; failed (rewind): published itself
 //!  broker came back without our session, or a publish failed ──> rewind: the outbox is read again
 //!  status (see `status`) ──(retained; last will "offline")──> diode/v1/{site}/{gw}/status
 //!  with [sparkplug]: Delivery.points ──Batch──> sparkplug (own session) ──done (PUBACK; flushed at data_qos 0)──> count down
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_shared::config::MqttConfig;
 use weir_shared::contract::PayloadOptions;
+use weir_shared::reassembly::BlockKey;
 
 use super::outbox::EntryRef;
 use super::{Delivery, Message, StageError, now};
@@ -235,9 +238,77 @@ pub struct PublishIo {
 
 /// A delivery waiting for its acknowledgements.
 struct Tracked {
-    at: EntryRef,
+    /// Its entry (`None`: an alert block published from memory).
+    at: Option<EntryRef>,
+    /// The alert-lane block it was made from.
+    alert: Option<BlockKey>,
     remaining: usize,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Committed entries of the same block, read back while it was in
+    /// flight: done when it is.
+    joined: Vec<(EntryRef, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+/// What the publisher knows of an alert-lane block published from memory
+/// (or of one whose committed entry came first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fast {
+    /// Published from memory as this delivery; not yet acknowledged.
+    InFlight(u64),
+    /// Published from memory and acknowledged: its entry is done at once.
+    Acked,
+    /// Its committed entry came first and was published: the copy from
+    /// memory, if it comes, is dropped.
+    Committed,
+}
+
+/// Alert blocks the fast path published, at most [`FAST_MEMORY`] of
+/// them, the oldest forgotten first. Forgetting one costs at most a
+/// second publish of its records under the same ids.
+#[derive(Default)]
+struct FastBlocks {
+    by_block: HashMap<BlockKey, (u64, Fast)>,
+    /// Insertion order, by serial (stale serials are skipped).
+    order: VecDeque<(BlockKey, u64)>,
+    serial: u64,
+}
+
+/// Alert blocks remembered by [`FastBlocks`]: the fast path's window and
+/// the writer's queue ahead of a commit, with room to spare.
+const FAST_MEMORY: usize = 4096;
+
+impl FastBlocks {
+    fn set(&mut self, key: BlockKey, f: Fast) {
+        self.serial += 1;
+        self.by_block.insert(key, (self.serial, f));
+        self.order.push_back((key, self.serial));
+        while self.by_block.len() > FAST_MEMORY {
+            let Some((k, serial)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_block.get(&k).is_some_and(|&(s, _)| s == serial) {
+                self.by_block.remove(&k);
+            }
+        }
+        if self.order.len() > 2 * FAST_MEMORY {
+            let live = &self.by_block;
+            self.order
+                .retain(|(k, serial)| live.get(k).is_some_and(|&(s, _)| s == *serial));
+        }
+    }
+
+    fn get(&self, key: BlockKey) -> Option<Fast> {
+        self.by_block.get(&key).map(|&(_, f)| f)
+    }
+
+    fn remove(&mut self, key: BlockKey) -> Option<Fast> {
+        self.by_block.remove(&key).map(|(_, f)| f)
+    }
+
+    fn clear(&mut self) {
+        self.by_block.clear();
+        self.order.clear();
+    }
 }
 
 /// What the publish loop knows.
@@ -256,6 +327,8 @@ struct State {
     lost: bool,
     /// The Sparkplug publisher (with `[sparkplug]`).
     sparkplug: Option<super::sparkplug::Handle>,
+    /// Alert blocks published from memory while being committed.
+    fast: FastBlocks,
 }
 
 impl State {
@@ -268,15 +341,43 @@ impl State {
 
     /// Track a delivery: its messages are queued here, its points (if any)
     /// go to the Sparkplug publisher as one more thing to acknowledge.
+    ///
+    /// An alert block comes twice: from memory while it is committed (the
+    /// fast path: `at` is `None`) and as its committed entry. Whichever
+    /// comes first is published; the committed entry of a block published
+    /// from memory is done once that publish is acknowledged, and a copy
+    /// from memory behind its committed entry is dropped.
     fn take(&mut self, d: Delivery, urgent: bool, io: &PublishIo) {
-        let id = self.next_id;
-        self.next_id += 1;
         let Delivery {
             at,
+            alert,
             messages,
             points,
             permit,
         } = d;
+        if let Some(key) = alert {
+            match (at, self.fast.get(key)) {
+                (Some(at), Some(Fast::Acked)) => {
+                    self.fast.remove(key);
+                    let _ = io.acked.send(at);
+                    return;
+                }
+                (Some(at), Some(Fast::InFlight(id))) => {
+                    self.fast.remove(key);
+                    if let Some(t) = self.tracked.get_mut(&id) {
+                        t.joined.push((at, permit));
+                        return;
+                    }
+                    // Its publish from memory failed: publish the entry.
+                    self.fast.set(key, Fast::Committed);
+                }
+                (Some(_), Some(Fast::Committed) | None) => self.fast.set(key, Fast::Committed),
+                (None, Some(_)) => return,
+                (None, None) => {}
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
         let mut remaining = messages.len();
         if !points.is_empty() {
             if let Some(sp) = &self.sparkplug {
@@ -291,15 +392,22 @@ impl State {
             }
         }
         if remaining == 0 {
-            let _ = io.acked.send(at);
+            if let Some(at) = at {
+                let _ = io.acked.send(at);
+            }
             return;
+        }
+        if let (None, Some(key)) = (at, alert) {
+            self.fast.set(key, Fast::InFlight(id));
         }
         self.tracked.insert(
             id,
             Tracked {
                 at,
+                alert,
                 remaining,
                 _permit: permit,
+                joined: Vec::new(),
             },
         );
         let q = if urgent {
@@ -333,6 +441,7 @@ impl State {
         add(&stats.rewinds, 1);
         tracing::warn!("The broker lost messages it held: publishing the outbox again.");
         self.tracked.clear();
+        self.fast.clear();
         self.urgent.retain(|(id, _)| id.is_none());
         self.bulk.retain(|(id, _)| id.is_none());
         io.rewind.send_modify(|g| *g += 1);
@@ -372,9 +481,20 @@ impl State {
         if let Some(t) = self.tracked.get_mut(&id) {
             t.remaining -= 1;
             if t.remaining == 0 {
-                let at = t.at;
-                self.tracked.remove(&id);
-                let _ = io.acked.send(at);
+                let Some(t) = self.tracked.remove(&id) else {
+                    return;
+                };
+                if let (None, Some(key)) = (t.at, t.alert)
+                    && self.fast.get(key) == Some(Fast::InFlight(id))
+                {
+                    self.fast.set(key, Fast::Acked);
+                }
+                for at in
+                    t.at.into_iter()
+                        .chain(t.joined.into_iter().map(|(at, _)| at))
+                {
+                    let _ = io.acked.send(at);
+                }
             }
         }
     }
@@ -651,5 +771,174 @@ async fn bounded<F: std::future::Future>(
     tokio::select! {
         r = f => Some(r),
         () = stop.cancelled() => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::Semaphore;
+    use weir_shared::lane::Lane;
+    use weir_shared::wire::SessionId;
+
+    use super::*;
+    use crate::pipeline::outbox::Table;
+
+    struct Harness {
+        io: PublishIo,
+        acked: mpsc::UnboundedReceiver<EntryRef>,
+        permits: Arc<Semaphore>,
+    }
+
+    fn harness() -> Harness {
+        let (_, urgent) = mpsc::channel(1);
+        let (_, bulk) = mpsc::channel(1);
+        let (_, ephemeral) = mpsc::channel(1);
+        let (acked_tx, acked) = mpsc::unbounded_channel();
+        Harness {
+            io: PublishIo {
+                urgent,
+                bulk,
+                ephemeral,
+                acked: acked_tx,
+                rewind: watch::channel(0).0,
+                stop: CancellationToken::new(),
+                sparkplug: None,
+            },
+            acked,
+            permits: Arc::new(Semaphore::new(64)),
+        }
+    }
+
+    fn key(seq: u64) -> BlockKey {
+        BlockKey {
+            session: SessionId([5; 16]),
+            lane: Lane::Alert,
+            seq,
+        }
+    }
+
+    fn entry(k: u64) -> EntryRef {
+        EntryRef {
+            table: Table::Alert,
+            key: k,
+        }
+    }
+
+    /// Alert block `seq` with one message: from memory (`at` `None`) or
+    /// as committed entry `at`.
+    fn alert(io: &Harness, seq: u64, at: Option<u64>) -> Delivery {
+        Delivery {
+            at: at.map(entry),
+            alert: Some(key(seq)),
+            messages: vec![Message {
+                topic: "diode/v1/s/g/alerts/syslog".into(),
+                payload: format!("alert {seq}").into_bytes(),
+                retain: false,
+            }],
+            points: Vec::new(),
+            permit: io.permits.clone().try_acquire_owned().expect("permit"),
+        }
+    }
+
+    fn queued(st: &State) -> Vec<String> {
+        st.urgent
+            .iter()
+            .map(|(_, m)| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
+    fn acked(io: &mut Harness) -> Vec<EntryRef> {
+        std::iter::from_fn(|| io.acked.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_committed_alert_published_from_memory_is_done_with_that_publish() {
+        let mut io = harness();
+        let stats = RxStats::default();
+        let mut st = State::default();
+        // Published from memory; its entry, committed meanwhile, joins it.
+        st.take(alert(&io, 1, None), true, &io.io);
+        st.take(alert(&io, 1, Some(10)), true, &io.io);
+        assert_eq!(queued(&st), ["alert 1"], "published once");
+        assert!(
+            acked(&mut io).is_empty(),
+            "not done before the broker says so"
+        );
+        st.done(Some(0), true, &io.io, &stats);
+        assert_eq!(acked(&mut io), [entry(10)]);
+        // Acknowledged before its entry came: the entry is done at once.
+        st.take(alert(&io, 2, None), true, &io.io);
+        st.done(Some(1), true, &io.io, &stats);
+        assert!(acked(&mut io).is_empty(), "nothing committed to delete yet");
+        st.take(alert(&io, 2, Some(11)), true, &io.io);
+        assert_eq!(acked(&mut io), [entry(11)]);
+        assert_eq!(queued(&st), ["alert 1", "alert 2"]);
+        assert!(st.tracked.is_empty() && st.fast.by_block.is_empty());
+        // Their windows' places came back.
+        assert_eq!(io.permits.available_permits(), 64);
+    }
+
+    #[test]
+    fn a_failed_publish_from_memory_leaves_its_entry_to_be_published() {
+        let mut io = harness();
+        let stats = RxStats::default();
+        let mut st = State::default();
+        st.take(alert(&io, 1, None), true, &io.io);
+        st.urgent.clear(); // handed to the client
+        st.done(Some(0), false, &io.io, &stats);
+        assert!(st.lost, "disconnected: published again on the next connect");
+        st.take(alert(&io, 1, Some(10)), true, &io.io);
+        assert_eq!(queued(&st), ["alert 1"], "the committed entry is published");
+        let (id, _) = st.urgent[0];
+        st.done(id, true, &io.io, &stats);
+        assert_eq!(acked(&mut io), [entry(10)]);
+        // An entry that joined a publish that then failed is not done: the
+        // rewind publishes it again from the outbox.
+        st.connected = [true; 2];
+        st.take(alert(&io, 2, None), true, &io.io);
+        let (id, _) = st.urgent[1];
+        st.take(alert(&io, 2, Some(11)), true, &io.io);
+        st.done(id, false, &io.io, &stats);
+        assert!(acked(&mut io).is_empty());
+        assert!(st.tracked.is_empty() && st.fast.by_block.is_empty());
+        assert_eq!(*io.io.rewind.borrow(), 1);
+    }
+
+    #[test]
+    fn a_copy_from_memory_behind_its_committed_entry_is_dropped() {
+        let mut io = harness();
+        let stats = RxStats::default();
+        let mut st = State::default();
+        st.take(alert(&io, 1, Some(10)), true, &io.io);
+        st.take(alert(&io, 1, None), true, &io.io);
+        assert_eq!(queued(&st), ["alert 1"]);
+        st.done(Some(0), true, &io.io, &stats);
+        assert_eq!(acked(&mut io), [entry(10)]);
+        // After a rewind every entry is published again, even one whose
+        // block was published from memory.
+        st.take(alert(&io, 2, None), true, &io.io);
+        st.rewind(&io.io, &stats);
+        st.take(alert(&io, 2, Some(11)), true, &io.io);
+        assert_eq!(queued(&st), ["alert 2"], "the rewind forgot what it held");
+    }
+
+    #[test]
+    fn the_memory_of_blocks_published_from_memory_is_bounded() {
+        let mut f = FastBlocks::default();
+        let n = FAST_MEMORY as u64 + 10;
+        for seq in 0..n {
+            f.set(key(seq), Fast::Acked);
+            // Entries joined meanwhile leave stale places in the order.
+            if seq % 2 == 1 {
+                f.remove(key(seq));
+            }
+        }
+        for seq in 0..n {
+            f.set(key(seq), Fast::Committed);
+        }
+        assert_eq!(f.by_block.len(), FAST_MEMORY);
+        assert!(f.order.len() <= 2 * FAST_MEMORY);
+        assert_eq!(f.get(key(0)), None, "the oldest is forgotten");
+        assert_eq!(f.get(key(n - 1)), Some(Fast::Committed));
     }
 }

@@ -5,6 +5,7 @@
 //!                                                   with [sparkplug]: points ──> Delivery.points ──> publish ──> sparkplug
 //!  Entry(event) ──────────────────────────────────────────────────────────────────────────────> Delivery ──> publish
 //!               └─ undecodable frame: counted (drop_frame), delivered empty so the outbox lets it go
+//!  alert block from memory (the fast path, `outbox::read_fast`) ──> the same, not counted, no file chunks ──> publish
 //!  records ──file chunks (and, on the bulk lane, the block's seq)──> files
 //! ```
 //!
@@ -24,6 +25,8 @@ use weir_shared::contract::{
     alert_payload, batch_by_topic, point_payload_dq, point_payload_with, point_topic,
 };
 use weir_shared::dq::{Withhold, decode_verdicts};
+use weir_shared::lane::Lane;
+use weir_shared::reassembly::BlockKey;
 use weir_shared::record::{DecodeLimits, Point, Record, decode_frame};
 
 use super::files::{self, FileWork};
@@ -153,13 +156,26 @@ pub async fn run(
 ) -> Result<(), StageError> {
     while let Some(entry) = from_outbox.recv().await {
         let Entry { at, body, permit } = entry;
+        let mut alert = None;
         let (messages, points) = match body {
             Body::Event(m) => (vec![m], Vec::new()),
             Body::Block(block) => match decode_frame(&block.frame, limits) {
                 Ok(batch) => {
-                    add(&stats.records, batch.records.len() as u64);
+                    alert = (block.lane == Lane::Alert).then_some(BlockKey {
+                        session: block.session,
+                        lane: block.lane,
+                        seq: block.seq,
+                    });
+                    // A block from memory (the alert fast path) is counted
+                    // and its file chunks handed on when its committed
+                    // entry comes.
+                    if at.is_some() {
+                        add(&stats.records, batch.records.len() as u64);
+                    }
                     let made = messages(&topics, &stats, &block, batch.records, sparkplug);
-                    files::forward(to_files.as_ref(), &block, made.rest).await?;
+                    if at.is_some() {
+                        files::forward(to_files.as_ref(), &block, made.rest).await?;
+                    }
                     (made.messages, made.points)
                 }
                 Err(e) => {
@@ -172,6 +188,7 @@ pub async fn run(
         };
         let d = Delivery {
             at,
+            alert,
             messages,
             points,
             permit,
