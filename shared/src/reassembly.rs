@@ -138,6 +138,11 @@ struct Pending {
     late: Vec<(u32, Vec<u8>)>,
     header: Header,
     first_seen: Instant,
+    /// When its last symbol arrived: a block expires `block_timeout` after
+    /// it stopped receiving, not after it started, so a receiver slowed by
+    /// a busy CPU (symbols still coming, late) never drops a block that is
+    /// still arriving. The 2K + 16 budget bounds how long that can last.
+    last_seen: Instant,
 }
 
 /// What a symbol, or a solve, made ready.
@@ -417,6 +422,7 @@ impl Reassembler {
                 late: Vec::new(),
                 header: block_header,
                 first_seen: now,
+                last_seen: now,
             })
         };
         // A block never needs more than 2K + 16 symbols; anything beyond is
@@ -429,6 +435,7 @@ impl Reassembler {
             symbol_esi(header.payload_id, symbol.len(), header.symbol_size)
                 .map_err(DropReason::Geometry)?;
             pending.received += 1;
+            pending.last_seen = now;
             pending.late.push((header.payload_id, symbol.to_vec()));
             return Ok(None);
         };
@@ -436,6 +443,7 @@ impl Reassembler {
             .add(header.payload_id, symbol)
             .map_err(DropReason::Geometry)?;
         pending.received += 1;
+        pending.last_seen = now;
         Ok(match step {
             Step::Wait => None,
             Step::Block(sealed) => {
@@ -723,7 +731,7 @@ impl Reassembler {
         let before = self.pending.len();
         let shares = &mut self.shares;
         self.pending.retain(|k, p| {
-            let keep = now.saturating_duration_since(p.first_seen) < timeout;
+            let keep = now.saturating_duration_since(p.last_seen) < timeout;
             if !keep {
                 shares.remove(*k);
             }
@@ -1280,6 +1288,37 @@ mod tests {
                 Err(DropReason::Resolved)
             );
         }
+    }
+
+    #[test]
+    fn a_block_still_receiving_symbols_does_not_expire() {
+        // A slow receiver: the symbols of one block trickle in, one every
+        // 1.5 s, over longer than block_timeout (2 s) in all.
+        let s = SessionId([8; 16]);
+        let mut r = Reassembler::new(limits());
+        let t0 = Instant::now();
+        let dg = datagrams(s, Lane::Bulk, 0, &block(0), 100);
+        let mut done = None;
+        for (i, (h, sym)) in dg.iter().enumerate() {
+            let t = t0 + Duration::from_millis(1500 * i as u64);
+            r.poll_timeouts(t);
+            if let Ok(Some(b)) = r.handle_symbol(t, h, sym) {
+                done = Some(b);
+                break;
+            }
+        }
+        assert!(
+            done.is_some(),
+            "rebuilt though it took {} symbols",
+            dg.len()
+        );
+        assert_eq!(r.stats().pending_expired, 0);
+        // One that stops receiving still expires.
+        let one = &datagrams(s, Lane::Bulk, 1, &block(1), 100)[0];
+        assert!(r.handle_symbol(t0, &one.0, &one.1).is_ok());
+        r.poll_timeouts(t0 + Duration::from_secs(2));
+        assert_eq!(r.pending_len(), 0);
+        assert_eq!(r.stats().pending_expired, 1);
     }
 
     #[test]
