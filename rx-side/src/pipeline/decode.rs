@@ -294,14 +294,7 @@ pub async fn run(
     let mut solver = Solver::new(core.solve_workers, stats.clone());
     if let Some(ev) = core.safe_mode_event.take() {
         stats.audit.record("session_book_lost", ev.clone());
-        send_event(
-            &to_outbox,
-            Message {
-                topic: topics.audit.clone(),
-                payload: ev.to_string().into_bytes(),
-                retain: false,
-            },
-        );
+        send_event(&to_outbox, Message::event(&topics.audit, &ev));
     }
     loop {
         let batch = tokio::select! {
@@ -632,14 +625,7 @@ fn adopt(
         "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000))});
     tracing::warn!(session = %header.session.short_hex(), "Session adopted from a fresh heartbeat after the session book was lost: earlier blocks are not accounted here.");
     out.stats.audit.record("session_adopted", body.clone());
-    send_event(
-        out.to_outbox,
-        Message {
-            topic: out.topics.audit.clone(),
-            payload: body.to_string().into_bytes(),
-            retain: false,
-        },
-    );
+    send_event(out.to_outbox, Message::event(&out.topics.audit, &body));
 }
 
 /// The first heartbeat of a session in this process: from which block on
@@ -690,11 +676,7 @@ fn first_sight(core: &mut Core, out: &Out<'_>, header: &Header) {
         "type": "sender_session", "session": header.session.short_hex(), "key_id": header.key_id.0,
         "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000)),
     });
-    let msg = Message {
-        topic: topics.audit.clone(),
-        payload: body.to_string().into_bytes(),
-        retain: false,
-    };
+    let msg = Message::event(&topics.audit, &body);
     send_event(to_outbox, msg);
 }
 

@@ -576,11 +576,7 @@ impl Shell {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         body["ts"] = serde_json::Value::String(rfc3339_ns(unix_ns));
-        let msg = Message {
-            topic: self.topics.gaps.clone(),
-            payload: body.to_string().into_bytes(),
-            retain: false,
-        };
+        let msg = Message::event(&self.topics.gaps, &body);
         if let Some(tx) = self.events.upgrade() {
             send_event(&tx, msg);
         } else {

@@ -439,11 +439,7 @@ pub fn write_gap(
             .append(&body);
     }
     stats.audit.record("gap", body.clone());
-    super::Message {
-        topic: topic.to_owned(),
-        payload: body.to_string().into_bytes(),
-        retain: false,
-    }
+    super::Message::event(topic, &body)
 }
 
 /// Bytes kept allocated past the end of the gap ledger file (about 3000

@@ -167,6 +167,17 @@ pub struct Message {
     pub retain: bool,
 }
 
+impl Message {
+    /// A JSON event (gap, audit, file), not retained.
+    pub fn event(topic: &str, body: &serde_json::Value) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            payload: body.to_string().into_bytes(),
+            retain: false,
+        }
+    }
+}
+
 /// What the receiver knows about the link, from heartbeats and deliveries.
 #[derive(Debug, Default, Clone)]
 pub struct LinkState {
@@ -316,11 +327,7 @@ fn started_event(
         "outbox": cfg.raw.outbox.path.display().to_string(),
         "ts": weir_shared::contract::rfc3339_ns(unix_ns()),
     });
-    Message {
-        topic: topics.audit.clone(),
-        payload: body.to_string().into_bytes(),
-        retain: false,
-    }
+    Message::event(&topics.audit, &body)
 }
 
 /// One outbox reader and one validate task per table: an alert block

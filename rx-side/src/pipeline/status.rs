@@ -112,14 +112,7 @@ pub async fn run(
             let kind = if up { "link_up" } else { "link_down" };
             tracing::warn!(link = kind, "Link state changed.");
             let ev = serde_json::json!({"type": kind, "ts": rfc3339_ns(unix_ns()), "sender": body["sender"]});
-            send_event(
-                &to_outbox,
-                Message {
-                    topic: topics.audit.clone(),
-                    payload: ev.to_string().into_bytes(),
-                    retain: false,
-                },
-            );
+            send_event(&to_outbox, Message::event(&topics.audit, &ev));
         }
         was_up = Some(up);
         let msg = Message {
