@@ -630,7 +630,7 @@ impl FullDisk {
         let refused = counter(&c, "outbox_refused");
         let reported: HashSet<String> = gap_events(&self.rig.sub)
             .iter()
-            .filter(|g| g["type"] == "outbox_error")
+            .filter(|g| g["type"] == "gap" && g["cause"] == "outbox_error")
             .map(|g| format!("{}/{}/{}", g["session"], g["lane"], g["first_block"]))
             .collect();
         println!(

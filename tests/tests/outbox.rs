@@ -222,7 +222,10 @@ fn full_outbox_counts_and_reports_lost_blocks_and_recovers() {
     let c = stop_rx(&mut pair.rx);
     let refused = c["outbox_refused"].as_u64().expect("outbox_refused");
     assert!(refused > 0, "blocks refused by the full outbox: {c}");
-    let full: Vec<&Json> = gaps.iter().filter(|g| g["type"] == "outbox_full").collect();
+    let full: Vec<&Json> = gaps
+        .iter()
+        .filter(|g| g["type"] == "gap" && g["cause"] == "outbox_full")
+        .collect();
     // Events are at least once (a rewind publishes the outbox again): one
     // distinct event per refused block.
     let distinct: HashSet<(String, u64)> = full
@@ -241,6 +244,7 @@ fn full_outbox_counts_and_reports_lost_blocks_and_recovers() {
     );
     assert!(
         full.iter()
-            .all(|g| g["lane"] == "bulk" && g["first_block"].is_u64())
+            .all(|g| g["lane"] == "bulk" && g["first_block"].is_u64() && g["records"].is_u64()),
+        "each refused block is a gap entry counted from its summary: {full:?}"
     );
 }
