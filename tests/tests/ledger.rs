@@ -198,8 +198,10 @@ fn beyond_the_budget_every_lost_record_is_in_the_ledger() {
     }
     assert!(
         accounted,
-        "published {} + ledger {lost} < {ROWS}",
-        ids.len()
+        "published {} + ledger {lost} < {ROWS}; rx log:\n{}\ntx log:\n{}",
+        ids.len(),
+        r.rx.log_text(),
+        r.tx.log_text()
     );
     assert!(
         lost > 0,

@@ -204,7 +204,7 @@ fn both_endpoints_serve_strict_text_and_real_values() {
     }
     // Drops: one counter, one series per reason, none on a clean link.
     let drops: Vec<_> = rxm.find("weir_rx_drops_total", &[]).collect();
-    assert_eq!(drops.len(), 19, "{drops:?}");
+    assert_eq!(drops.len(), 20, "{drops:?}");
     for reason in [
         "crc",
         "malformed",
@@ -213,6 +213,7 @@ fn both_endpoints_serve_strict_text_and_real_values() {
         "pending_evicted",
         "auth",
         "replay",
+        "stale",
         "unknown_key",
     ] {
         assert_eq!(

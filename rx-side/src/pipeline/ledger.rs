@@ -337,7 +337,10 @@ impl Book {
         let skew = self.skew_ms(session);
         // The session's start on this receiver's clock.
         let started_here = session_start_ms(session).saturating_sub(skew);
-        let predates = started_here < clock.started_ms;
+        // Began before this start by more than the clocks can disagree
+        // (and a daemon's epoch, in whole seconds, can be early): a
+        // session begun about when this receiver started is not one.
+        let predates = started_here < clock.started_ms.saturating_sub(clock.max_skew_ms);
         if self.safe.is_some() && predates {
             // It ran before this receiver had state: what it sent then may
             // have been delivered already. Only a live sender is taken,
@@ -688,6 +691,18 @@ mod tests {
             "taken from its fresh heartbeat on"
         );
         assert_eq!(b.admit(after, KeyId(1), c, false), Admission::New);
+        // A daemon begun in the second this receiver started (its epoch
+        // counts whole seconds) did not run before it.
+        let same_second = SessionId::new(6, Role::Daemon, 98_999, [5; 4]);
+        let started_then = Clock {
+            now_ms: 99_000_500,
+            started_ms: 99_000_400,
+            ..c
+        };
+        assert_eq!(
+            b.admit(same_second, KeyId(1), started_then, false),
+            Admission::New
+        );
         // What the outbox still held comes back into the book.
         assert_eq!(b.recover(&[(held, KeyId(1))]), 1);
         assert_eq!(
