@@ -240,7 +240,7 @@ fn both_endpoints_serve_strict_text_and_real_values() {
     assert_eq!(rxm.find("weir_rx_dq_points_total", &[]).count(), 5);
     assert_eq!(
         rxm.find("weir_rx_dq_check_flags_total", &[]).count(),
-        16 * 3
+        18 * 3
     );
     assert!(v(&rxm, "weir_rx_dq_tags", &[]) >= 3.0, "LOAD.T0..T2");
     // FEC: the bulk lane's window, with the ratio the sender announced.

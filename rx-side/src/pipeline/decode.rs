@@ -119,8 +119,15 @@ impl Core {
                     SafeMode::Missing => ("missing", None),
                     SafeMode::Unreadable(p) => ("unreadable", Some(p.display().to_string())),
                 };
-                tracing::warn!(book = %ledger.sessions_path.display(), why, recovered,
-                    "Session book lost: safe mode. Sessions that ran before this start are taken only from a fresh heartbeat on.");
+                // A missing book with nothing in the outbox is what a first
+                // start looks like: said, audited, but not a warning.
+                if matches!(mode, SafeMode::Missing) && recovered == 0 {
+                    tracing::info!(book = %ledger.sessions_path.display(), why,
+                        "No session book (a first start, or a lost one): safe mode. Sessions that ran before this start are taken only from a fresh heartbeat on.");
+                } else {
+                    tracing::warn!(book = %ledger.sessions_path.display(), why, recovered,
+                        "Session book lost: safe mode. Sessions that ran before this start are taken only from a fresh heartbeat on.");
+                }
                 Some(serde_json::json!({"type": "session_book_lost", "why": why,
                     "book": ledger.sessions_path.display().to_string(), "moved_to": aside,
                     "sessions_recovered_from_outbox": recovered}))
