@@ -104,6 +104,20 @@ struct Cached {
     used: Instant,
 }
 
+/// A key derived for a session none of whose datagrams has passed yet:
+/// kept, so that a flood copying a real session's id (every copy fails
+/// its tag) does not throw the real session's key away again and again
+/// while the real datagrams wait for a token.
+struct Derived {
+    key: DatagramKey,
+    /// Datagrams of the session seen since: a flood of invented ids (one
+    /// datagram each) is evicted first, a real session's id stays.
+    hits: u32,
+}
+
+/// Derived keys kept for sessions not yet verified.
+const DERIVED_MAX: usize = 64;
+
 /// Refusals not yet logged.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
@@ -129,6 +143,7 @@ pub struct Verifier {
     keyring: Keyring,
     retired: Vec<KeyId>,
     cache: HashMap<(SessionId, KeyId), Cached>,
+    derived: HashMap<(SessionId, KeyId), Derived>,
     bucket: Bucket,
     unlogged: Tally,
     next_log: Instant,
@@ -141,6 +156,7 @@ impl Verifier {
             keyring,
             retired: retired.iter().map(|&k| KeyId(k)).collect(),
             cache: HashMap::new(),
+            derived: HashMap::new(),
             bucket: Bucket::new(now),
             unlogged: Tally::default(),
             next_log: now,
@@ -196,11 +212,18 @@ impl Verifier {
             .keyring
             .get(header.key_id)
             .map_err(|_| Refusal::UnknownKey(header.key_id.0))?;
-        if !self.bucket.try_take(now) {
-            return Err(Refusal::Unverified);
+        let key = match self.derived.remove(&id) {
+            Some(d) => d,
+            None if self.bucket.try_take(now) => Derived {
+                key: psk.datagram_key(header.session),
+                hits: 0,
+            },
+            None => return Err(Refusal::Unverified),
+        };
+        if key.key.open(header, head, body).is_err() {
+            self.keep_derived(id, key);
+            return Err(Refusal::Forged);
         }
-        let key = psk.datagram_key(header.session);
-        key.open(header, head, body).map_err(|_| Refusal::Forged)?;
         if self.cache.len() >= CACHE_MAX
             && let Some(oldest) = self
                 .cache
@@ -210,8 +233,29 @@ impl Verifier {
         {
             self.cache.remove(&oldest);
         }
-        self.cache.insert(id, Cached { key, used: now });
+        self.cache.insert(
+            id,
+            Cached {
+                key: key.key,
+                used: now,
+            },
+        );
         Ok(())
+    }
+
+    /// Keep a derived key whose datagram failed: the least seen goes first.
+    fn keep_derived(&mut self, id: (SessionId, KeyId), mut d: Derived) {
+        d.hits = d.hits.saturating_add(1);
+        if self.derived.len() >= DERIVED_MAX
+            && let Some(least) = self
+                .derived
+                .iter()
+                .min_by_key(|(_, d)| d.hits)
+                .map(|(id, _)| *id)
+        {
+            self.derived.remove(&least);
+        }
+        self.derived.insert(id, d);
     }
 
     /// The refusals since the last summary, when one is due (at most one
@@ -394,6 +438,39 @@ mod tests {
         let tally = v.poll_summary(t).expect("a summary is due");
         assert_eq!((tally.forged, tally.unknown_key), (2, 1));
         assert_eq!(v.poll_summary(t), None, "nothing new to say");
+    }
+
+    #[test]
+    fn a_flood_copying_a_new_sessions_id_does_not_keep_its_key_away() {
+        // The bucket spent by invented sessions, a flood of forged copies
+        // of a new real session's id: the key derived for the first copy
+        // is kept, and the real datagram passes without another token.
+        let t0 = Instant::now();
+        let mut v = gate(t0);
+        let real = SessionId([7; 16]);
+        assert_eq!(
+            check(&mut v, t0, datagram([0x33; 32], &header(real, 0))),
+            Err(Refusal::Forged)
+        );
+        for i in 0..2000u32 {
+            let mut s = [0u8; 16];
+            s[..4].copy_from_slice(&i.to_be_bytes());
+            let _ = check(&mut v, t0, datagram([0x33; 32], &header(SessionId(s), 1)));
+            if i % 4 == 0 {
+                let _ = check(&mut v, t0, datagram([0x33; 32], &header(real, 1)));
+            }
+        }
+        assert_eq!(
+            check(
+                &mut v,
+                t0,
+                datagram([0x33; 32], &header(SessionId([9; 16]), 1))
+            ),
+            Err(Refusal::Unverified),
+            "the bucket is spent"
+        );
+        assert!(check(&mut v, t0, datagram(KEY, &header(real, 2))).is_ok());
+        assert_eq!(v.cached(), 1);
     }
 
     #[test]
