@@ -18,7 +18,10 @@
 //! are rate-limited by a token bucket ([`DERIVE_PER_SEC`]): a flood of
 //! invented session ids spends the bucket, not the CPU. A session enters
 //! the cache only once one of its datagrams passed the tag check, so junk
-//! never costs memory beyond the bounded cache.
+//! never costs memory beyond the bounded cache. A key derived for a
+//! session whose datagram failed is kept aside ([`DERIVED_MAX`], the least
+//! seen evicted first): forged copies of a new real session's id then
+//! cost one derivation, and the real datagrams need no token of their own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
