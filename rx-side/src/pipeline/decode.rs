@@ -649,6 +649,10 @@ fn note_listening(
         .sent_unix_ms
         .saturating_sub(i64::try_from(hb.uptime_ms).unwrap_or(i64::MAX))
         .saturating_sub(skew_ms);
+    if core.listening_from.len() >= core.max_sessions * 4 {
+        // Bounded like the other per-session maps (it only labels causes).
+        core.listening_from.clear();
+    }
     for lane in Lane::ALL {
         let from = if began_here >= core.started_ms {
             hb.marks[lane.index()].first_block
