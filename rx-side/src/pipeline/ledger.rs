@@ -568,6 +568,14 @@ mod tests {
     use super::*;
     use weir_shared::wire::Role;
 
+    /// An empty book (not a missing one) in a fresh directory.
+    fn empty_book() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sessions.json");
+        std::fs::write(&path, "{}").expect("empty book");
+        (dir, path)
+    }
+
     /// A clock 10 s after epoch 100 000 s, the receiver started 1010 s
     /// before it.
     fn clock() -> Clock {
@@ -631,9 +639,7 @@ mod tests {
 
     #[test]
     fn a_session_the_book_does_not_know_needs_a_fresh_start_or_a_fresh_heartbeat() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sessions.json");
-        std::fs::write(&path, "{}").expect("empty book");
+        let (_dir, path) = empty_book();
         let c = clock();
         // Started 510 s ago, beyond max_clock_skew (300 s).
         let old = SessionId::new(8, Role::Daemon, 99_500, [1; 4]);
@@ -649,9 +655,7 @@ mod tests {
 
     #[test]
     fn heartbeats_are_fresh_within_the_skew_measured() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sessions.json");
-        std::fs::write(&path, "{}").expect("empty book");
+        let (_dir, path) = empty_book();
         let c = clock();
         let s = SessionId::new(8, Role::Daemon, 100_005, [1; 4]);
         let mut b = Book::load(&path, false).expect("load");

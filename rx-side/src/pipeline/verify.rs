@@ -121,6 +121,23 @@ struct Derived {
 /// Derived keys kept for sessions not yet verified.
 const DERIVED_MAX: usize = 64;
 
+/// Insert into a map of at most `max` entries, evicting the one `rank`
+/// puts lowest first.
+fn insert_bounded<V, R: Ord>(
+    map: &mut HashMap<(SessionId, KeyId), V>,
+    max: usize,
+    id: (SessionId, KeyId),
+    v: V,
+    rank: impl Fn(&V) -> R,
+) {
+    if map.len() >= max
+        && let Some(lowest) = map.iter().min_by_key(|(_, v)| rank(v)).map(|(id, _)| *id)
+    {
+        map.remove(&lowest);
+    }
+    map.insert(id, v);
+}
+
 /// Refusals not yet logged.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
@@ -227,38 +244,18 @@ impl Verifier {
             self.keep_derived(id, key);
             return Err(Refusal::Forged);
         }
-        if self.cache.len() >= CACHE_MAX
-            && let Some(oldest) = self
-                .cache
-                .iter()
-                .min_by_key(|(_, c)| c.used)
-                .map(|(id, _)| *id)
-        {
-            self.cache.remove(&oldest);
-        }
-        self.cache.insert(
-            id,
-            Cached {
-                key: key.key,
-                used: now,
-            },
-        );
+        let cached = Cached {
+            key: key.key,
+            used: now,
+        };
+        insert_bounded(&mut self.cache, CACHE_MAX, id, cached, |c| c.used);
         Ok(())
     }
 
     /// Keep a derived key whose datagram failed: the least seen goes first.
     fn keep_derived(&mut self, id: (SessionId, KeyId), mut d: Derived) {
         d.hits = d.hits.saturating_add(1);
-        if self.derived.len() >= DERIVED_MAX
-            && let Some(least) = self
-                .derived
-                .iter()
-                .min_by_key(|(_, d)| d.hits)
-                .map(|(id, _)| *id)
-        {
-            self.derived.remove(&least);
-        }
-        self.derived.insert(id, d);
+        insert_bounded(&mut self.derived, DERIVED_MAX, id, d, |d| d.hits);
     }
 
     /// The refusals since the last summary, when one is due (at most one
