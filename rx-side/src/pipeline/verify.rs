@@ -22,6 +22,8 @@
 //! session whose datagram failed is kept aside ([`DERIVED_MAX`], the least
 //! seen evicted first): forged copies of a new real session's id then
 //! cost one derivation, and the real datagrams need no token of their own.
+//! Half the bucket is kept for ids seen before ([`FIRST_SIGHT_RESERVE`]):
+//! invented ids come once each, a real session's come again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,7 +81,8 @@ impl Bucket {
         }
     }
 
-    fn try_take(&mut self, now: Instant) -> bool {
+    /// Take a token if more than `reserve` are left.
+    fn try_take(&mut self, now: Instant, reserve: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         self.last = now;
         let ns = u64::try_from(elapsed.as_nanos())
@@ -94,7 +97,7 @@ impl Bucket {
         if self.tokens == DERIVE_BURST {
             self.carry_ns = 0;
         }
-        if self.tokens == 0 {
+        if self.tokens <= reserve {
             return false;
         }
         self.tokens -= 1;
@@ -120,6 +123,13 @@ struct Derived {
 
 /// Derived keys kept for sessions not yet verified.
 const DERIVED_MAX: usize = 64;
+/// Session ids seen before without a cached key; beyond this the set
+/// starts over.
+const SEEN_MAX: usize = 4096;
+/// Tokens a session id seen for the first time may not take: a flood of
+/// invented ids (each seen once) leaves them to ids that come again, as a
+/// real session's do.
+const FIRST_SIGHT_RESERVE: u32 = DERIVE_BURST / 2;
 
 /// Insert into a map of at most `max` entries, evicting the one `rank`
 /// puts lowest first.
@@ -164,6 +174,8 @@ pub struct Verifier {
     retired: Vec<KeyId>,
     cache: HashMap<(SessionId, KeyId), Cached>,
     derived: HashMap<(SessionId, KeyId), Derived>,
+    /// Sessions seen before without a cached key.
+    seen: std::collections::HashSet<(SessionId, KeyId)>,
     bucket: Bucket,
     unlogged: Tally,
     next_log: Instant,
@@ -177,6 +189,7 @@ impl Verifier {
             retired: retired.iter().map(|&k| KeyId(k)).collect(),
             cache: HashMap::new(),
             derived: HashMap::new(),
+            seen: std::collections::HashSet::new(),
             bucket: Bucket::new(now),
             unlogged: Tally::default(),
             next_log: now,
@@ -232,9 +245,17 @@ impl Verifier {
             .keyring
             .get(header.key_id)
             .map_err(|_| Refusal::UnknownKey(header.key_id.0))?;
+        if self.seen.len() >= SEEN_MAX {
+            self.seen.clear();
+        }
+        let reserve = if self.seen.insert(id) {
+            FIRST_SIGHT_RESERVE
+        } else {
+            0
+        };
         let key = match self.derived.remove(&id) {
             Some(d) => d,
-            None if self.bucket.try_take(now) => Derived {
+            None if self.bucket.try_take(now, reserve) => Derived {
                 key: psk.datagram_key(header.session),
                 hits: 0,
             },
@@ -491,9 +512,19 @@ mod tests {
                 assert_eq!(r, Err(Refusal::Forged));
             }
         }
-        assert_eq!(limited, 2000 - (u64::from(DERIVE_BURST) - 1));
-        // ...but never a cached session's datagrams.
+        // (Half the bucket is kept for ids seen before.)
+        assert_eq!(limited, 2000 - (u64::from(FIRST_SIGHT_RESERVE) - 1));
+        // ...but never a cached session's datagrams,
         assert!(check(&mut v, t0, datagram(KEY, &header(known, 1))).is_ok());
+        // nor the reserve: a new real session's datagram that comes again
+        // (invented ids come once) gets a derivation.
+        let real = SessionId([4; 16]);
+        assert_eq!(
+            check(&mut v, t0, datagram(KEY, &header(real, 0))),
+            Err(Refusal::Unverified),
+            "first sight: the reserve is not for it"
+        );
+        assert!(check(&mut v, t0, datagram(KEY, &header(real, 1))).is_ok());
         // A second later the bucket is full again, never fuller.
         let t1 = t0 + Duration::from_secs(1);
         let fresh = |i: u32| {
@@ -504,7 +535,7 @@ mod tests {
         let passed = (0..1000)
             .filter(|&i| check(&mut v, t1, datagram(KEY, &fresh(i))).is_ok())
             .count();
-        assert_eq!(passed, DERIVE_BURST as usize);
+        assert_eq!(passed, (DERIVE_BURST - FIRST_SIGHT_RESERVE) as usize);
         assert!(v.cached() <= CACHE_MAX, "the cache stays bounded");
         // Refilled at DERIVE_PER_SEC: 10 ms later, 20 more derivations.
         let t2 = t1 + Duration::from_millis(10);
