@@ -208,19 +208,27 @@ impl Book {
             {
                 continue;
             }
-            self.entries.insert(
-                key,
-                BookEntry {
-                    epoch: session.epoch(),
-                    session: hex(&session.0),
-                    key_id: key_id.0,
-                    skew_ms: None,
-                },
-            );
-            self.dirty = true;
+            self.set_newest(session, key_id);
             n += 1;
         }
         n
+    }
+
+    /// Make `session` the newest of its sender (the sender's measured
+    /// skew carried over).
+    fn set_newest(&mut self, session: SessionId, key_id: KeyId) {
+        let key = sender_key(session);
+        let skew_ms = self.entries.get(&key).and_then(|e| e.skew_ms);
+        self.entries.insert(
+            key,
+            BookEntry {
+                epoch: session.epoch(),
+                session: hex(&session.0),
+                key_id: key_id.0,
+                skew_ms,
+            },
+        );
+        self.dirty = true;
     }
 
     /// Whether symbols of `session` are already known to be refused.
@@ -311,22 +319,12 @@ impl Book {
             return admission;
         }
         self.stale.remove(&session);
-        let skew_ms = self.entries.get(&key).and_then(|e| e.skew_ms);
         if self
             .entries
             .get(&key)
             .is_none_or(|e| e.session != hex(&session.0))
         {
-            self.entries.insert(
-                key,
-                BookEntry {
-                    epoch: session.epoch(),
-                    session: hex(&session.0),
-                    key_id: key_id.0,
-                    skew_ms,
-                },
-            );
-            self.dirty = true;
+            self.set_newest(session, key_id);
         }
         self.accepted.insert(session);
         admission
