@@ -250,57 +250,10 @@ pub struct ReassemblyStats {
     pub pending_evicted: u64,
 }
 
-/// How the pending table is shared: blocks per (session, lane), per lane,
-/// and sessions per lane.
-#[derive(Debug, Default)]
-struct Shares {
-    held: HashMap<(SessionId, Lane), usize>,
-    lane: [usize; LANES],
-    sessions: [usize; LANES],
-}
-
-impl Shares {
-    fn add(&mut self, key: BlockKey) {
-        let n = self.held.entry((key.session, key.lane)).or_insert(0);
-        if *n == 0 {
-            self.sessions[key.lane.index()] += 1;
-        }
-        *n += 1;
-        self.lane[key.lane.index()] += 1;
-    }
-
-    fn remove(&mut self, key: BlockKey) {
-        let id = (key.session, key.lane);
-        let Some(n) = self.held.get_mut(&id) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.held.remove(&id);
-            self.sessions[key.lane.index()] -= 1;
-        }
-        self.lane[key.lane.index()] -= 1;
-    }
-
-    fn of(&self, session: SessionId, lane: Lane) -> usize {
-        self.held.get(&(session, lane)).copied().unwrap_or(0)
-    }
-
-    /// The session holding the most pending blocks of `lane`.
-    fn most(&self, lane: Lane) -> Option<(SessionId, usize)> {
-        self.held
-            .iter()
-            .filter(|((_, l), _)| *l == lane)
-            .max_by_key(|(_, n)| **n)
-            .map(|((s, _), n)| (*s, *n))
-    }
-}
-
 /// The receiver's reassembly core. Sans-IO: the caller passes `now`.
 pub struct Reassembler {
     limits: ReassemblyLimits,
     pending: HashMap<BlockKey, Pending>,
-    shares: Shares,
     sessions: HashMap<SessionId, SessionState>,
     lost: VecDeque<LostRange>,
     stats: ReassemblyStats,
@@ -312,7 +265,6 @@ impl Reassembler {
         Self {
             limits,
             pending: HashMap::new(),
-            shares: Shares::default(),
             sessions: HashMap::new(),
             lost: VecDeque::new(),
             stats: ReassemblyStats::default(),
@@ -414,7 +366,6 @@ impl Reassembler {
                 self.limits.max_block_bytes,
             )
             .map_err(DropReason::Geometry)?;
-            self.shares.add(key);
             self.pending.entry(key).or_insert(Pending {
                 k: decoder.source_symbols(),
                 decoder: Some(decoder),
@@ -447,7 +398,7 @@ impl Reassembler {
         Ok(match step {
             Step::Wait => None,
             Step::Block(sealed) => {
-                let p = self.remove_pending(key).ok_or(DropReason::Resolved)?;
+                let p = self.pending.remove(&key).ok_or(DropReason::Resolved)?;
                 let decoder = p.decoder.ok_or(DropReason::Resolved)?;
                 Some(Ready::Block(completed(p.header, &decoder, sealed)))
             }
@@ -474,7 +425,7 @@ impl Reassembler {
             block,
         } = done;
         if let Some(sealed) = block {
-            self.remove_pending(key);
+            self.pending.remove(&key);
             return Some(Ready::Block(completed(header, &decoder, sealed)));
         }
         let p = self.pending.get_mut(&key)?;
@@ -729,21 +680,20 @@ impl Reassembler {
     fn expire(&mut self, now: Instant) {
         let timeout = self.limits.block_timeout;
         let before = self.pending.len();
-        let shares = &mut self.shares;
-        self.pending.retain(|k, p| {
-            let keep = now.saturating_duration_since(p.last_seen) < timeout;
-            if !keep {
-                shares.remove(*k);
-            }
-            keep
-        });
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.last_seen) < timeout);
         self.stats.pending_expired += (before - self.pending.len()) as u64;
     }
 
-    fn remove_pending(&mut self, key: BlockKey) -> Option<Pending> {
-        let p = self.pending.remove(&key)?;
-        self.shares.remove(key);
-        Some(p)
+    /// Pending blocks of `lane`, per session: counted from the pending
+    /// table (at most `max_pending_blocks` long) when a new block asks for
+    /// a slot, never on a symbol of a block already pending.
+    fn held(&self, lane: Lane) -> HashMap<SessionId, usize> {
+        let mut held = HashMap::new();
+        for k in self.pending.keys().filter(|k| k.lane == lane) {
+            *held.entry(k.session).or_insert(0) += 1;
+        }
+        held
     }
 
     /// Pending-table slots of a lane: the alert lane has its own
@@ -760,8 +710,8 @@ impl Reassembler {
     }
 
     fn has_room(&self, lane: Lane) -> bool {
-        self.shares.lane[lane.index()] < self.lane_slots(lane)
-            && self.pending.len() < self.limits.max_pending_blocks
+        self.pending.len() < self.limits.max_pending_blocks
+            && self.pending.keys().filter(|k| k.lane == lane).count() < self.lane_slots(lane)
     }
 
     /// Room for a new pending block `key`. Within its lane's slots every
@@ -780,13 +730,14 @@ impl Reassembler {
             return Ok(());
         }
         let slots = self.lane_slots(key.lane);
-        let mine = self.shares.of(key.session, key.lane);
-        let sessions = self.shares.sessions[key.lane.index()] + usize::from(mine == 0);
+        let held = self.held(key.lane);
+        let mine = held.get(&key.session).copied().unwrap_or(0);
+        let sessions = held.len() + usize::from(mine == 0);
         let fair = slots / sessions.max(1);
         if mine >= fair {
             return Err(DropReason::PendingFull);
         }
-        let Some((hog, held)) = self.shares.most(key.lane) else {
+        let Some((hog, held)) = held.into_iter().max_by_key(|(_, n)| *n) else {
             return Err(DropReason::PendingFull);
         };
         if held <= fair {
@@ -799,7 +750,7 @@ impl Reassembler {
             .min_by_key(|(_, p)| p.first_seen)
             .map(|(k, _)| *k)
             .ok_or(DropReason::PendingFull)?;
-        self.remove_pending(victim);
+        self.pending.remove(&victim);
         self.stats.pending_evicted += 1;
         Ok(())
     }
