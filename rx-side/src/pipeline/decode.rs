@@ -531,9 +531,15 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
         return false;
     }
     let clock = core.clock();
-    if !core
-        .book
-        .is_fresh_heartbeat(header.session, hb.sent_unix_ms, clock)
+    // A later heartbeat of a session already heard from in this run is new
+    // by its sequence number, whatever either wall clock did meanwhile (an
+    // NTP step, a clock set by hand): the skew follows it. Freshness by
+    // the clock guards the first one heard, which a replay could be.
+    let heard = core.hb_seq.contains_key(&header.session);
+    if !heard
+        && !core
+            .book
+            .is_fresh_heartbeat(header.session, hb.sent_unix_ms, clock)
     {
         stale_heartbeat(core, stats, header, hb.sent_unix_ms, clock);
         return false;
@@ -542,7 +548,7 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
     if matches!(admission, Admission::Refused | Admission::Stale) {
         return false;
     }
-    let first_heartbeat = !core.hb_seq.contains_key(&header.session);
+    let first_heartbeat = !heard;
     if core.hb_seq.len() >= core.max_sessions * 2 {
         core.hb_seq.clear();
     }
