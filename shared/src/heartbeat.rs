@@ -88,6 +88,53 @@ pub struct LaneMarks {
     pub next_record: u64,
 }
 
+/// A lane of a finished session: its numbering from first to last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedLane {
+    /// The session's first block on this lane, and its first record.
+    pub first_block: u64,
+    /// The record the session started this lane at.
+    pub first_record: u64,
+    /// The block after the last one sent (`first_block`: none sent).
+    pub end_block: u64,
+    /// The record after the last one sent.
+    pub end_record: u64,
+}
+
+impl FinishedLane {
+    /// The last block sent, if any.
+    pub fn last_block(&self) -> Option<u64> {
+        (self.end_block > self.first_block).then(|| self.end_block - 1)
+    }
+}
+
+/// A session of the sender's, of the same role, that stopped cleanly, and
+/// how far it numbered: the last [`MAX_PREVIOUS`] are carried by every
+/// heartbeat of the next session, so a receiver that missed their end
+/// (down, or their last heartbeats lost) or all of them counts what it
+/// never received, to the record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// The finished session's id.
+    pub session: [u8; 16],
+    /// Per lane, its numbering.
+    pub lanes: [FinishedLane; LANES],
+}
+
+/// Finished sessions a heartbeat carries.
+pub const MAX_PREVIOUS: usize = 4;
+
+/// Keep `f` among `list`'s sessions (oldest first, by epoch), at most
+/// [`MAX_PREVIOUS`], the newest.
+pub fn remember_finished(list: &mut Vec<Finished>, f: Finished) {
+    let epoch = |f: &Finished| crate::wire::SessionId(f.session).epoch();
+    list.retain(|o| o.session != f.session);
+    list.push(f);
+    list.sort_by_key(epoch);
+    let extra = list.len().saturating_sub(MAX_PREVIOUS);
+    list.drain(..extra);
+}
+
 /// What a heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -110,6 +157,9 @@ pub struct Heartbeat {
     /// Summary of the last block fully sent, per lane that sent one: a
     /// lost tail block is still described.
     pub recent: Vec<(Lane, crate::ledger::BlockSummary)>,
+    /// The sender's last cleanly stopped sessions of this role, oldest
+    /// first (at most [`MAX_PREVIOUS`]).
+    pub previous: Vec<Finished>,
     /// Sender health (the body's trailer; `None` from a sender that sends
     /// none).
     #[serde(skip)]
@@ -228,6 +278,7 @@ mod tests {
             marks: [LaneMarks::default(); LANES],
             fec: [LaneFec::default(); LANES],
             recent: Vec::new(),
+            previous: Vec::new(),
             health: None,
         };
         let mut dg = Vec::new();
@@ -254,6 +305,18 @@ mod tests {
             marks: [LaneMarks::default(); LANES],
             fec: [LaneFec::default(); LANES],
             recent: Vec::new(),
+            previous: vec![
+                Finished {
+                    session: [0xff; 16],
+                    lanes: [FinishedLane {
+                        first_block: u64::MAX,
+                        first_record: u64::MAX,
+                        end_block: u64::MAX,
+                        end_record: u64::MAX,
+                    }; LANES],
+                };
+                MAX_PREVIOUS
+            ],
             health,
         }
     }

@@ -15,19 +15,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use weir_shared::heartbeat::{Finished, FinishedLane};
 use weir_shared::lane::{LANES, Lane};
+use weir_shared::wire::SessionId;
 
 /// Blocks reserved ahead of use.
 const BLOCK_MARGIN: u64 = 1 << 24;
 /// Records reserved ahead of use.
 const RECORD_MARGIN: u64 = 1 << 32;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct StateFile {
     epoch: u64,
     next_block: [u64; LANES],
     next_record: [u64; LANES],
     clean: bool,
+    /// The last sessions that stopped cleanly, kept across crashes of
+    /// the sessions after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    finished: Vec<Finished>,
 }
 
 /// The live numbers, shared by the batch (records) and seal (blocks)
@@ -44,6 +50,9 @@ pub struct Numbering {
     pub next_block: [AtomicU64; LANES],
     /// Next record number per lane.
     pub next_record: [AtomicU64; LANES],
+    /// The last sessions of this role that stopped cleanly, oldest first
+    /// (for the heartbeat: the receiver counts what it missed of them).
+    pub previous: Vec<Finished>,
 }
 
 impl Numbering {
@@ -62,6 +71,25 @@ impl Numbering {
             first_record: s.next_record,
             next_block: s.next_block.map(AtomicU64::new),
             next_record: s.next_record.map(AtomicU64::new),
+            previous: s.finished.clone(),
+        }
+    }
+
+    /// This session, numbered as far as it got: what the next session
+    /// carries once this one stopped cleanly.
+    pub fn finished(&self, session: SessionId) -> Finished {
+        let (blocks, records) = self.current();
+        Finished {
+            session: session.0,
+            lanes: Lane::ALL.map(|l| {
+                let i = l.index();
+                FinishedLane {
+                    first_block: self.first_block[i],
+                    first_record: self.first_record[i],
+                    end_block: blocks[i],
+                    end_record: records[i],
+                }
+            }),
         }
     }
 
@@ -108,12 +136,14 @@ impl StateStore {
         // was wiped still starts newer than its old sessions.
         let epoch = old.epoch.saturating_add(1).max(unix_secs());
         let numbering = Numbering::from_file(&old, epoch);
+        let unclean = !old.clean && old != StateFile::default();
+        let (blocks, records) = (old.next_block, old.next_record);
         let mut store = Self {
             path: path.to_owned(),
             reserved: old,
         };
-        store.reserve(epoch, old.next_block, old.next_record)?;
-        if !old.clean && old != StateFile::default() {
+        store.reserve(epoch, blocks, records)?;
+        if unclean {
             tracing::warn!(state = %path.display(), "The last sender session did not stop cleanly: numbering resumes at its reservation.");
         }
         Ok((store, numbering))
@@ -130,6 +160,7 @@ impl StateStore {
             next_block: blocks.map(|b| b.saturating_add(BLOCK_MARGIN)),
             next_record: records.map(|r| r.saturating_add(RECORD_MARGIN)),
             clean: false,
+            finished: self.reserved.finished.clone(),
         };
         write_atomic(&self.path, &next)?;
         self.reserved = next;
@@ -151,14 +182,15 @@ impl StateStore {
         Ok(())
     }
 
-    /// A clean stop: store the exact numbers.
-    pub fn close(&mut self, n: &Numbering) -> anyhow::Result<()> {
+    /// A clean stop of `session`: store the exact numbers.
+    pub fn close(&mut self, n: &Numbering, session: SessionId) -> anyhow::Result<()> {
         let (blocks, records) = n.current();
         let exact = StateFile {
             epoch: n.epoch,
             next_block: blocks,
             next_record: records,
             clean: true,
+            finished: with_finished(&self.reserved.finished, n.finished(session)),
         };
         write_atomic(&self.path, &exact)?;
         self.reserved = exact;
@@ -170,6 +202,9 @@ impl StateStore {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PushFile {
     epoch: u64,
+    /// The last pushes that finished (every block sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    finished: Vec<Finished>,
 }
 
 /// Where the last one-shot push's epoch is kept: beside `sender.state_path`.
@@ -177,42 +212,78 @@ pub fn push_state_path(state_path: &Path) -> PathBuf {
     state_path.with_extension("push.json")
 }
 
-/// The epoch of a new one-shot push (`weir-tx send`, `resend`): the Unix
-/// time in ms, which must be newer than the last push's. The receiver
-/// refuses a session older than the newest it accepted from the same
-/// sender and role, so a push from a clock that went back would be
-/// dropped whole: refused here instead, with the reason. The epoch is
-/// recorded before anything is sent.
-pub fn push_epoch(state_path: &Path, now_ms: u64) -> anyhow::Result<u64> {
+/// The numbering of a new one-shot push (`weir-tx send`, `resend`): from
+/// zero, in an epoch of the Unix time in ms, which must be newer than the
+/// last push's. The receiver refuses a session older than the newest it
+/// accepted from the same sender and role, so a push from a clock that
+/// went back would be dropped whole: refused here instead, with the
+/// reason. The epoch is recorded before anything is sent; the last push
+/// that finished is carried on (`Numbering::previous`).
+pub fn push_numbering(state_path: &Path, now_ms: u64) -> anyhow::Result<Numbering> {
     let path = push_state_path(state_path);
-    let last = match std::fs::read(&path) {
-        Ok(b) => {
-            serde_json::from_slice::<PushFile>(&b)
-                .with_context(|| {
-                    format!(
-                        "{} is unreadable (it holds the last push's session epoch, beside \
-                     `sender.state_path`); move it away if the receiver's state was reset too",
-                        path.display()
-                    )
-                })?
-                .epoch
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if now_ms <= last {
+    let last = read_push_file(&path)?;
+    if now_ms <= last.epoch {
         anyhow::bail!(
             "this host's clock ({now_ms} ms since 1970) is not past the last push's session epoch \
-             ({last}, in {}): the receiver refuses a session older than the newest it accepted \
+             ({}, in {}): the receiver refuses a session older than the newest it accepted \
              from this sender, so nothing of this push would be published. The clock went back \
              {:.1} s: correct it, or wait until it passes the last push",
+            last.epoch,
             path.display(),
-            (last - now_ms) as f64 / 1000.0
+            (last.epoch - now_ms) as f64 / 1000.0
         );
     }
-    let body = serde_json::to_vec(&PushFile { epoch: now_ms }).context("encoding push state")?;
-    write_bytes_atomic(&path, &body)?;
-    Ok(now_ms)
+    write_push_file(
+        &path,
+        &PushFile {
+            epoch: now_ms,
+            finished: last.finished.clone(),
+        },
+    )?;
+    Ok(Numbering {
+        previous: last.finished,
+        ..Numbering::from_zero(now_ms)
+    })
+}
+
+/// A push finished (every block sent): the next pushes carry its
+/// numbering. A push started meanwhile keeps its newer epoch.
+pub fn push_finished(state_path: &Path, n: &Numbering, session: SessionId) -> anyhow::Result<()> {
+    let path = push_state_path(state_path);
+    let last = read_push_file(&path)?;
+    write_push_file(
+        &path,
+        &PushFile {
+            epoch: last.epoch.max(n.epoch),
+            finished: with_finished(&last.finished, n.finished(session)),
+        },
+    )
+}
+
+/// `list` with `f` remembered (the newest few, oldest first).
+fn with_finished(list: &[Finished], f: Finished) -> Vec<Finished> {
+    let mut list = list.to_vec();
+    weir_shared::heartbeat::remember_finished(&mut list, f);
+    list
+}
+
+fn read_push_file(path: &Path) -> anyhow::Result<PushFile> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice::<PushFile>(&b).with_context(|| {
+            format!(
+                "{} is unreadable (it holds the last push's session epoch, beside \
+                 `sender.state_path`); move it away if the receiver's state was reset too",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PushFile::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_push_file(path: &Path, file: &PushFile) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(file).context("encoding push state")?;
+    write_bytes_atomic(path, &body)
 }
 
 fn write_atomic(path: &Path, state: &StateFile) -> anyhow::Result<()> {
@@ -249,11 +320,20 @@ mod tests {
         assert!(n.epoch >= unix_secs());
         n.next_block[1].store(10, Ordering::Relaxed);
         n.next_record[1].store(500, Ordering::Relaxed);
-        store.close(&n).expect("close");
+        let first = SessionId([1; 16]);
+        store.close(&n, first).expect("close");
 
         let (_crashed, n2) = StateStore::open(&path).expect("reopen");
         assert!(n2.epoch > n.epoch);
         assert_eq!((n2.first_block[1], n2.first_record[1]), (10, 500));
+        let [previous] = n2.previous[..] else {
+            panic!("the clean stop is carried: {:?}", n2.previous);
+        };
+        assert_eq!(previous.session, first.0);
+        assert_eq!(
+            (previous.lanes[1].last_block(), previous.lanes[1].end_record),
+            (Some(9), 500)
+        );
         n2.next_record[1].store(900, Ordering::Relaxed);
         // No close: a crash. The next session starts at the reservation,
         // above anything the crashed one may have used.
@@ -261,6 +341,11 @@ mod tests {
         assert!(n3.epoch > n2.epoch);
         assert_eq!(n3.first_record[1], 500 + RECORD_MARGIN);
         assert_eq!(n3.first_block[1], 10 + BLOCK_MARGIN);
+        assert_eq!(
+            n3.previous.iter().map(|p| p.session).collect::<Vec<_>>(),
+            [first.0],
+            "the last clean stop survives a crash after it"
+        );
     }
 
     #[test]
@@ -291,13 +376,56 @@ mod tests {
     fn a_push_from_a_clock_that_went_back_is_refused_before_it_sends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state.json");
-        assert_eq!(push_epoch(&state, 1_000).expect("first"), 1_000);
-        assert_eq!(push_epoch(&state, 2_000).expect("later"), 2_000);
-        let e = push_epoch(&state, 1_500).expect_err("the clock went back");
+        let epoch = |now| push_numbering(&state, now).map(|n| n.epoch);
+        assert_eq!(epoch(1_000).expect("first"), 1_000);
+        assert_eq!(epoch(2_000).expect("later"), 2_000);
+        let e = epoch(1_500).expect_err("the clock went back");
         let msg = format!("{e:#}");
         assert!(msg.contains("refuses a session older"), "{msg}");
         assert!(msg.contains("0.5 s"), "{msg}");
-        assert!(push_epoch(&state, 2_000).is_err(), "not newer");
-        assert_eq!(push_epoch(&state, 2_001).expect("newer"), 2_001);
+        assert!(epoch(2_000).is_err(), "not newer");
+        assert_eq!(epoch(2_001).expect("newer"), 2_001);
+    }
+
+    #[test]
+    fn a_finished_push_is_carried_by_the_next_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        let a = push_numbering(&state, 1_000).expect("a");
+        assert!(a.previous.is_empty());
+        a.next_block[1].store(3, Ordering::Relaxed);
+        a.next_record[1].store(30, Ordering::Relaxed);
+        let a_id = SessionId::new(7, weir_shared::wire::Role::OneShot, a.epoch, [1; 4]);
+        // A later push started before `a` finished keeps its epoch.
+        let b = push_numbering(&state, 2_000).expect("b");
+        push_finished(&state, &a, a_id).expect("a finished");
+        assert!(push_numbering(&state, 1_500).is_err(), "b's epoch kept");
+        drop(b);
+        // `b` never finished: the next push carries `a`, and so does the one after.
+        for now in [3_000, 4_000] {
+            let n = push_numbering(&state, now).expect("next");
+            let [p] = n.previous[..] else {
+                panic!("a is carried: {:?}", n.previous);
+            };
+            assert_eq!(p.session, a_id.0);
+            assert_eq!(
+                (p.lanes[1].last_block(), p.lanes[1].end_record),
+                (Some(2), 30)
+            );
+            assert_eq!(p.lanes[0].last_block(), None);
+        }
+        // The newest few are carried, oldest first.
+        let mut epochs = Vec::new();
+        for now in 5_000..5_010 {
+            let n = push_numbering(&state, now).expect("push");
+            let id = SessionId::new(7, weir_shared::wire::Role::OneShot, now, [2; 4]);
+            push_finished(&state, &n, id).expect("finished");
+            epochs = n
+                .previous
+                .iter()
+                .map(|f| SessionId(f.session).epoch())
+                .collect();
+        }
+        assert_eq!(epochs, [5_005, 5_006, 5_007, 5_008]);
     }
 }

@@ -29,14 +29,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
+use weir_shared::heartbeat::{Finished, MAX_PREVIOUS};
 use weir_shared::lane::Lane;
 use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
 use weir_shared::reassembly::{BlockKey, DropReason, Ready, Reassembler, ReassemblyLimits};
-use weir_shared::wire::{Header, Kind, SessionId};
+use weir_shared::wire::{Header, KeyId, Kind, SessionId};
 
 use super::budget::Budget;
 use super::files::{FileWork, notify_lost};
-use super::ledger::{Admission, Book, Clock, GapLog, SafeMode, write_gap};
+use super::ledger::{Admission, Book, Clock, GapLog, SafeMode, session_start_ms, write_gap};
 use super::open::{Gate, OpenError};
 use super::outbox::{Item, LaneFloors, Outbox};
 use super::publish::Topics;
@@ -557,6 +558,9 @@ fn heartbeat(core: &mut Core, out: &Out<'_>, header: &Header, payload: &[u8]) ->
     let t = now();
     let skew_ms = hb.sent_unix_ms - clock.now_ms;
     core.book.note_skew(header.session, skew_ms);
+    if let Some(old) = core.book.take_superseded(header.session) {
+        close_previous(core, out, header, old, &hb.previous, t);
+    }
     if admission == Admission::Adopt {
         adopt(core, out, header, &hb, t);
     } else {
@@ -638,6 +642,95 @@ fn adopt(
         "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000))});
     tracing::warn!(session = %header.session.short_hex(), "Session adopted from a fresh heartbeat after the session book was lost: earlier blocks are not accounted here.");
     out.stats.audit.record("session_adopted", body.clone());
+    send_event(out.to_outbox, Message::event(&out.topics.audit, &body));
+}
+
+/// A new session of a sender replaced `old` as its newest here, and its
+/// heartbeat says how the sender's last sessions of this role that
+/// stopped cleanly were numbered (`previous`, oldest first). What of them
+/// never arrived here is counted, to the record: `old`'s tail when this
+/// receiver was down at its end or its last heartbeats were lost, and
+/// the whole of each later one this receiver never heard. Blocks
+/// already resolved here stay so.
+fn close_previous(
+    core: &mut Core,
+    out: &Out<'_>,
+    header: &Header,
+    (old, old_key): (SessionId, KeyId),
+    previous: &[Finished],
+    t: Instant,
+) {
+    let same_sender = |s: SessionId| s.sender() == old.sender() && s.role() == old.role();
+    let later: Vec<&Finished> = previous
+        .iter()
+        .skip(previous.len().saturating_sub(MAX_PREVIOUS))
+        .filter(|f| {
+            let s = SessionId(f.session);
+            same_sender(s) && s.epoch() >= old.epoch()
+        })
+        .collect();
+    if later.is_empty() {
+        return;
+    }
+    if later.iter().all(|f| f.session != old.0) {
+        // `old` stopped uncleanly, or more sessions were missed here
+        // than a heartbeat carries: `old`'s tail is not known.
+        tracing::warn!(session = %old.short_hex(),
+            "How the previous sender session ended is not known: what of it was sent after this receiver last heard it is not counted.");
+    }
+    for f in later {
+        let finished = SessionId(f.session);
+        let whole = finished != old;
+        if !whole && core.reassembler.floors(old).is_none() && core.seen.contains(&old) {
+            // Heard in this run but no longer tracked (more sessions than
+            // `limits.max_sessions`): where it stood is unknown here.
+            tracing::warn!(session = %old.short_hex(),
+                "The previous session's end is known, but not what arrived of it: its tail is not counted.");
+            continue;
+        }
+        if whole {
+            session_missed(core, out, header, f);
+        }
+        let key_id = if whole { header.key_id } else { old_key };
+        core.reassembler
+            .session_start(t, finished, key_id, f.lanes.map(|l| l.first_block));
+        core.reassembler
+            .handle_heartbeat(t, finished, key_id, f.lanes.map(|l| l.last_block()));
+        for lane in Lane::ALL {
+            let l = f.lanes[lane.index()];
+            core.ledger.mark(
+                finished,
+                lane,
+                Some((l.first_block, l.first_record)),
+                l.last_block().map(|b| (b, l.end_record)),
+            );
+        }
+    }
+}
+
+/// A whole session of a sender never reached this receiver (said by its
+/// successor): audited, and its loss labelled the link's when it began
+/// while this receiver listened.
+fn session_missed(core: &mut Core, out: &Out<'_>, header: &Header, f: &Finished) {
+    let finished = SessionId(f.session);
+    let began_here = session_start_ms(finished).saturating_sub(core.book.skew_ms(finished));
+    if began_here >= core.started_ms {
+        for lane in Lane::ALL {
+            core.listening_from
+                .insert((finished, lane), f.lanes[lane.index()].first_block);
+        }
+    }
+    let records: u64 = f
+        .lanes
+        .iter()
+        .map(|l| l.end_record.saturating_sub(l.first_record))
+        .sum();
+    let body = serde_json::json!({"type": "session_missed", "session": finished.short_hex(),
+        "sender": finished.sender(), "epoch": finished.epoch(), "records": records,
+        "reported_by": header.session.short_hex()});
+    tracing::warn!(session = %finished.short_hex(), records,
+        "A whole sender session never reached this receiver: counted as lost, from its successor's heartbeat.");
+    out.stats.audit.record("session_missed", body.clone());
     send_event(out.to_outbox, Message::event(&out.topics.audit, &body));
 }
 

@@ -13,7 +13,7 @@
 //! each lane of those sessions was resolved is kept in the outbox, in the
 //! same transactions as the blocks (`outbox::LaneResume`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -100,6 +100,10 @@ pub struct Book {
     accepted: HashSet<SessionId>,
     refused: HashSet<SessionId>,
     stale: HashSet<SessionId>,
+    /// A newly admitted session → the one it replaced as newest of its
+    /// sender (taken by its first heartbeat, which may say how that one
+    /// ended).
+    superseded: HashMap<SessionId, (SessionId, KeyId)>,
     safe: Option<SafeMode>,
     dirty: bool,
 }
@@ -184,6 +188,7 @@ impl Book {
             accepted: HashSet::new(),
             refused: HashSet::new(),
             stale: HashSet::new(),
+            superseded: HashMap::new(),
             safe,
             dirty: false,
         })
@@ -319,12 +324,18 @@ impl Book {
             return admission;
         }
         self.stale.remove(&session);
-        if self
-            .entries
-            .get(&key)
-            .is_none_or(|e| e.session != hex(&session.0))
-        {
-            self.set_newest(session, key_id);
+        match self.entries.get(&key) {
+            Some(e) if e.session == hex(&session.0) => {}
+            old => {
+                let old = old.and_then(|e| Some((SessionId(unhex(&e.session)?), KeyId(e.key_id))));
+                if let Some(old) = old {
+                    if self.superseded.len() >= REFUSED_MAX {
+                        self.superseded.clear();
+                    }
+                    self.superseded.insert(session, old);
+                }
+                self.set_newest(session, key_id);
+            }
         }
         self.accepted.insert(session);
         admission
@@ -354,6 +365,12 @@ impl Book {
         } else {
             Admission::Stale
         }
+    }
+
+    /// The session `session` replaced as the newest of its sender when it
+    /// was admitted, once.
+    pub fn take_superseded(&mut self, session: SessionId) -> Option<(SessionId, KeyId)> {
+        self.superseded.remove(&session)
     }
 
     /// The newest session of every sender: the sessions whose lane

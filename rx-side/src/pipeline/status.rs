@@ -147,6 +147,7 @@ mod tests {
             marks: Default::default(),
             fec: Default::default(),
             recent: Vec::new(),
+            previous: Vec::new(),
             health: None,
         };
         let mut link = LinkState {

@@ -443,25 +443,30 @@ fn session_started(
     Ok(telemetry)
 }
 
+/// Where a session's numbering is kept: the daemon's state file, or the
+/// one-shot pushes' file beside it.
+enum Persist {
+    Daemon(StateStore),
+    Push(PathBuf),
+}
+
 /// The session's numbering (the daemon's persisted state, or a one-shot
 /// push's own from zero) and its id.
 fn open_session(
     cfg: &ValidTx,
     sources: Sources,
-) -> anyhow::Result<(Option<StateStore>, Arc<Numbering>, SessionId)> {
+) -> anyhow::Result<(Persist, Arc<Numbering>, SessionId)> {
+    let state_path = &cfg.raw.sender.state_path;
     let (store, numbering, role) = match sources {
         Sources::Configured => {
-            let (store, n) = StateStore::open(&cfg.raw.sender.state_path)?;
-            (Some(store), n, Role::Daemon)
+            let (store, n) = StateStore::open(state_path)?;
+            (Persist::Daemon(store), n, Role::Daemon)
         }
         // A one-shot push numbers from zero in an epoch of its own role,
         // newer than the last push's (or it is refused, with the reason).
         Sources::Pushed => (
-            None,
-            Numbering::from_zero(crate::state::push_epoch(
-                &cfg.raw.sender.state_path,
-                u64::try_from(unix_ms()).unwrap_or(0),
-            )?),
+            Persist::Push(state_path.clone()),
+            crate::state::push_numbering(state_path, u64::try_from(unix_ms()).unwrap_or(0))?,
             Role::OneShot,
         ),
     };
@@ -511,21 +516,22 @@ struct Beat {
     /// The pacer's rate, for the health trailer.
     rate_bytes_per_sec: u64,
     numbering: Arc<Numbering>,
-    /// The daemon's numbering file (none for one-shot pushes).
-    store: Option<StateStore>,
+    /// Where the numbering is kept.
+    store: Persist,
 }
 
 impl Beat {
     /// Extend the numbering reservation (every heartbeat), or store the
-    /// exact numbers (`last`, after the pipeline drained).
+    /// exact numbers (`last`, after the pipeline drained) for the next
+    /// session to carry.
     fn persist(&mut self, last: bool) {
-        let Some(store) = self.store.as_mut() else {
-            return;
-        };
-        let r = if last {
-            store.close(&self.numbering)
-        } else {
-            store.checkpoint(&self.numbering)
+        let r = match &mut self.store {
+            Persist::Daemon(store) if last => store.close(&self.numbering, self.session),
+            Persist::Daemon(store) => store.checkpoint(&self.numbering),
+            Persist::Push(path) if last => {
+                crate::state::push_finished(path, &self.numbering, self.session)
+            }
+            Persist::Push(_) => Ok(()),
         };
         if let Err(e) = r {
             tracing::error!(error = %format!("{e:#}"), "Sender numbering could not be stored.");
@@ -547,6 +553,7 @@ impl Beat {
             marks,
             fec: self.fec,
             recent,
+            previous: self.numbering.previous.clone(),
             health: Some(self.telemetry.health(self.rate_bytes_per_sec)),
         };
         let mut dgram = Vec::new();
