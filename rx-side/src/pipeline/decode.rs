@@ -138,7 +138,7 @@ impl Core {
         let mut reassembler = Reassembler::new(limits);
         let t = now();
         let resume = outbox
-            .resume(|s| book.is_newest(s))
+            .resume(|s| book.newest_key(s))
             .map_err(|e| anyhow::anyhow!("reading lane state from the outbox: {e}"))?;
         let mut ledger_core = Ledger::new(LedgerLimits {
             max_summaries: 4096,
@@ -149,13 +149,18 @@ impl Core {
             // What the stored blocks carried, and where the floor's block
             // starts: a loss across the restart is counted from them.
             ledger_core.describe(r.session, r.lane, &r.summaries);
-            if let Some((record, t_ns)) = r.records {
-                ledger_core.anchor(r.session, r.lane, r.floor, record, t_ns);
+            if let (Some(floor), Some((record, t_ns))) = (r.floor, r.records) {
+                ledger_core.anchor(r.session, r.lane, floor, record, t_ns);
             }
             // Replays below the floor are refused; blocks the outbox
             // committed above it are not taken again. Every other block
             // is still open: delivered if its symbols come, else counted.
-            reassembler.restore(t, r.session, r.key_id, r.lane, r.floor);
+            // A lane stopped before its first floor was stored starts at
+            // its lowest delivered block, until the session's start is
+            // known (its heartbeat, or its successor's).
+            if let Some(floor) = r.floor {
+                reassembler.restore(t, r.session, r.key_id, r.lane, floor);
+            }
             for seq in r.delivered {
                 let key = BlockKey {
                     session: r.session,
@@ -964,7 +969,7 @@ mod tests {
             "only the newest resumes"
         );
         assert_eq!(
-            outbox.resume(|_| true).expect("resume").len(),
+            outbox.resume(|_| Some(KeyId(1))).expect("resume").len(),
             1,
             "the older session's state is gone"
         );

@@ -382,11 +382,12 @@ impl Book {
             .collect()
     }
 
-    /// Whether `session` is the newest of its sender.
-    pub fn is_newest(&self, session: SessionId) -> bool {
+    /// The key id of `session` if it is the newest of its sender.
+    pub fn newest_key(&self, session: SessionId) -> Option<KeyId> {
         self.entries
             .get(&sender_key(session))
-            .is_some_and(|e| e.session == hex(&session.0))
+            .filter(|e| e.session == hex(&session.0))
+            .map(|e| KeyId(e.key_id))
     }
 
     /// Write the book if it changed (replace atomically, fsync).
@@ -642,7 +643,8 @@ mod tests {
             Admission::New,
             "the stored newest resumes, however long it has run"
         );
-        assert!(b.is_newest(new) && b.is_newest(other_role) && !b.is_newest(old));
+        let newest = |s| b.newest_key(s).is_some();
+        assert!(newest(new) && newest(other_role) && !newest(old));
 
         let mut lax = Book::load(&path, true).expect("reload");
         assert_eq!(

@@ -177,8 +177,10 @@ pub struct LaneResume {
     pub key_id: KeyId,
     /// The lane.
     pub lane: Lane,
-    /// Every block below it is resolved.
-    pub floor: u64,
+    /// Every block below it is resolved; `None` when the receiver stopped
+    /// before it stored the lane's first floor (only its delivered blocks
+    /// are known).
+    pub floor: Option<u64>,
     /// Blocks at or above `floor` resolved (stored, or refused and
     /// reported), ascending.
     pub delivered: Vec<u64>,
@@ -489,8 +491,13 @@ impl Outbox {
     }
 
     /// The lanes a restarted receiver resumes: those of the sessions
-    /// `keep` names. The state of every other session is deleted.
-    pub fn resume(&self, keep: impl Fn(SessionId) -> bool) -> Result<Vec<LaneResume>, OutboxError> {
+    /// `keep` names with the key id they authenticated with (a lane
+    /// with delivered blocks but no stored floor yet takes that key id).
+    /// The state of every other session is deleted.
+    pub fn resume(
+        &self,
+        keep: impl Fn(SessionId) -> Option<KeyId>,
+    ) -> Result<Vec<LaneResume>, OutboxError> {
         let db = self.db();
         let db = db.as_ref().ok_or(OutboxError::Closed)?;
         let mut txn = db.begin_write().map_err(db_err)?;
@@ -504,12 +511,14 @@ impl Outbox {
                 let (k, v) = r.map_err(db_err)?;
                 let parsed = parse_lane_key(k.value()).zip(parse_floor(v.value()));
                 match parsed {
-                    Some(((session, lane), (floor, key_id, records))) if keep(session) => {
+                    Some(((session, lane), (floor, key_id, records)))
+                        if keep(session).is_some() =>
+                    {
                         out.push(LaneResume {
                             session,
                             key_id,
                             lane,
-                            floor,
+                            floor: Some(floor),
                             delivered: Vec::new(),
                             records,
                             summaries: Vec::new(),
@@ -522,51 +531,63 @@ impl Outbox {
                 lanes.remove(k.as_slice()).map_err(db_err)?;
             }
             // Keep the `delivered` keys of kept lanes at or above their
-            // floor; everything else is of no further use.
-            let kept: std::collections::HashMap<(SessionId, Lane), usize> = out
+            // floor (all of them where no floor was stored yet); everything
+            // else is of no further use.
+            let mut kept: std::collections::HashMap<(SessionId, Lane), usize> = out
                 .iter()
                 .enumerate()
                 .map(|(i, r)| ((r.session, r.lane), i))
                 .collect();
-            let mut keys = Vec::new();
             delivered
                 .retain(|k, ()| {
                     let Some((session, lane, seq)) = parse_delivered_key(k) else {
                         return false;
                     };
-                    match kept.get(&(session, lane)) {
-                        Some(&i) if seq >= out[i].floor => {
-                            keys.push((i, seq));
-                            true
+                    let i = match kept.get(&(session, lane)) {
+                        Some(&i) => i,
+                        None => {
+                            let Some(key_id) = keep(session) else {
+                                return false;
+                            };
+                            out.push(LaneResume {
+                                session,
+                                key_id,
+                                lane,
+                                floor: None,
+                                delivered: Vec::new(),
+                                records: None,
+                                summaries: Vec::new(),
+                            });
+                            kept.insert((session, lane), out.len() - 1);
+                            out.len() - 1
                         }
-                        _ => false,
+                    };
+                    let r = &mut out[i];
+                    let above = r.floor.is_none_or(|f| seq >= f);
+                    if above {
+                        r.delivered.push(seq);
                     }
+                    above
                 })
                 .map_err(db_err)?;
-            for (i, seq) in keys {
-                out[i].delivered.push(seq);
-            }
             let mut summaries = txn.open_table(SUMMARIES).map_err(db_err)?;
-            let mut found = Vec::new();
             summaries
                 .retain(|k, v| {
                     let Some((session, lane, seq)) = parse_delivered_key(k) else {
                         return false;
                     };
-                    match kept.get(&(session, lane)) {
-                        Some(&i) if seq.saturating_add(1) >= out[i].floor => {
-                            if let Ok(s) = weir_shared::ledger::BlockSummary::from_bytes(v) {
-                                found.push((i, s));
-                            }
-                            true
-                        }
-                        _ => false,
+                    let Some(r) = kept.get(&(session, lane)).map(|&i| &mut out[i]) else {
+                        return false;
+                    };
+                    if r.floor.is_some_and(|f| seq.saturating_add(1) < f) {
+                        return false;
                     }
+                    if let Ok(s) = weir_shared::ledger::BlockSummary::from_bytes(v) {
+                        r.summaries.push(s);
+                    }
+                    true
                 })
                 .map_err(db_err)?;
-            for (i, s) in found {
-                out[i].summaries.push(s);
-            }
         }
         txn.commit().map_err(db_err)?;
         Ok(out)
@@ -1339,7 +1360,7 @@ mod tests {
     fn lane_state_resumes_exactly_and_forgets_other_sessions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.redb");
-        let (s1, s2) = (SessionId([1; 16]), SessionId([2; 16]));
+        let (s1, s2, s3) = (SessionId([1; 16]), SessionId([2; 16]), SessionId([3; 16]));
         let floors = |session, alert, bulk: Option<u64>| LaneFloors {
             session,
             key_id: KeyId(7),
@@ -1381,25 +1402,48 @@ mod tests {
                 ..Group::default()
             };
             o.commit(&g).expect("commit");
+            // s3 stored blocks, but stopped before its first floor.
+            let g = Group {
+                delivered: vec![
+                    delivered_key(s3, Lane::Bulk, 5),
+                    delivered_key(s3, Lane::Bulk, 2),
+                ],
+                summaries: vec![row(s3, 2), row(s3, 5)],
+                ..Group::default()
+            };
+            o.commit(&g).expect("commit");
         }
         let o = Outbox::open(&path).expect("reopen");
-        let r = o.resume(|s| s == s1).expect("resume");
+        let keep = |s| (s == s1 || s == s3).then_some(KeyId(9));
+        let r = o.resume(keep).expect("resume");
         assert_eq!(
             r,
-            vec![LaneResume {
-                session: s1,
-                key_id: KeyId(7),
-                lane: Lane::Bulk,
-                floor: 13,
-                delivered: vec![13, 14, 20],
-                records: Some((1300, Some(-5))),
-                // The one just below the floor stays: it bounds a loss
-                // starting there.
-                summaries: vec![summary(12), summary(13), summary(14), summary(20)],
-            }]
+            vec![
+                LaneResume {
+                    session: s1,
+                    key_id: KeyId(7),
+                    lane: Lane::Bulk,
+                    floor: Some(13),
+                    delivered: vec![13, 14, 20],
+                    records: Some((1300, Some(-5))),
+                    // The one just below the floor stays: it bounds a loss
+                    // starting there.
+                    summaries: vec![summary(12), summary(13), summary(14), summary(20)],
+                },
+                // Its delivered blocks are still known, with their summaries.
+                LaneResume {
+                    session: s3,
+                    key_id: KeyId(9),
+                    lane: Lane::Bulk,
+                    floor: None,
+                    delivered: vec![2, 5],
+                    records: None,
+                    summaries: vec![summary(2), summary(5)],
+                },
+            ]
         );
         // s2 was not kept: its state is gone for good.
-        assert_eq!(o.resume(|_| true).expect("resume"), r);
+        assert_eq!(o.resume(|_| Some(KeyId(9))).expect("resume"), r);
         assert_eq!(parse_delivered_key(&[0; 24]), None);
         assert_eq!(parse_lane_key(&[0; 18]), None);
     }
