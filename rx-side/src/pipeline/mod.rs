@@ -381,10 +381,14 @@ fn spawn_readers(
         );
         if table == outbox::Table::Bulk {
             // Turning a backlog of points into JSON is the receiver's
-            // heaviest work: it runs on its own thread, so the runtime's
-            // workers stay free for the alert path.
+            // heaviest work: it runs on its own thread, below the alert
+            // path's priority, so the runtime's workers stay free for it
+            // and get a core first (`weir_service::priority`).
             let rt = tokio::runtime::Handle::current();
-            tasks.spawn_blocking(move || rt.block_on(run));
+            tasks.spawn_blocking(move || {
+                weir_service::priority::lower_this_thread();
+                rt.block_on(run)
+            });
         } else {
             tasks.spawn(run);
         }

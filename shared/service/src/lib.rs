@@ -5,7 +5,8 @@
 //!   STOPPING);
 //! - [`audit`]: the hash-chained audit log file (writer thread, chain
 //!   resumed and verified at start, `audit verify`);
-//! - [`keys`]: `keygen`, the pre-shared key file either host can write.
+//! - [`keys`]: `keygen`, the pre-shared key file either host can write;
+//! - [`priority`]: bulk work on threads below the alert path's priority.
 //!
 //! These touch the clock, the disk and the tokio runtime, so they stay out
 //! of the sans-IO core (`weir-shared`, which never depends on tokio); the
@@ -16,3 +17,4 @@
 pub mod audit;
 pub mod keys;
 pub mod notify;
+pub mod priority;

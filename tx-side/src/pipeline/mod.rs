@@ -352,7 +352,7 @@ async fn start(
         [alert_rx, bulk_rx],
         &lane_txs,
         &mut tasks,
-    );
+    )?;
     drop(lane_txs);
     warn_if_burst_caps_rate(&cfg);
     let pacer = weir_shared::pace::Pacer::new(now(), cfg.rate_bytes_per_sec, cfg.burst_bytes);
@@ -490,13 +490,14 @@ fn spawn_sources(
 ) -> anyhow::Result<Option<mpsc::Sender<SourceItem>>> {
     match sources {
         Sources::Configured => {
+            // Parsing a backlog is bulk work: below the alert path's
+            // priority (`weir_service::priority`).
+            let bulk = weir_service::priority::bulk()?;
             for spool in cfg.raw.spools.clone() {
-                tasks.spawn(source::run(
-                    spool,
-                    telemetry.clone(),
-                    cancel.clone(),
-                    bulk_tx.clone(),
-                ));
+                tasks.spawn_on(
+                    source::run(spool, telemetry.clone(), cancel.clone(), bulk_tx.clone()),
+                    &bulk,
+                );
             }
             alerts::spawn(&cfg.raw, telemetry, cancel, &alert_tx, tasks)?;
             Ok(None)
@@ -620,19 +621,28 @@ fn spawn_lanes(
     from_sources: [mpsc::Receiver<SourceItem>; LANES],
     lane_txs: &[mpsc::Sender<EncodedBlock>; LANES],
     tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
-) {
+) -> anyhow::Result<()> {
+    // The bulk lane's compression, sealing and encoding run below the
+    // alert path's priority (`weir_service::priority`), so an alert never
+    // waits for a core behind them.
+    let bulk = weir_service::priority::bulk()?;
     for (lane, from_source) in Lane::ALL.into_iter().zip(from_sources) {
         let (frame_tx, frame_rx) = mpsc::channel(4);
         let (sealed_tx, sealed_rx) = mpsc::channel(4);
         let lane_cfg = cfg.lanes[lane.index()];
-        tasks.spawn(batch::run(
-            lane,
-            lane_cfg,
-            telemetry.clone(),
-            numbering.clone(),
-            from_source,
-            frame_tx,
-        ));
+        let current = tokio::runtime::Handle::current();
+        let runtime = if lane == Lane::Bulk { &bulk } else { &current };
+        tasks.spawn_on(
+            batch::run(
+                lane,
+                lane_cfg,
+                telemetry.clone(),
+                numbering.clone(),
+                from_source,
+                frame_tx,
+            ),
+            runtime,
+        );
         let sealer = seal::Sealer {
             key: key.clone(),
             key_id,
@@ -641,14 +651,18 @@ fn spawn_lanes(
             numbering: numbering.clone(),
             telemetry: telemetry.clone(),
         };
-        tasks.spawn(seal::run(sealer, frame_rx, sealed_tx));
-        tasks.spawn(encode::run(
-            key.clone(),
-            cfg.symbol_size,
-            cfg.max_block_bytes,
-            cfg.lanes,
-            sealed_rx,
-            lane_txs.clone(),
-        ));
+        tasks.spawn_on(seal::run(sealer, frame_rx, sealed_tx), runtime);
+        tasks.spawn_on(
+            encode::run(
+                key.clone(),
+                cfg.symbol_size,
+                cfg.max_block_bytes,
+                cfg.lanes,
+                sealed_rx,
+                lane_txs.clone(),
+            ),
+            runtime,
+        );
     }
+    Ok(())
 }
