@@ -732,7 +732,8 @@ fn session_missed(core: &mut Core, out: &Out<'_>, header: &Header, f: &Finished)
         .sum();
     let body = serde_json::json!({"type": "session_missed", "session": finished.short_hex(),
         "sender": finished.sender(), "epoch": finished.epoch(), "records": records,
-        "reported_by": header.session.short_hex()});
+        "reported_by": header.session.short_hex(),
+        "ts": rfc3339_ns(unix_ms().saturating_mul(1_000_000))});
     tracing::warn!(session = %finished.short_hex(), records,
         "A whole sender session never reached this receiver: counted as lost, from its successor's heartbeat.");
     out.stats.audit.record("session_missed", body.clone());
