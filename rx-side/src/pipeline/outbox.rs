@@ -543,24 +543,23 @@ impl Outbox {
                     let Some((session, lane, seq)) = parse_delivered_key(k) else {
                         return false;
                     };
-                    let i = match kept.get(&(session, lane)) {
-                        Some(&i) => i,
-                        None => {
-                            let Some(key_id) = keep(session) else {
-                                return false;
-                            };
-                            out.push(LaneResume {
-                                session,
-                                key_id,
-                                lane,
-                                floor: None,
-                                delivered: Vec::new(),
-                                records: None,
-                                summaries: Vec::new(),
-                            });
-                            kept.insert((session, lane), out.len() - 1);
-                            out.len() - 1
-                        }
+                    let i = if let Some(&i) = kept.get(&(session, lane)) {
+                        i
+                    } else {
+                        let Some(key_id) = keep(session) else {
+                            return false;
+                        };
+                        out.push(LaneResume {
+                            session,
+                            key_id,
+                            lane,
+                            floor: None,
+                            delivered: Vec::new(),
+                            records: None,
+                            summaries: Vec::new(),
+                        });
+                        kept.insert((session, lane), out.len() - 1);
+                        out.len() - 1
                     };
                     let r = &mut out[i];
                     let above = r.floor.is_none_or(|f| seq >= f);
