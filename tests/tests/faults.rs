@@ -859,6 +859,26 @@ fn assert_ledger_is_exact(t: &Tally, gaps: &[Json], day: i64, rows: usize, file:
     );
 }
 
+/// Wait (bounded) until each of `total` records is published or in a gap
+/// entry (the last entries come a gap_timeout, 5 s, after the sender's
+/// heartbeats named the blocks), stop the receiver, and say whether they
+/// all were, its counters, what arrived and the gap entries.
+fn settle(sub: &Subscriber, rx: &mut Process, total: usize) -> (bool, Json, Tally, Vec<Json>) {
+    let settled = wait_until(Duration::from_secs(40), || {
+        distinct_rows(sub) as u64 + gap_records(sub) >= total as u64
+    });
+    let c = stop_rx(rx);
+    let t = Tally::of(sub);
+    let gaps = distinct_gaps(sub);
+    println!(
+        "{} of {total} published, {} in {} gap entries {gaps:?}; counters {c}",
+        t.distinct(),
+        gap_records(sub),
+        gaps.len()
+    );
+    (settled, c, t, gaps)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     Kill,
@@ -905,19 +925,8 @@ fn receiver_down_mid_stream(how: Stop) {
     assert!(sent, "the file reached done/; tx log:\n{}", tx.log_text());
     // Every row published or written down: the last gap entries come a
     // gap_timeout (5 s) after the sender's heartbeats named the blocks.
-    let settled = wait_until(Duration::from_secs(40), || {
-        distinct_rows(&rig.sub) as u64 + gap_records(&rig.sub) >= rows as u64
-    });
+    let (settled, c, t, gaps) = settle(&rig.sub, &mut rx, rows);
     let _ = tx.terminate(Duration::from_secs(15));
-    let c = stop_rx(&mut rx);
-    let t = Tally::of(&rig.sub);
-    let gaps = distinct_gaps(&rig.sub);
-    println!(
-        "{} of {rows} published, {} in {} gap entries {gaps:?}; counters {c}",
-        t.distinct(),
-        gap_records(&rig.sub),
-        gaps.len()
-    );
     assert!(settled, "published + lost reached the rows sent");
     assert!(t.bogus.is_empty(), "bogus points: {:?}", t.bogus.first());
     assert!(!gaps.is_empty(), "the down-time lost something to count");
@@ -988,19 +997,7 @@ fn pushes_the_receiver_was_down_for_are_counted_by_the_next_push() {
         &send_cfg,
         &day6.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let total = first + second + third;
-    let settled = wait_until(Duration::from_secs(40), || {
-        distinct_rows(&rig.sub) as u64 + gap_records(&rig.sub) >= total as u64
-    });
-    let c = stop_rx(&mut rx);
-    let t = Tally::of(&rig.sub);
-    let gaps = distinct_gaps(&rig.sub);
-    println!(
-        "{} of {total} published, {} in {} gap entries {gaps:?}; counters {c}",
-        t.distinct(),
-        gap_records(&rig.sub),
-        gaps.len()
-    );
+    let (settled, c, t, gaps) = settle(&rig.sub, &mut rx, first + second + third);
     assert!(settled, "published + lost reached the records sent");
     assert!(t.bogus.is_empty(), "bogus points: {:?}", t.bogus.first());
     assert!(t.has_all(6, third), "the third push arrived whole");

@@ -312,6 +312,15 @@ fn write_bytes_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The one finished session a numbering carries: its id, and its bulk
+    /// lane's last block and end record.
+    fn carried(n: &Numbering) -> ([u8; 16], Option<u64>, u64) {
+        let [f] = n.previous[..] else {
+            panic!("one finished session: {:?}", n.previous);
+        };
+        (f.session, f.lanes[1].last_block(), f.lanes[1].end_record)
+    }
+
     #[test]
     fn numbers_continue_after_a_clean_stop_and_skip_after_a_crash() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -326,14 +335,7 @@ mod tests {
         let (_crashed, n2) = StateStore::open(&path).expect("reopen");
         assert!(n2.epoch > n.epoch);
         assert_eq!((n2.first_block[1], n2.first_record[1]), (10, 500));
-        let [previous] = n2.previous[..] else {
-            panic!("the clean stop is carried: {:?}", n2.previous);
-        };
-        assert_eq!(previous.session, first.0);
-        assert_eq!(
-            (previous.lanes[1].last_block(), previous.lanes[1].end_record),
-            (Some(9), 500)
-        );
+        assert_eq!(carried(&n2), (first.0, Some(9), 500), "the clean stop");
         n2.next_record[1].store(900, Ordering::Relaxed);
         // No close: a crash. The next session starts at the reservation,
         // above anything the crashed one may have used.
@@ -404,15 +406,8 @@ mod tests {
         // `b` never finished: the next push carries `a`, and so does the one after.
         for now in [3_000, 4_000] {
             let n = push_numbering(&state, now).expect("next");
-            let [p] = n.previous[..] else {
-                panic!("a is carried: {:?}", n.previous);
-            };
-            assert_eq!(p.session, a_id.0);
-            assert_eq!(
-                (p.lanes[1].last_block(), p.lanes[1].end_record),
-                (Some(2), 30)
-            );
-            assert_eq!(p.lanes[0].last_block(), None);
+            assert_eq!(carried(&n), (a_id.0, Some(2), 30), "a is carried");
+            assert_eq!(n.previous[0].lanes[0].last_block(), None);
         }
         // The newest few are carried, oldest first.
         let mut epochs = Vec::new();
