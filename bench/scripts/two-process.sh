@@ -5,7 +5,9 @@
 # 256 MiB random file over loopback at rate_mbps = 1000.
 #   bench/scripts/two-process.sh plain|hog|kill
 # hog: stress-ng --cpu 2 beside both; kill: weir-rx killed 1 s in and
-# started again 3 s later. Needs a release build
+# started again 3 s later, then a second, small push (its heartbeats say
+# how the first ended, so the receiver counts what it missed). Needs a
+# release build
 # (cargo build --release -p weir-tx -p weir-rx), mosquitto, stress-ng.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,7 +39,11 @@ if [ "$mode" = kill ]; then
   rx0=$(cpu $RX)
 fi
 wait $TX
-for _ in $(seq 1 600); do [ -f out/big.bin ] && break; sleep 0.1; done
+if [ "$mode" = kill ]; then
+  head -c 1048576 /dev/urandom > small.bin
+  "$B/weir-tx" send --quiet --config tx.toml small.bin > tx2.out 2>&1
+fi
+for _ in $(seq 1 600); do [ -f out/big.bin ] || [ "$mode" = kill ] && break; sleep 0.1; done
 t1=$(date +%s.%N); rx1=$(cpu $RX)
 sleep 12   # past gap_timeout
 kill -TERM $RX; wait $RX 2>/dev/null
