@@ -275,6 +275,9 @@ pub struct GapEntry {
 /// Why a run's records cannot be counted: nothing that bounds it arrived.
 pub const UNCOUNTED_NEIGHBOURS: &str =
     "the blocks on both sides of the run, and the heartbeats that name its ends, were lost too";
+/// Why the end of a session the receiver was down for cannot be counted:
+/// its successor does not carry how it ended.
+pub const UNCOUNTED_SESSION_END: &str = "the sender session ended while this receiver was down, and how it ended is not known: it stopped uncleanly, or more sessions ran meanwhile than a heartbeat carries (4); from first_block on, what it sent is not known here";
 /// Why a single block's records cannot be counted: it carried no summary.
 pub const UNCOUNTED_NO_SUMMARY: &str = "the block carried no summary of its records";
 

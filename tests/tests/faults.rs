@@ -952,32 +952,46 @@ fn start_push(site: &Site, config: &Path, args: &[String], log: &str) -> Process
     Process::start("weir-tx send", &binaries().tx, &all, site.path(log))
 }
 
-/// The receiver is killed in the middle of a one-shot push and is still
-/// down when that push ends and while a second push runs whole; it is
-/// back for a third. Nothing of the first two says, after the kill, what
-/// they sent, until the third push's heartbeats carry how they ended:
-/// the first push's tail and all of the second are then counted, to the
-/// record, beside what was published.
-#[test]
-fn pushes_the_receiver_was_down_for_are_counted_by_the_next_push() {
+/// The receiver is killed in the middle of a one-shot push (day 4) and is
+/// still down when that push ends and while `missed` more pushes run whole
+/// (days 5, 6, …); it is back for a last one (day 1). Nothing of the
+/// pushes it was down for says, after the kill, what they sent, until the
+/// last push's heartbeats carry how they ended (the newest four). The
+/// gap entries and `session_missed` events, by push, then the
+/// published points and counters.
+fn pushes_while_down(missed: u32) -> (Tally, HashMap<u32, Vec<Json>>, Vec<Json>) {
     let site = Site::new();
     let rig = rig(&site, SLOW_MBPS, |_| {});
     let mut send = site.send_config(rig.rx_addr, &rig.key);
     send["link"]["rate_mbps"] = toml::Value::Float(SLOW_MBPS);
     send["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(8 * 1024);
     let send_cfg = site.write_toml("send.toml", &send);
-    // The arguments of a push of an export of `rows` rows for `day`.
-    let export = |day: u32, rows: usize| -> Vec<String> {
+    // The last push's epoch, kept beside the sender's state.
+    let state = PathBuf::from(send["sender"]["state_path"].as_str().expect("state"));
+    let last_epoch = || -> u64 {
+        let f = std::fs::read(state.with_extension("push.json")).expect("push state");
+        serde_json::from_slice::<Json>(&f).expect("push state")["epoch"]
+            .as_u64()
+            .expect("epoch")
+    };
+    // Push an export of `rows` rows for `day` to its end; its epoch.
+    let push_day = |day: u32, rows: usize| {
         let csv = site.write(&format!("day{day}.csv"), &aveva_export(day, rows));
         let csv = csv.display().to_string();
-        ["--format", "aveva-csv", "--tz", "America/Chicago", &csv]
-            .map(String::from)
-            .to_vec()
+        push(
+            &send_cfg,
+            &["--format", "aveva-csv", "--tz", "America/Chicago", &csv],
+        );
+        last_epoch()
     };
-    let (first, second, third) = (6000, 1500, 500);
     let mut rx = start_rx(&site, &rig.rx_cfg, "rx0.log");
-    let a = export(4, first);
-    let mut push1 = start_push(&site, &send_cfg, &a, "push1.log");
+    let csv = site.write("day4.csv", &aveva_export(4, 6000));
+    let args = ["--format", "aveva-csv", "--tz", "America/Chicago"]
+        .into_iter()
+        .chain([csv.to_str().expect("path")])
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let mut push1 = start_push(&site, &send_cfg, &args, "push1.log");
     assert!(
         wait_distinct(&rig.sub, 300, Duration::from_secs(30)),
         "push 1 reached the receiver; rx log:\n{}",
@@ -986,48 +1000,86 @@ fn pushes_the_receiver_was_down_for_are_counted_by_the_next_push() {
     rx.kill();
     let ended = wait_until(Duration::from_mins(2), || !push1.running());
     assert!(ended, "push 1 ended; its log:\n{}", push1.log_text());
-    let day5 = export(5, second);
-    push(
-        &send_cfg,
-        &day5.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut epoch_day = HashMap::from([(last_epoch(), 4)]);
+    let missed_rows = if missed == 1 { 1500 } else { 300 };
+    for day in 5..5 + missed {
+        epoch_day.insert(push_day(day, missed_rows), day);
+    }
     rx = start_rx(&site, &rig.rx_cfg, "rx1.log");
-    let day6 = export(6, third);
-    push(
-        &send_cfg,
-        &day6.iter().map(String::as_str).collect::<Vec<_>>(),
+    push_day(1, 500);
+    // The last push arrives; the pushes it carries are written down
+    // within a gap_timeout.
+    let carried = missed.min(4) as usize;
+    let arrived = wait_until(Duration::from_secs(40), || {
+        Tally::of(&rig.sub).has_all(1, 500) && sessions_missed(&rig.sub).len() >= carried
+    });
+    assert!(
+        arrived,
+        "the last push and the missed ones; rx log:\n{}",
+        rx.log_text()
     );
-    let (settled, c, t, gaps) = settle(&rig.sub, &mut rx, first + second + third);
-    assert!(settled, "published + lost reached the records sent");
+    let total = 6000 + missed_rows * missed as usize + 500;
+    let (_, c, t, gaps) = settle(&rig.sub, &mut rx, total);
     assert!(t.bogus.is_empty(), "bogus points: {:?}", t.bogus.first());
-    assert!(t.has_all(6, third), "the third push arrived whole");
-    // Gap entries by session, oldest first: the first push's, the second's.
-    let mut epochs: Vec<u64> = gaps.iter().filter_map(|g| g["epoch"].as_u64()).collect();
-    epochs.sort_unstable();
-    epochs.dedup();
-    assert_eq!(epochs.len(), 2, "two pushes lost records: {gaps:?}");
-    let of = |epoch: u64| -> Vec<Json> {
-        gaps.iter()
-            .filter(|g| g["epoch"].as_u64() == Some(epoch))
-            .cloned()
-            .collect()
-    };
-    assert_ledger_is_exact(&t, &of(epochs[0]), 4, first, "day4.csv");
-    assert_ledger_is_exact(&t, &of(epochs[1]), 5, second, "day5.csv");
-    let missed: Vec<Json> = rig
-        .sub
-        .on(AUDIT)
+    assert_nothing_forged(&c);
+    let mut by_day: HashMap<u32, Vec<Json>> = HashMap::new();
+    for g in gaps {
+        let epoch = g["epoch"].as_u64().expect("epoch");
+        let day = *epoch_day
+            .get(&epoch)
+            .unwrap_or_else(|| panic!("a push's gap: {g}"));
+        by_day.entry(day).or_default().push(g);
+    }
+    (t, by_day, sessions_missed(&rig.sub))
+}
+
+/// The `session_missed` audit events a subscriber got.
+fn sessions_missed(sub: &Subscriber) -> Vec<Json> {
+    sub.on(AUDIT)
         .iter()
         .filter_map(|m| serde_json::from_slice::<Json>(&m.payload).ok())
         .filter(|e| e["type"] == "session_missed")
-        .collect();
+        .collect()
+}
+
+/// One push while the receiver was down: the first push's tail and all
+/// of the second are counted, to the record, beside what was published.
+#[test]
+fn pushes_the_receiver_was_down_for_are_counted_by_the_next_push() {
+    let (t, by_day, missed) = pushes_while_down(1);
+    assert_eq!(by_day.len(), 2, "two pushes lost records: {by_day:?}");
+    assert_ledger_is_exact(&t, &by_day[&4], 4, 6000, "day4.csv");
+    assert_ledger_is_exact(&t, &by_day[&5], 5, 1500, "day5.csv");
     assert!(
-        missed
-            .iter()
-            .any(|e| e["epoch"].as_u64() == Some(epochs[1]) && e["records"] == second),
+        missed.iter().any(|e| e["records"] == 1500),
         "the second push is said to be missed whole: {missed:?}"
     );
-    assert_nothing_forged(&c);
+}
+
+/// Five pushes while the receiver was down: the last push carries the
+/// newest four, counted whole; the first push's end is no longer known,
+/// and is written down with its count unknown and the reason, never
+/// passed over.
+#[test]
+fn more_pushes_missed_than_a_heartbeat_carries_leave_an_uncounted_entry() {
+    let (t, by_day, missed) = pushes_while_down(5);
+    for day in 6..=9 {
+        assert_ledger_is_exact(&t, &by_day[&day], day.into(), 300, &format!("day{day}.csv"));
+    }
+    assert_eq!(missed.len(), 4, "the four carried: {missed:?}");
+    let first = &by_day[&4];
+    assert!(
+        !first.is_empty()
+            && first.iter().all(|g| g["records"].is_null()
+                && g["records_unknown_because"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("how it ended is not known"))),
+        "the first push's end: {first:?}"
+    );
+    assert!(
+        !by_day.contains_key(&5),
+        "day 5's push is beyond what is carried"
+    );
 }
 
 /// The receiver's whole state (outbox, gap ledger, session book) on one

@@ -31,7 +31,9 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use weir_shared::contract::rfc3339_ns;
 use weir_shared::heartbeat::{Finished, MAX_PREVIOUS};
 use weir_shared::lane::Lane;
-use weir_shared::ledger::{GapCause, Ledger, LedgerLimits, split_trailer};
+use weir_shared::ledger::{
+    GapCause, GapEntry, Ledger, LedgerLimits, UNCOUNTED_SESSION_END, split_trailer,
+};
 use weir_shared::reassembly::{BlockKey, DropReason, Ready, Reassembler, ReassemblyLimits};
 use weir_shared::wire::{Header, KeyId, Kind, SessionId};
 
@@ -680,8 +682,13 @@ fn close_previous(
     if later.iter().all(|f| f.session != old.0) {
         // `old` stopped uncleanly, or more sessions were missed here
         // than a heartbeat carries: `old`'s tail is not known.
-        tracing::warn!(session = %old.short_hex(),
-            "How the previous sender session ended is not known: what of it was sent after this receiver last heard it is not counted.");
+        if core.seen.contains(&old) {
+            // Heard in this run: its heartbeats said how far it got.
+            tracing::warn!(session = %old.short_hex(),
+                "The previous sender session stopped uncleanly: what it sent after its last heartbeat is not known.");
+        } else {
+            end_unknown(core, out, old);
+        }
     }
     for f in later {
         let finished = SessionId(f.session);
@@ -710,6 +717,38 @@ fn close_previous(
                 l.last_block().map(|b| (b, l.end_record)),
             );
         }
+    }
+}
+
+/// `old` ran when this receiver stopped, and its successor does not say
+/// how it ended: from each lane's stored floor on, what it sent is not
+/// known. Written down as a gap entry whose count is unknown, with the
+/// reason, never passed over.
+fn end_unknown(core: &mut Core, out: &Out<'_>, old: SessionId) {
+    let Some(floors) = core.reassembler.floors(old) else {
+        return;
+    };
+    for lane in Lane::ALL {
+        let Some(floor) = floors[lane.index()] else {
+            continue;
+        };
+        let boundary = core.ledger.boundary(old, lane, floor);
+        let e = GapEntry {
+            session: old,
+            lane,
+            first_block: floor,
+            last_block: floor,
+            first_record: boundary.map(|(r, _)| r),
+            records: None,
+            t_first_ns: boundary.and_then(|(_, t)| t),
+            t_last_ns: None,
+            sources: Vec::new(),
+            sources_complete: false,
+            cause: GapCause::ReceiverDown,
+            uncounted: Some(UNCOUNTED_SESSION_END),
+        };
+        let msg = write_gap(Some(&core.gaps), out.stats, &out.topics.gaps, &e);
+        send_event(out.to_outbox, msg);
     }
 }
 
@@ -759,10 +798,15 @@ fn note_listening(
         core.listening_from.clear();
     }
     for lane in Lane::ALL {
+        let i = lane.index();
         let from = if began_here >= core.started_ms {
-            hb.marks[lane.index()].first_block
+            hb.marks[i].first_block
         } else {
-            hb.last_sent[lane.index()].map_or(0, |b| b.saturating_add(1))
+            // The blocks after `last_sent` that the sender interleaves
+            // were on the wire already, partly before this start: their
+            // loss is this receiver's down-time, not the link's.
+            let interleaved = u64::from(hb.fec[i].interleave.max(1));
+            hb.last_sent[i].map_or(0, |b| b.saturating_add(1).saturating_add(interleaved))
         };
         core.listening_from
             .entry((session, lane))
