@@ -40,7 +40,8 @@ enum Command {
         config: PathBuf,
         /// Parse the files as historian exports of this format
         /// (pi-webapi-json, aveva-csv, proficy-csv, influx-lp, opcua-jsonl,
-        /// piarc-csv); without it they cross as opaque files.
+        /// piarc-csv; ignition-csv and generic-csv need a spool's tag table
+        /// or column mapping); without it they cross as opaque files.
         #[arg(long)]
         format: Option<Format>,
         /// IANA time zone of local timestamps (aveva-csv, proficy-csv,
