@@ -930,6 +930,12 @@ fn receiver_down_mid_stream(how: Stop) {
     assert!(settled, "published + lost reached the rows sent");
     assert!(t.bogus.is_empty(), "bogus points: {:?}", t.bogus.first());
     assert!(!gaps.is_empty(), "the down-time lost something to count");
+    // A clean loopback: every loss was the receiver's down-time, also the
+    // blocks the sender had interleaved on the wire across a restart.
+    assert!(
+        gaps.iter().all(|g| g["cause"] == "receiver_down"),
+        "causes: {gaps:?}"
+    );
     assert_ledger_is_exact(&t, &gaps, 9, rows, "day9.csv");
     assert_nothing_forged(&c);
 }
