@@ -31,9 +31,7 @@ use chrono::NaiveDateTime;
 use csv::{ByteRecord, ReaderBuilder};
 
 use super::columns::{self, Dialect};
-use super::{
-    FormatError, ParseContext, ParseOutput, Reject, RejectReason, opc_da_to_status, status,
-};
+use super::{FormatError, ParseContext, ParseOutput, RejectReason, opc_da_to_status, status};
 use crate::localtime::LocalClock;
 use crate::record::{NativeQuality, Point, PointFlags, SourceRef, SourceSystem, Value};
 
@@ -84,10 +82,11 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
         Dialect::CSV,
         &mut out,
         |record, line, out| {
-            match parse_row(record, &columns, &mut clock, ctx, line) {
-                Ok(point) => out.points.push(point),
-                Err(reason) => out.rejects.push(Reject { line, reason }),
-            }
+            columns::push(
+                out,
+                line,
+                parse_row(record, &columns, &mut clock, ctx, line),
+            );
             Ok(())
         },
     )?;
@@ -282,6 +281,7 @@ fn quality_status(quality: i16) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::Reject;
     use crate::record::TsResolution;
     use crate::testutil::ns;
     use proptest::prelude::*;

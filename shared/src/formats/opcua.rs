@@ -94,10 +94,7 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
             .map(str::trim);
         match result {
             Ok("") => {}
-            Ok(text) => match parse_line(text, ctx, line) {
-                Ok(point) => out.points.push(point),
-                Err(reason) => out.rejects.push(Reject { line, reason }),
-            },
+            Ok(text) => super::columns::push(&mut out, line, parse_line(text, ctx, line)),
             Err(reason) => out.rejects.push(Reject { line, reason }),
         }
     }

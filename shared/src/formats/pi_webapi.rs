@@ -35,8 +35,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{
-    FormatError, ParseContext, ParseOutput, Reject, RejectReason, line_at,
-    pi_system_state_to_status, status,
+    FormatError, ParseContext, ParseOutput, RejectReason, line_at, pi_system_state_to_status,
+    status,
 };
 use crate::record::{
     NativeQuality, Point, PointFlags, SourceRef, SourceSystem, TsResolution, Value,
@@ -83,10 +83,7 @@ pub fn parse(bytes: &[u8], ctx: &ParseContext) -> Result<ParseOutput, FormatErro
     for span in spans {
         line = line_at(text.as_bytes(), at, line, span.start);
         at = span.start;
-        match parse_item(text, span, &tag, ctx, line) {
-            Ok(point) => out.points.push(point),
-            Err(reason) => out.rejects.push(Reject { line, reason }),
-        }
+        super::columns::push(&mut out, line, parse_item(text, span, &tag, ctx, line));
     }
     Ok(out)
 }
@@ -538,6 +535,7 @@ pub(super) mod scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::Reject;
     use crate::testutil::ns;
     use proptest::prelude::*;
 
