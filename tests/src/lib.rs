@@ -975,6 +975,39 @@ impl Default for Site {
     }
 }
 
+/// A historian spool `name` of `format` in the sender config, under the
+/// site like the example's spools, scanned every 100 ms.
+///
+/// # Panics
+/// If the config has no `spool` array.
+pub fn add_spool<'a>(
+    site: &Site,
+    cfg: &'a mut toml::Table,
+    name: &str,
+    format: &str,
+) -> &'a mut toml::Table {
+    let mut spool = toml::Table::new();
+    spool.insert("name".into(), name.into());
+    spool.insert(
+        "dir".into(),
+        site.path(&format!("spool/{name}"))
+            .display()
+            .to_string()
+            .into(),
+    );
+    spool.insert("format".into(), format.into());
+    spool.insert("scan_interval".into(), "100ms".into());
+    let spools = cfg
+        .get_mut("spool")
+        .and_then(toml::Value::as_array_mut)
+        .expect("the example sender config has spools");
+    spools.push(toml::Value::Table(spool));
+    spools
+        .last_mut()
+        .and_then(toml::Value::as_table_mut)
+        .expect("the spool just added")
+}
+
 /// Add a `[[syslog]]` listener named `syslog` to a sender config, taking
 /// RFC 3164/5424 messages on 127.0.0.1 at UDP port `udp` and/or TCP port
 /// `tcp`, their local times read as UTC.

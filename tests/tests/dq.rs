@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Process, Site, Subscriber, fixture, free_udp_addr, mosquitto_path, start_rx, start_tx,
-    stop_rx, wait_until, write_key,
+    Broker, Process, Site, Subscriber, add_spool, fixture, free_udp_addr, mosquitto_path, start_rx,
+    start_tx, stop_rx, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x44; 32];
@@ -73,36 +73,6 @@ struct Pair {
     rx_table: toml::Table,
     rx_cfg: PathBuf,
     tx: Process,
-}
-
-/// A historian spool `name` of `format` in the sender config, under the
-/// site like the example's spools.
-fn add_spool<'a>(
-    site: &Site,
-    cfg: &'a mut toml::Table,
-    name: &str,
-    format: &str,
-) -> &'a mut toml::Table {
-    let mut spool = toml::Table::new();
-    spool.insert("name".into(), name.into());
-    spool.insert(
-        "dir".into(),
-        site.path(&format!("spool/{name}"))
-            .display()
-            .to_string()
-            .into(),
-    );
-    spool.insert("format".into(), format.into());
-    spool.insert("scan_interval".into(), "100ms".into());
-    let spools = cfg
-        .get_mut("spool")
-        .and_then(toml::Value::as_array_mut)
-        .expect("the example sender config has spools");
-    spools.push(toml::Value::Table(spool));
-    spools
-        .last_mut()
-        .and_then(toml::Value::as_table_mut)
-        .expect("the spool just added")
 }
 
 /// Broker, subscriber, receiver with `[dq]` = `dq`, and a sender with the

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use weir_tests::{
-    Broker, Process, Site, Subscriber, free_udp_addr, mosquitto_path, start_rx, start_tx,
-    wait_until, write_key,
+    Broker, Process, Site, Subscriber, add_spool, free_udp_addr, mosquitto_path, start_rx,
+    start_tx, wait_until, write_key,
 };
 
 const KEY: [u8; 32] = [0x55; 32];
@@ -72,19 +72,8 @@ fn start(site: &Site, scan_interval: &str) -> Pair {
     let rx = start_rx(site, &rx_cfg, "rx.log");
 
     let mut tx_table = site.tx_config(rx_addr, &key);
-    let mut spool = toml::Table::new();
-    spool.insert("name".into(), "influx".into());
-    spool.insert(
-        "dir".into(),
-        site.path("spool/influx").display().to_string().into(),
-    );
-    spool.insert("format".into(), "influx-lp".into());
-    spool.insert("scan_interval".into(), scan_interval.into());
-    tx_table
-        .get_mut("spool")
-        .and_then(toml::Value::as_array_mut)
-        .expect("the example sender config has spools")
-        .push(toml::Value::Table(spool));
+    add_spool(site, &mut tx_table, "influx", "influx-lp")
+        .insert("scan_interval".into(), scan_interval.into());
     let tx_cfg = site.write_toml("tx.toml", &tx_table);
     let tx = start_tx(site, &tx_cfg, "tx.log");
     Pair {
