@@ -208,12 +208,7 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
         a.alerts,
         lat.len()
     );
-    println!(
-        "  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        percentile(&lat, 0.50).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
+    print_percentiles(&lat);
     let saturated = still_queued > 0 || records_sent < a.bulk_rows as u64;
     println!(
         "  link: {wire_mbps:.1} Mbit/s on the wire of {} configured; bulk backlog left: {} ({})",
@@ -225,18 +220,29 @@ async fn measure(a: &Args, broker: &Broker, sub: &Subscriber) -> anyhow::Result<
             "NOT saturated: raise --bulk-rows"
         }
     );
-    let p99 = percentile(&lat, 0.99);
-    println!(
-        "  target p99 < 20 ms: {}",
-        if p99 < Duration::from_millis(20) && got_all {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    );
+    print_verdict(&lat, got_all);
     drop(tx);
     drop(rx);
     Ok(())
+}
+
+/// p50, p99 and max of sorted latencies.
+fn print_percentiles(lat: &[Duration]) {
+    println!(
+        "  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(lat, 0.50).as_secs_f64() * 1e3,
+        percentile(lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+/// The target: every alert delivered, p99 at most 20 ms.
+fn print_verdict(lat: &[Duration], got_all: bool) {
+    let met = got_all && percentile(lat, 0.99) <= Duration::from_millis(20);
+    println!(
+        "  target p99 <= 20 ms: {}",
+        if met { "PASS" } else { "FAIL" }
+    );
 }
 
 /// `--processes`: the real programs, each in its own process.
@@ -256,7 +262,7 @@ mod processes {
         write_key,
     };
 
-    use super::{Args, bulk_file, percentile};
+    use super::{Args, bulk_file};
 
     /// `weir-tx` and `weir-rx` beside this program, built first with its
     /// profile (the nested build gets a clean `CARGO_*` environment, as
@@ -514,12 +520,7 @@ mod processes {
             lat.len(),
             alerts(&sub.messages.lock().map_err(|_| anyhow::anyhow!("lock"))?)
         );
-        println!(
-            "  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            percentile(&lat, 0.50).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-        );
+        super::print_percentiles(&lat);
         let saturated = a.bulk_rows > 0 && spool_left > 0.0;
         println!(
             "  link: {wire_mbps:.1} Mbit/s received of {} configured; bulk files still waiting at the end: {spool_left} ({})",
@@ -532,15 +533,7 @@ mod processes {
                 "NOT saturated: raise --bulk-rows"
             }
         );
-        let p99 = percentile(&lat, 0.99);
-        println!(
-            "  target p99 <= 20 ms: {}",
-            if p99 <= Duration::from_millis(20) && got_all {
-                "PASS"
-            } else {
-                "FAIL"
-            }
-        );
+        super::print_verdict(&lat, got_all);
         drop(tx);
         drop(rx);
         Ok(())
