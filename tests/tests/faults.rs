@@ -1088,51 +1088,6 @@ fn more_pushes_missed_than_a_heartbeat_carries_leave_an_uncounted_entry() {
     );
 }
 
-/// Large blocks on a slow link (each takes longer to send than a
-/// heartbeat interval, and the sender interleaves them): the receiver is
-/// killed mid-push and back 2 s later, while blocks are on the wire.
-/// Those blocks were partly sent while it was down: their loss is
-/// counted to the record as `receiver_down`, not blamed on the link (the
-/// FEC headroom report would then ask for more repair on a clean link).
-#[test]
-fn a_quick_restart_mid_block_is_down_time_not_link_loss() {
-    let site = Site::new();
-    let rig = rig(&site, SLOW_MBPS, |_| {});
-    let mut send = site.send_config(rig.rx_addr, &rig.key);
-    send["link"]["rate_mbps"] = toml::Value::Float(0.1);
-    send["lanes"]["bulk"]["max_batch_bytes"] = toml::Value::Integer(96 * 1024);
-    send["lanes"]["bulk"]["interleave_blocks"] = toml::Value::Integer(4);
-    let send_cfg = site.write_toml("send.toml", &send);
-    let rows = 20_000;
-    let csv = site.write("day3.csv", &aveva_export(3, rows));
-    let args = ["--format", "aveva-csv", "--tz", "America/Chicago"]
-        .into_iter()
-        .chain([csv.to_str().expect("path")])
-        .map(String::from)
-        .collect::<Vec<_>>();
-    let mut rx = start_rx(&site, &rig.rx_cfg, "rx0.log");
-    let mut pushing = start_push(&site, &send_cfg, &args, "push.log");
-    assert!(
-        wait_distinct(&rig.sub, 1, Duration::from_secs(30)),
-        "the push reached the receiver; rx log:\n{}",
-        rx.log_text()
-    );
-    rx.kill();
-    std::thread::sleep(Duration::from_secs(2));
-    rx = start_rx(&site, &rig.rx_cfg, "rx1.log");
-    let ended = wait_until(Duration::from_mins(2), || !pushing.running());
-    assert!(ended, "the push ended; its log:\n{}", pushing.log_text());
-    let (settled, c, t, gaps) = settle(&rig.sub, &mut rx, rows);
-    assert!(settled, "published + lost reached the rows sent");
-    assert!(!gaps.is_empty(), "the restart cost blocks on the wire");
-    assert!(
-        gaps.iter().all(|g| g["cause"] == "receiver_down"),
-        "causes: {gaps:?}"
-    );
-    assert_ledger_is_exact(&t, &gaps, 3, rows, "day3.csv");
-    assert_nothing_forged(&c);
-}
-
 /// The receiver's whole state (outbox, gap ledger, session book) on one
 /// small tmpfs, its broker away so nothing drains: the disk fills up
 /// mid-push. Every record is published once the broker is back, or is
