@@ -948,6 +948,60 @@ mod tests {
 
     use super::*;
 
+    fn limits() -> ReassemblyLimits {
+        ReassemblyLimits {
+            max_block_bytes: 1 << 20,
+            max_pending_blocks: 16,
+            block_timeout: Duration::from_secs(2),
+            gap_timeout: Duration::from_secs(3),
+            window_blocks: 1024,
+            max_sessions: 4,
+        }
+    }
+
+    #[test]
+    fn blocks_interleaved_on_the_wire_at_a_restart_are_down_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = weir_shared::config::LedgerConfig {
+            gaps_path: dir.path().join("gaps.jsonl"),
+            sessions_path: dir.path().join("sessions.json"),
+            ..Default::default()
+        };
+        std::fs::write(&ledger.sessions_path, "{}").expect("book");
+        let outbox = Outbox::open(&dir.path().join("outbox.redb")).expect("outbox");
+        let mut core = Core::new(
+            (limits(), Budget::new(1 << 20)),
+            Gate::new(Keyring::default()),
+            &ledger,
+            &outbox,
+        )
+        .expect("core");
+        // A session begun an hour before this receiver: bulk block 5 fully
+        // sent, blocks 6..=9 interleaved on the wire when it came up.
+        let session = SessionId::new(3, Role::Daemon, 100, [9; 4]);
+        let mut fec = [weir_shared::heartbeat::LaneFec::default(); 2];
+        fec[Lane::Bulk.index()].interleave = 4;
+        let hb = weir_shared::heartbeat::Heartbeat {
+            sent_unix_ms: core.started_ms,
+            uptime_ms: 3_600_000,
+            last_sent: [None, Some(5)],
+            counters: weir_shared::heartbeat::TxCounters::default(),
+            spool_depth: 0,
+            config_fingerprint: [0; 8],
+            marks: Default::default(),
+            fec,
+            recent: Vec::new(),
+            previous: Vec::new(),
+            health: None,
+        };
+        note_listening(&mut core, session, &hb, 0);
+        assert_eq!(
+            core.listening_from.get(&(session, Lane::Bulk)),
+            Some(&10),
+            "a loss of blocks 6..=9 is receiver_down, from 10 on the link's"
+        );
+    }
+
     #[test]
     fn a_restarted_core_takes_no_committed_block_again_and_keeps_the_rest_open() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -983,16 +1037,8 @@ mod tests {
         outbox
             .commit_lane_state(floors(older), &[(Lane::Bulk, 10)])
             .expect("commit");
-        let limits = ReassemblyLimits {
-            max_block_bytes: 1 << 20,
-            max_pending_blocks: 16,
-            block_timeout: Duration::from_secs(2),
-            gap_timeout: Duration::from_secs(3),
-            window_blocks: 1024,
-            max_sessions: 4,
-        };
         let core = Core::new(
-            (limits, Budget::new(1 << 20)),
+            (limits(), Budget::new(1 << 20)),
             Gate::new(Keyring::default()),
             &ledger,
             &outbox,
