@@ -490,8 +490,8 @@ fn spawn_sources(
 ) -> anyhow::Result<Option<mpsc::Sender<SourceItem>>> {
     match sources {
         Sources::Configured => {
-            // Parsing a backlog is bulk work: below the alert path's
-            // priority (`weir_service::priority`).
+            // Parsing a backlog is bulk work: on the bulk runtime, never
+            // on the threads that carry alerts (`weir_service::priority`).
             let bulk = weir_service::priority::bulk()?;
             for spool in cfg.raw.spools.clone() {
                 tasks.spawn_on(
@@ -622,9 +622,9 @@ fn spawn_lanes(
     lane_txs: &[mpsc::Sender<EncodedBlock>; LANES],
     tasks: &mut tokio::task::JoinSet<Result<(), StageError>>,
 ) -> anyhow::Result<()> {
-    // The bulk lane's compression, sealing and encoding run below the
-    // alert path's priority (`weir_service::priority`), so an alert never
-    // waits for a core behind them.
+    // The bulk lane's compression, sealing and encoding run on the bulk
+    // runtime (`weir_service::priority`), so an alert's tasks never wait
+    // behind them for one of the main runtime's threads.
     let bulk = weir_service::priority::bulk()?;
     for (lane, from_source) in Lane::ALL.into_iter().zip(from_sources) {
         let (frame_tx, frame_rx) = mpsc::channel(4);
